@@ -1,0 +1,12 @@
+"""jaxtl: transfer learning in JAX.
+
+Pretrain a backbone without labels or bring a torchvision one through :mod:`jaxtl.bridge`, then fine-tune it
+data-parallel with the backbone frozen or not. torch is never imported by ``import jaxtl``.
+"""
+
+from jaxtl import models
+from jaxtl.models import create, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create", "list_models", "models"]

@@ -1,0 +1,39 @@
+"""Flax models: the torchvision ResNet family, torch-exact BatchNorm, and the architecture registry."""
+
+from jaxtl.models.batchnorm import BatchNorm
+from jaxtl.models.registry import (
+    ArchSpec,
+    create,
+    get_spec,
+    list_models,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnext50_32x4d,
+    resnext101_32x8d,
+    resnext101_64x4d,
+    wide_resnet50_2,
+    wide_resnet101_2,
+)
+from jaxtl.models.resnet import ResNet
+
+__all__ = [
+    "ArchSpec",
+    "BatchNorm",
+    "ResNet",
+    "create",
+    "get_spec",
+    "list_models",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]

@@ -1,0 +1,244 @@
+"""The torchvision ResNet family in Flax linen, numerically and structurally faithful.
+
+Submodules carry torchvision's names (``conv1``, ``bn1``, ``layer3/1/conv2``, ``downsample/0``, ``fc``), so a key
+of a torch ``state_dict`` and a Flax parameter path read the same. Padding is explicit and symmetric as in torch;
+max-pooling pads with -inf. Input is NHWC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtl.models.batchnorm import BatchNorm
+
+Dtype = Any
+
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _torch_linear_init(fan_in: int) -> tuple[Any, Any]:
+    # torch.nn.Linear default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both.
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init, init
+
+
+class Downsample(nn.Module):
+    """torchvision's ``downsample = Sequential(conv1x1, BatchNorm2d)``: children named "0" and "1"."""
+
+    features: int
+    stride: int
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = ConvLayer(self.features, 1, self.stride, 0, dtype=self.dtype, name="0")(x)
+        return BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name="1")(x, train)
+
+
+class ConvLayer(nn.Module):
+    """``nn.Conv`` with torch padding whose own params are ``kernel`` (no extra nesting level)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, p, s = self.kernel_size, self.padding, self.stride
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", conv_init, (k, k, in_features // self.groups, self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel.astype(self.dtype),
+            window_strides=(s, s),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+
+
+class BasicBlock(nn.Module):
+    """resnet18/34 block: two 3x3 convs."""
+
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False  # unused: BasicBlock has no 1x1 conv; kept for a uniform signature
+    zero_init_residual: bool = False
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.groups != 1 or self.base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64 (as torchvision)")
+        bn = dict(dtype=self.dtype, axis_name=self.axis_name)
+        identity = x
+        out = ConvLayer(self.planes, 3, self.stride, 1, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(BatchNorm(**bn, name="bn1")(out, train))
+        out = ConvLayer(self.planes, 3, 1, 1, dtype=self.dtype, name="conv2")(out)
+        last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        out = BatchNorm(**bn, scale_init=last_init, name="bn2")(out, train)
+        if self.downsample:
+            identity = Downsample(self.planes, self.stride, **bn, name="downsample")(x, train)
+        return nn.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """resnet50+ block: 1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand (x4). Stride on the 3x3 (v1.5)."""
+
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False
+    zero_init_residual: bool = False
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = dict(dtype=self.dtype, axis_name=self.axis_name)
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        identity = x
+        out = ConvLayer(width, 1, s1, 0, dtype=self.dtype, name="conv1")(x)
+        out = nn.relu(BatchNorm(**bn, name="bn1")(out, train))
+        out = ConvLayer(width, 3, s3, 1, groups=self.groups, dtype=self.dtype, name="conv2")(out)
+        out = nn.relu(BatchNorm(**bn, name="bn2")(out, train))
+        out = ConvLayer(self.planes * self.expansion, 1, 1, 0, dtype=self.dtype, name="conv3")(out)
+        last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        out = BatchNorm(**bn, scale_init=last_init, name="bn3")(out, train)
+        if self.downsample:
+            identity = Downsample(self.planes * self.expansion, self.stride, **bn, name="downsample")(x, train)
+        return nn.relu(out + identity)
+
+
+_BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResLayer(nn.Module):
+    """torchvision's ``layerN = Sequential(block, block, ...)``: children named "0", "1", ..."""
+
+    block: str
+    planes: int
+    blocks: int
+    stride: int
+    in_features: int
+    groups: int = 1
+    base_width: int = 64
+    stride_in_1x1: bool = False
+    zero_init_residual: bool = False
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cls = _BLOCKS[self.block]
+        expansion = cls.expansion  # type: ignore[attr-defined]
+        common = dict(
+            groups=self.groups,
+            base_width=self.base_width,
+            stride_in_1x1=self.stride_in_1x1,
+            zero_init_residual=self.zero_init_residual,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+        )
+        needs_down = self.stride != 1 or self.in_features != self.planes * expansion
+        x = cls(self.planes, self.stride, needs_down, name="0", **common)(x, train)  # type: ignore[call-arg]
+        for i in range(1, self.blocks):
+            x = cls(self.planes, 1, False, name=str(i), **common)(x, train)  # type: ignore[call-arg]
+        return x
+
+
+class ResNet(nn.Module):
+    """A torchvision ResNet / ResNeXt / Wide ResNet.
+
+    ``__call__(x, train, return_features=False)`` takes NHWC images ``[N, H, W, 3]``. It returns logits
+    ``[N, num_classes]``, or with ``return_features=True`` a dict of ``stem`` (after the max-pool), ``layer1``..
+    ``layer4`` (per-stage maps ``[N, h, w, C]``), ``pre_logits`` (pooled ``[N, num_features]``) and ``logits``.
+    With ``num_classes=0`` the model has no ``fc`` and is a backbone: logits are the pooled features.
+
+    BatchNorm uses batch statistics and updates ``batch_stats`` exactly when ``train`` is True.
+    """
+
+    block: str
+    layers: Sequence[int]
+    num_classes: int = 1000
+    groups: int = 1
+    width_per_group: int = 64
+    stride_in_1x1: bool = False  # ResNet v1 (stride on the first 1x1 conv); torchvision is v1.5 (False)
+    zero_init_residual: bool = False
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @property
+    def num_features(self) -> int:
+        return 512 * _BLOCKS[self.block].expansion  # type: ignore[attr-defined,no-any-return]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> Any:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"ResNet expects NHWC images [N, H, W, 3], got shape {tuple(x.shape)}")
+        feats: dict[str, jax.Array] = {}
+        x = ConvLayer(64, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+        x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name="bn1")(x, train)
+        x = nn.relu(x)
+        # Flax's max_pool pads with -inf (the reduce_window init), as torch's MaxPool2d(3, 2, 1).
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        feats["stem"] = x
+        expansion = _BLOCKS[self.block].expansion  # type: ignore[attr-defined]
+        in_features = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True)):
+            x = ResLayer(
+                self.block,
+                planes,
+                n,
+                stride=1 if i == 0 else 2,
+                in_features=in_features,
+                groups=self.groups,
+                base_width=self.width_per_group,
+                stride_in_1x1=self.stride_in_1x1,
+                zero_init_residual=self.zero_init_residual,
+                dtype=self.dtype,
+                axis_name=self.axis_name,
+                name=f"layer{i + 1}",
+            )(x, train)
+            in_features = planes * expansion
+            feats[f"layer{i + 1}"] = x
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+        feats["pre_logits"] = x
+        if self.num_classes:
+            k_init, b_init = _torch_linear_init(x.shape[-1])
+            x = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=k_init,
+                bias_init=b_init,
+                name="fc",
+            )(x)
+        feats["logits"] = x
+        return feats if return_features else x

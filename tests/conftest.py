@@ -1,0 +1,25 @@
+"""Test set-up that catches JAX mistakes on CPU.
+
+Four fake CPU devices (so pmap/shard_map really split work), rank promotion raising, and JAX's persistent
+compilation cache so repeated runs skip most compile time. All of it must happen before jax is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXTL_TEST_CACHE", str(ROOT / ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+assert jax.device_count() >= 4, "tests need at least 4 (fake) devices; XLA_FLAGS was set too late"
