@@ -1,0 +1,50 @@
+"""The in-memory dataset every loader returns and every training loop consumes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """Images ``[N, H, W, C]`` float32 and integer labels ``[N]`` (or ``None`` for unlabeled data).
+
+    ``num_classes`` is the size of the label space (labels lie in ``[0, num_classes)``), which can exceed the
+    classes present (a split may hold a subset). ``class_names`` has ``num_classes`` entries when known.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    num_classes: int
+    class_names: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be [N, H, W, C], got shape {self.images.shape}")
+        if len(self.images) == 0:
+            raise ValueError("dataset is empty")
+        if self.labels is not None:
+            if self.labels.shape != (len(self.images),):
+                raise ValueError(f"labels must be [N] with N={len(self.images)}, got shape {self.labels.shape}")
+            if not np.issubdtype(self.labels.dtype, np.integer):
+                raise ValueError(f"labels must be integers, got dtype {self.labels.dtype}")
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes}), found values in [{lo}, {hi}]")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        """The examples at ``indices``, same label space."""
+        labels = None if self.labels is None else self.labels[indices]
+        return ArrayDataset(self.images[indices], labels, self.num_classes, self.class_names)
+
+    def unlabeled(self) -> ArrayDataset:
+        """The same images with labels dropped."""
+        return ArrayDataset(self.images, None, self.num_classes, self.class_names)
