@@ -4,8 +4,12 @@ Pretrain a backbone without labels or bring a torchvision one through :mod:`jaxt
 data-parallel with the backbone frozen or not. torch is never imported by ``import jaxtl``.
 """
 
-from jaxtl import models
-from jaxtl.models import create, list_models
+from jaxtl._cpu_tuning import apply_cpu_flags
+
+apply_cpu_flags()  # before anything below imports jax
+
+from jaxtl import models  # noqa: E402
+from jaxtl.models import create, list_models  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,9 @@ if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax  # noqa: E402  (importing jax does not start a backend; the first device query does)
+
+import jaxtl  # noqa: E402, F401  (adds jaxtl's XLA:CPU flags before the backend starts)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 jax.config.update("jax_numpy_rank_promotion", "raise")
