@@ -1,5 +1,6 @@
 """Flax models: the torchvision ResNet family, torch-exact BatchNorm, and the architecture registry."""
 
+from jaxtl.models.autoencoder import Autoencoder, ConvNet, classifier_from_autoencoder
 from jaxtl.models.batchnorm import BatchNorm
 from jaxtl.models.registry import (
     ArchSpec,
@@ -21,8 +22,11 @@ from jaxtl.models.resnet import ResNet
 
 __all__ = [
     "ArchSpec",
+    "Autoencoder",
     "BatchNorm",
+    "ConvNet",
     "ResNet",
+    "classifier_from_autoencoder",
     "create",
     "get_spec",
     "list_models",

@@ -1,0 +1,90 @@
+"""Seeded, stratified splits of an :class:`ArrayDataset`, and the check that labels fit a classifier head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxtl.data.dataset import ArrayDataset
+
+__all__ = ["check_num_classes", "labeled_unlabeled_split", "train_test_split"]
+
+
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """Integers proportional to ``counts`` summing to ``total`` (largest remainder, ties to the lower class)."""
+    exact = counts * (total / counts.sum())
+    base = np.floor(exact).astype(np.int64)
+    rest = total - int(base.sum())
+    order = np.argsort(-(exact - base), kind="stable")
+    base[order[:rest]] += 1
+    return base
+
+
+def train_test_split(
+    ds: ArrayDataset, test_fraction: float, seed: int, stratified: bool = True
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split into ``(train, test)`` with ``round(test_fraction * N)`` test examples, reproducibly for a ``seed``.
+
+    ``stratified`` keeps each class's share equal in both parts (largest-remainder rounding); it needs labels, and
+    for an unlabeled dataset the split is simply random. Examples keep their original order within each part.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    n = len(ds)
+    n_test = round(test_fraction * n)
+    if n_test == 0 or n_test == n:
+        raise ValueError(f"test_fraction={test_fraction} of {n} examples leaves an empty train or test part")
+    rng = np.random.default_rng(seed)
+    if stratified and ds.labels is not None:
+        classes, counts = np.unique(ds.labels, return_counts=True)
+        per_class = _allocate(counts, n_test)
+        test_idx = []
+        for c, k in zip(classes, per_class, strict=True):
+            members = np.flatnonzero(ds.labels == c)
+            test_idx.append(rng.permutation(members)[:k])
+        test = np.sort(np.concatenate(test_idx))
+    else:
+        test = np.sort(rng.permutation(n)[:n_test])
+    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    return ds.subset(train), ds.subset(test)
+
+
+def labeled_unlabeled_split(ds: ArrayDataset, labels_per_class: int, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """Keep exactly ``labels_per_class`` labels per class; the rest becomes unlabeled (``labels=None``).
+
+    Every class in ``[0, num_classes)`` must have at least ``labels_per_class`` examples. Reproducible for a
+    ``seed``; both parts keep the original order and the label space.
+    """
+    if ds.labels is None:
+        raise ValueError("labeled_unlabeled_split needs a labeled dataset, got labels=None")
+    if labels_per_class < 1:
+        raise ValueError(f"labels_per_class must be >= 1, got {labels_per_class}")
+    counts = np.bincount(ds.labels, minlength=ds.num_classes)
+    short = {c: int(counts[c]) for c in range(ds.num_classes) if counts[c] < labels_per_class}
+    if short:
+        name = (lambda c: f"{c} ({ds.class_names[c]})") if ds.class_names else str
+        detail = ", ".join(f"class {name(c)}: {k}" for c, k in short.items())
+        raise ValueError(f"labels_per_class={labels_per_class} but some classes have fewer examples: {detail}")
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(ds.labels == c))[:labels_per_class] for c in range(ds.num_classes)]
+    labeled = np.sort(np.concatenate(chosen))
+    rest = np.setdiff1d(np.arange(len(ds)), labeled, assume_unique=True)
+    if len(rest) == 0:
+        raise ValueError(f"labels_per_class={labels_per_class} uses all {len(ds)} examples; nothing is left unlabeled")
+    return ds.subset(labeled), ds.subset(rest).unlabeled()
+
+
+def check_num_classes(ds: ArrayDataset, head_classes: int) -> None:
+    """Raise a ValueError when the dataset's labels do not fit a classifier head of ``head_classes`` outputs."""
+    if head_classes < 1:
+        raise ValueError(f"the model has no classifier head (num_classes={head_classes}); it cannot take labels")
+    if ds.labels is not None and len(ds.labels):
+        hi = int(ds.labels.max())
+        if hi >= head_classes:
+            raise ValueError(
+                f"labels go up to {hi} but the classifier head has only {head_classes} outputs "
+                f"(labels must lie in [0, {head_classes}))"
+            )
+    if ds.num_classes > head_classes:
+        raise ValueError(
+            f"the dataset has {ds.num_classes} classes but the classifier head has only {head_classes} outputs"
+        )

@@ -1,0 +1,272 @@
+"""A small CNN for small images, and a convolutional autoencoder around any classifier-style encoder.
+
+The design rule that makes transfer a dictionary update: an encoder is a classifier module built with
+``num_classes=0``; the same module with ``num_classes=k`` has the same parameter tree plus ``fc``. So a pretrained
+autoencoder becomes a classifier with ``{**ae_params["encoder"], "fc": new_fc}``
+(:func:`classifier_from_autoencoder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtl.models.batchnorm import BatchNorm
+from jaxtl.models.registry import ArchSpec, register
+from jaxtl.models.resnet import ConvLayer, _torch_linear_init
+
+Dtype = Any
+
+__all__ = ["Autoencoder", "ConvNet", "classifier_from_autoencoder", "last_spatial_map"]
+
+
+class ConvStage(nn.Module):
+    """Two (conv3x3 -> BatchNorm -> relu), then 2x2 max-pooling with stride 2 (halves H and W, floor)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i in (1, 2):
+            x = ConvLayer(self.features, 3, 1, 1, dtype=self.dtype, name=f"conv{i}")(x)
+            x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name=f"bn{i}")(x, train)
+            x = nn.relu(x)
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
+
+
+class ConvNet(nn.Module):
+    """A small VGG-style classifier for small images (e.g. digits at 32x32), with ResNet's call signature.
+
+    ``__call__(x, train, return_features=False)`` takes NHWC images ``[N, H, W, C]`` (any C; H and W at least
+    ``2 ** len(widths)``). Returns logits ``[N, num_classes]``, or with ``return_features=True`` a dict of
+    ``stage1``..``stageK`` (``[N, H / 2^k, W / 2^k, widths[k-1]]``), ``last_map`` (the last stage's map),
+    ``pre_logits`` (global average pool, ``[N, widths[-1]]``) and ``logits``. ``num_classes=0`` = encoder, no ``fc``.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128)
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @property
+    def num_features(self) -> int:
+        return int(self.widths[-1])
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> Any:
+        if x.ndim != 4:
+            raise ValueError(f"ConvNet expects NHWC images [N, H, W, C], got shape {tuple(x.shape)}")
+        if not self.widths:
+            raise ValueError("ConvNet needs at least one stage width")
+        min_size = 2 ** len(self.widths)
+        if min(x.shape[1], x.shape[2]) < min_size:
+            raise ValueError(
+                f"ConvNet with {len(self.widths)} stages needs images of at least {min_size}x{min_size}, "
+                f"got {x.shape[1]}x{x.shape[2]}"
+            )
+        feats: dict[str, jax.Array] = {}
+        for i, width in enumerate(self.widths):
+            x = ConvStage(width, dtype=self.dtype, axis_name=self.axis_name, name=f"stage{i + 1}")(x, train)
+            feats[f"stage{i + 1}"] = x
+        feats["last_map"] = x
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+        feats["pre_logits"] = x
+        if self.num_classes:
+            k_init, b_init = _torch_linear_init(x.shape[-1])
+            x = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=k_init,
+                bias_init=b_init,
+                name="fc",
+            )(x)
+        feats["logits"] = x
+        return feats if return_features else x
+
+
+_CONVNET_WIDTHS = (32, 64, 128)
+register(
+    ArchSpec(
+        name="convnet_small",
+        family="convnet",
+        kwargs=dict(widths=_CONVNET_WIDTHS),
+        input_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        num_features=_CONVNET_WIDTHS[-1],
+        factory=ConvNet,
+    )
+)
+
+
+def last_spatial_map(features: Mapping[str, Any]) -> jax.Array:
+    """The encoder's deepest spatial map: the 4-D entry with the fewest pixels (the later one on ties).
+
+    ResNet gives ``layer4``, ConvNet ``last_map``; any module returning a features dict works.
+    """
+    best: jax.Array | None = None
+    for value in features.values():
+        if getattr(value, "ndim", 0) == 4 and (
+            best is None or value.shape[1] * value.shape[2] <= best.shape[1] * best.shape[2]
+        ):
+            best = value
+    if best is None:
+        raise ValueError(f"the encoder's features {list(features)} hold no spatial map [N, h, w, C]")
+    return best
+
+
+class Decoder(nn.Module):
+    """Upsample a map ``[N, h, w, C]`` to ``[N, H, W, out_channels]``: (resize -> conv3x3 -> BN -> relu) per width.
+
+    Sizes grow geometrically from ``h`` to ``H`` over the blocks; resize is bilinear, since ConvTranspose is very
+    slow on XLA:CPU. The last conv has a bias and no BN; ``sigmoid_output`` squashes it to ``(0, 1)``.
+    """
+
+    out_size: tuple[int, int]
+    out_channels: int = 3
+    widths: Sequence[int] = (128, 64, 32)
+    sigmoid_output: bool = True
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        n, h, w, _ = x.shape
+        big_h, big_w = self.out_size
+        k = len(self.widths)
+        for i, width in enumerate(self.widths):
+            t = (i + 1) / k
+            size = (max(1, round(h * (big_h / h) ** t)), max(1, round(w * (big_w / w) ** t)))
+            if i == k - 1:
+                size = (big_h, big_w)
+            if size != (x.shape[1], x.shape[2]):
+                x = jax.image.resize(x, (n, *size, x.shape[3]), "bilinear")
+            x = ConvLayer(width, 3, 1, 1, dtype=self.dtype, name=f"conv{i + 1}")(x)
+            x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name=f"bn{i + 1}")(x, train)
+            x = nn.relu(x)
+        if k == 0 and (x.shape[1], x.shape[2]) != (big_h, big_w):
+            x = jax.image.resize(x, (n, big_h, big_w, x.shape[3]), "bilinear")
+        x = ConvLayer(self.out_channels, 3, 1, 1, dtype=self.dtype, name="out")(x)
+        bias = self.param("out_bias", nn.initializers.zeros, (self.out_channels,), jnp.float32)
+        x = x.astype(jnp.float32) + bias.reshape(1, 1, 1, -1)
+        # Reconstructions are compared in float32 whatever the compute dtype.
+        return nn.sigmoid(x) if self.sigmoid_output else x
+
+
+class Autoencoder(nn.Module):
+    """A convolutional autoencoder around a classifier-style ``encoder`` built with ``num_classes=0``.
+
+    The decoder starts from the encoder's deepest spatial map (:func:`last_spatial_map`: ``layer4`` for a ResNet,
+    ``last_map`` for :class:`ConvNet`) and upsamples to ``image_size`` (default: the input's size).
+    The output goes through a sigmoid by default, because jaxtl's loaders give images in ``[0, 1]``; set
+    ``sigmoid_output=False`` to reconstruct normalised (mean/std) inputs. Submodules are "encoder" and "decoder",
+    so ``variables["params"]["encoder"]`` is exactly the parameter tree of the encoder on its own.
+    """
+
+    encoder: nn.Module
+    out_channels: int = 3
+    decoder_widths: Sequence[int] = (128, 64, 32)
+    image_size: int | tuple[int, int] | None = None
+    sigmoid_output: bool = True
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    def _check_encoder(self) -> None:
+        if getattr(self.encoder, "num_classes", 0) != 0:
+            raise ValueError(
+                f"the encoder must be built with num_classes=0 (a backbone), got num_classes={self.encoder.num_classes}"
+            )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Reconstruct ``x`` ``[N, H, W, C]`` as ``[N, H', W', out_channels]`` float32 (``H' x W'`` = image_size)."""
+        self._check_encoder()
+        if self.image_size is None:
+            out_size = (x.shape[1], x.shape[2])
+        elif isinstance(self.image_size, int):
+            out_size = (self.image_size, self.image_size)
+        else:
+            out_size = (int(self.image_size[0]), int(self.image_size[1]))
+        feats = self.encoder(x, train, return_features=True)
+        decoder = Decoder(
+            out_size=out_size,
+            out_channels=self.out_channels,
+            widths=tuple(self.decoder_widths),
+            sigmoid_output=self.sigmoid_output,
+            dtype=self.dtype,
+            axis_name=self.axis_name,
+            name="decoder",
+        )
+        return decoder(last_spatial_map(feats), train)
+
+    def encode(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The pooled latent ``[N, num_features]`` (the encoder's ``pre_logits``).
+
+        Use ``ae.apply(variables, x, method=Autoencoder.encode)``.
+        """
+        self._check_encoder()
+        return self.encoder(x, train, return_features=True)["pre_logits"]
+
+
+def _first_conv_channels(params: Mapping[str, Any]) -> int:
+    # Flattened paths are sorted, and a stem conv (conv1, stage1/conv1) sorts before the deeper ones.
+    for leaf in jax.tree_util.tree_leaves(params):
+        if getattr(leaf, "ndim", 0) == 4:
+            return int(leaf.shape[2])
+    raise ValueError("the encoder's params hold no 4-D conv kernel; pass input_shape to classifier_from_autoencoder")
+
+
+def classifier_from_autoencoder(
+    ae_variables: Mapping[str, Any],
+    encoder_module: nn.Module,
+    num_classes: int,
+    rng: jax.Array,
+    input_shape: tuple[int, int, int] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder with a fresh ``fc`` of ``num_classes`` outputs: ``(classifier_module, variables)``.
+
+    The encoder's ``params`` and ``batch_stats`` are taken unchanged (the very same arrays) from
+    ``ae_variables[...]["encoder"]``; only ``fc`` is newly initialised from ``rng``. ``input_shape`` ``(H, W, C)``
+    is the shape used to initialise; by default 32x32 with the channels of the encoder's first conv kernel.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 for a classifier, got {num_classes}")
+    if "params" not in ae_variables or "encoder" not in ae_variables["params"]:
+        found = list(ae_variables.get("params", {})) if "params" in ae_variables else list(ae_variables)
+        raise ValueError(f"ae_variables must hold params['encoder'] (an Autoencoder's variables); found {found}")
+    enc_params = ae_variables["params"]["encoder"]
+    enc_stats = ae_variables.get("batch_stats", {}).get("encoder", {})
+    clf = encoder_module.clone(num_classes=num_classes)
+    if input_shape is None:
+        input_shape = (32, 32, _first_conv_channels(enc_params))
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    init = clf.init(rng, dummy, train=False)
+    fresh_params = dict(init["params"])
+    if "fc" not in fresh_params:
+        raise ValueError(
+            f"{type(clf).__name__} with num_classes={num_classes} has no 'fc'; params: {list(fresh_params)}"
+        )
+    fc = fresh_params.pop("fc")
+    fresh_stats = dict(init.get("batch_stats", {}))
+
+    def shapes(tree: Any) -> Any:
+        return jax.tree_util.tree_map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)
+
+    for what, mine, theirs in (("params", enc_params, fresh_params), ("batch_stats", enc_stats, fresh_stats)):
+        if shapes(dict(mine)) != shapes(theirs):
+            raise ValueError(
+                f"the autoencoder's encoder {what} do not match {type(clf).__name__}(num_classes={num_classes}) "
+                f"without fc: {jax.tree_util.tree_structure(shapes(dict(mine)))} vs "
+                f"{jax.tree_util.tree_structure(shapes(theirs))}"
+            )
+    variables: dict[str, Any] = {"params": {**enc_params, "fc": fc}}
+    if enc_stats:
+        variables["batch_stats"] = dict(enc_stats)
+    return clf, variables
