@@ -1,0 +1,28 @@
+"""torchvision <-> Flax weights (installed as ``jaxtl.bridge``). torch is imported only when a .pth or torch object
+is read or written; .safetensors files are handled without it.
+
+    module, variables = from_torchvision("resnet50.pth", num_classes=10)
+    state_dict = to_torchvision(variables, "resnet50")
+"""
+
+from .convert import BridgeReport, Conversion, from_torchvision, inspect_state_dict, to_torchvision
+from .errors import BridgeError
+from .flax_io import load_flax_safetensors, save_flax_safetensors
+from .infer import infer_arch
+from .io import load_state_dict
+from .safetensors_io import load_safetensors, save_safetensors
+
+__all__ = [
+    "BridgeError",
+    "BridgeReport",
+    "Conversion",
+    "from_torchvision",
+    "infer_arch",
+    "inspect_state_dict",
+    "load_flax_safetensors",
+    "load_safetensors",
+    "load_state_dict",
+    "save_flax_safetensors",
+    "save_safetensors",
+    "to_torchvision",
+]
