@@ -47,6 +47,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
         tracked = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
 
+        bshape = (1,) * (x.ndim - 1) + (features,)  # explicit broadcast: rank promotion may be set to raise
         if train:
             reduce_axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
@@ -58,7 +59,7 @@ class BatchNorm(nn.Module):
                 mean = lax.pmean(mean, self.axis_name)
                 n = n * lax.psum(1, self.axis_name)
             # Two passes (mean, then mean of squared deviations) as torch does; E[x^2]-E[x]^2 loses digits.
-            var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)
+            var = jnp.mean(jnp.square(xf - mean.reshape(bshape)), axis=reduce_axes)
             if self.axis_name is not None:
                 var = lax.pmean(var, self.axis_name)
             if not self.is_initializing():
@@ -72,5 +73,5 @@ class BatchNorm(nn.Module):
 
         # Same association as torch's CPU kernel: (x - mean) * (invstd * weight) + bias.
         mul = scale * lax.rsqrt(var + self.epsilon)
-        y = (x.astype(jnp.float32) - mean) * mul + bias
+        y = (x.astype(jnp.float32) - mean.reshape(bshape)) * mul.reshape(bshape) + bias.reshape(bshape)
         return y.astype(self.dtype)
