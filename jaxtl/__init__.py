@@ -10,7 +10,9 @@ apply_cpu_flags()  # before anything below imports jax
 
 from jaxtl import models  # noqa: E402
 from jaxtl.models import create, list_models  # noqa: E402
+from jaxtl.train.freeze import freeze  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "create", "list_models", "models"]
+__all__ += ["freeze"]

@@ -1,0 +1,91 @@
+"""Deterministic batching: seeded per-epoch order, padding of the ragged last batch, per-device shards.
+
+The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run can skip the batches it has already
+consumed and see exactly the data an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from jaxtl.data.dataset import ArrayDataset
+
+Batch = dict[str, np.ndarray]
+
+
+def epoch_indices(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The example order ``[N]`` of one epoch: ``default_rng([seed, epoch]).permutation(N)`` (or ``arange``)."""
+    if num_examples <= 0:
+        raise ValueError(f"num_examples must be positive, got {num_examples}")
+    if not shuffle:
+        return np.arange(num_examples)
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches per epoch: ``N // B`` when the ragged last batch is dropped, ``ceil(N / B)`` otherwise."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+    """Pad every array of ``batch`` along axis 0 to ``batch_size`` and add ``mask`` [B] (1 real, 0 padding).
+
+    Padding repeats zeros, so the padded rows are finite; an existing ``mask`` is padded with zeros.
+    """
+    n = len(next(iter(batch.values())))
+    if n > batch_size:
+        raise ValueError(f"batch of {n} examples does not fit batch_size={batch_size}")
+    out: Batch = {}
+    for key, value in batch.items():
+        pad = np.zeros((batch_size - n, *value.shape[1:]), value.dtype)
+        out[key] = np.concatenate([value, pad], axis=0)
+    if "mask" not in batch:
+        out["mask"] = np.concatenate([np.ones(n, np.float32), np.zeros(batch_size - n, np.float32)])
+    return out
+
+
+def iterate_batches(
+    dataset: ArrayDataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    start_batch: int = 0,
+) -> Iterator[Batch]:
+    """Yield ``{"images": [B,H,W,C], "labels": [B]}`` batches of one epoch, from batch ``start_batch`` on.
+
+    With ``drop_remainder=False`` the ragged last batch is padded to ``batch_size`` and every batch carries a
+    ``mask`` [B] so metrics count real examples only. Unlabeled datasets yield no ``labels``.
+    """
+    n = len(dataset)
+    order = epoch_indices(n, seed, epoch, shuffle)
+    total = num_batches(n, batch_size, drop_remainder)
+    if not 0 <= start_batch <= total:
+        raise ValueError(f"start_batch={start_batch} outside [0, {total}] for {n} examples, batch_size={batch_size}")
+    for b in range(start_batch, total):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        batch: Batch = {"images": np.asarray(dataset.images[idx], np.float32)}
+        if dataset.labels is not None:
+            batch["labels"] = np.asarray(dataset.labels[idx], np.int32)
+        if not drop_remainder:
+            batch = pad_batch(batch, batch_size)
+        yield batch
+
+
+def shard_for_devices(batch: Batch, num_devices: int) -> Batch:
+    """Reshape each ``[B, ...]`` array to ``[num_devices, B // num_devices, ...]`` (for ``jax.pmap``)."""
+    out: Batch = {}
+    for key, value in batch.items():
+        if value.shape[0] % num_devices:
+            raise ValueError(
+                f"global batch of {value.shape[0]} ({key!r}) is not divisible by the {num_devices} devices; "
+                f"choose a batch size that is a multiple of {num_devices}"
+            )
+        out[key] = value.reshape(num_devices, value.shape[0] // num_devices, *value.shape[1:])
+    return out

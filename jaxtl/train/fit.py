@@ -1,0 +1,320 @@
+"""The fit loop: data-parallel steps, periodic eval, JSON-lines metrics, Orbax checkpoints and exact resume.
+
+A run is fully determined by its arguments: the data order of epoch ``e`` is ``default_rng([seed, e])``, the ragged
+last train batch is dropped, and the state (params, batch_stats, opt_state, step, rng) is checkpointed together with
+the data position (epoch, batch). Restarting ``fit`` with the same arguments and ``workdir`` restores the latest
+complete checkpoint, skips the batches already consumed, and finishes bit-identical (on CPU) to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from jaxtl.data.batching import iterate_batches, num_batches
+from jaxtl.data.dataset import ArrayDataset
+from jaxtl.train.freeze import Trainable
+from jaxtl.train.optim import make_optimizer
+from jaxtl.train.parallel import Parallel, prefetch_to_device
+from jaxtl.train.state import TrainState
+from jaxtl.train.step import Augment, eval_step, train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before checkpointing the bad state."""
+
+    def __init__(self, step: int, loss: float, last_checkpoint: int | None):
+        self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+        where = f"last good checkpoint: step {last_checkpoint}" if last_checkpoint is not None else "no checkpoint"
+        super().__init__(f"non-finite loss {loss} at step {step}; stopped ({where})")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The final state (host arrays), its ``{"params", "batch_stats"}`` and the metrics history (dicts)."""
+
+    state: TrainState
+    variables: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+# --- run checkpoints -------------------------------------------------------------------------------------------
+
+
+def _leaves_dict(state: TrainState) -> dict[str, np.ndarray]:
+    # Flat leaves keep Orbax away from optax's empty MaskedNode/NamedTuple nodes; the tree comes from a fresh state.
+    return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+
+
+def _from_leaves(template: TrainState, leaves: dict[str, Any], where: str) -> TrainState:
+    expected = jax.tree.leaves(template)
+    if len(leaves) != len(expected):
+        raise ValueError(f"checkpoint {where} holds {len(leaves)} arrays, this run's state has {len(expected)}")
+    ordered = [np.asarray(leaves[f"{i:05d}"]) for i in range(len(expected))]
+    for i, (got, want) in enumerate(zip(ordered, expected)):
+        if got.shape != np.shape(want):
+            raise ValueError(f"checkpoint {where}: array {i} has shape {got.shape}, this run expects {np.shape(want)}")
+    return jax.tree.unflatten(jax.tree.structure(template), ordered)  # type: ignore[no-any-return]
+
+
+def checkpoint_manager(
+    directory: str | pathlib.Path, keep: int = 3, best_metric: str | None = None, best_mode: str = "max"
+) -> ocp.CheckpointManager:
+    """An Orbax manager keeping the latest ``keep`` checkpoints and the best one by eval ``best_metric``."""
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(keep)]
+    if best_metric is not None:
+        policies.append(
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[best_metric],
+                reverse=best_mode == "min",
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def save_run(
+    manager: ocp.CheckpointManager,
+    state: TrainState,
+    position: dict[str, int],
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Write one complete checkpoint (state leaves + data position) at ``position["step"]``; blocks until done."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_leaves_dict(state)), meta=ocp.args.JsonSave(position))
+    manager.save(position["step"], args=args, metrics=metrics, force=True)
+    manager.wait_until_finished()
+
+
+def restore_run(
+    manager: ocp.CheckpointManager, template: TrainState, step: int | None = None
+) -> tuple[TrainState, dict[str, int]] | None:
+    """The state and data position of checkpoint ``step`` (default: latest), or None when there is none."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None
+    target = _leaves_dict(template)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
+    where = str(pathlib.Path(manager.directory) / str(step))
+    return _from_leaves(template, restored["state"], where), dict(restored["meta"])
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    state: TrainState,
+    dataset: ArrayDataset,
+    batch_size: int,
+    *,
+    par: Parallel | None = None,
+    loss: str = "ce",
+    eval_fn: Callable[..., Any] | None = None,
+) -> dict[str, float]:
+    """Exact ``loss``, ``top1``, ``top5`` (for ``"ce"``) over every example of ``dataset``.
+
+    ``state`` is on the devices of ``par`` (as ``fit`` keeps it) or, when ``par`` is None, a host state that is put
+    on one device. The ragged last batch is padded to ``batch_size`` and masked, never dropped.
+    """
+    if par is None:
+        par = Parallel("none")
+        state = par.put_state(state)
+    if batch_size % par.num_devices:
+        raise ValueError(f"eval batch_size={batch_size} is not divisible by the {par.num_devices} devices")
+    fn = eval_fn or par.map(functools.partial(eval_step, loss=loss), donate=False, n_out=1)
+    totals: dict[str, float] = {}
+    batches = iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False)
+    for batch in prefetch_to_device(batches, 2, par.put_batch):
+        for k, v in par.get_metrics(fn(state, batch)).items():
+            totals[k] = totals.get(k, 0.0) + v
+    count = totals["count"]
+    out = {"loss": totals["loss_sum"] / count, "count": count}
+    if "top1_correct" in totals:
+        out["top1"] = totals["top1_correct"] / count
+        out["top5"] = totals["top5_correct"] / count
+    return out
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------
+
+
+def _metrics_log(path: pathlib.Path, restored_step: int) -> None:
+    # A killed run may have logged steps past its last checkpoint; the resumed run logs them again.
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if rec.get("step", 0) <= restored_step:
+            keep.append(ln)
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def fit(
+    module: nn.Module,
+    variables: dict[str, Any],
+    train_data: ArrayDataset,
+    *,
+    eval_data: ArrayDataset | None = None,
+    tx: optax.GradientTransformation | None = None,
+    optimizer: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    epochs: int | None = None,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
+    seed: int = 0,
+    workdir: str | pathlib.Path | None = None,
+    trainable: Trainable = None,
+    parallel: str = "pmap",
+    augment: Augment | None = None,
+    loss: str = "ce",
+    label_smoothing: float = 0.0,
+    checkpoint_every: int | None = None,
+    keep: int = 3,
+    best_metric: str | None = None,
+    classifier: str = "fc",
+    progress: bool = True,
+    prefetch: int = 2,
+) -> FitResult:
+    """Train ``module`` from ``variables`` on ``train_data`` (images ``[N,H,W,C]``) data-parallel; returns a FitResult.
+
+    Give ``tx`` (a plain optax optimizer) or ``optimizer`` (kwargs of :func:`make_optimizer`; ``total_steps`` is
+    filled in). Run length is ``steps`` or ``epochs`` (epochs of ``N // batch_size`` steps; the ragged last batch
+    is dropped). ``trainable`` freezes the rest (see :func:`jaxtl.freeze`); ``"^fc/"`` freezes the whole backbone,
+    BatchNorm included. ``loss="mse"`` trains an autoencoder (target = input, no labels needed).
+
+    With ``workdir``: metrics as JSON lines in ``workdir/metrics.jsonl``, checkpoints in ``workdir/checkpoints``
+    every ``checkpoint_every`` steps (default: every epoch) and at the end, keeping ``keep`` latest plus the best by
+    eval ``best_metric`` ("top1", or "loss" which is minimised), and automatic resume from the latest one.
+    Eval runs every ``eval_every`` steps (default: every epoch) and at the end.
+    A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved.
+    """
+    if (tx is None) == (optimizer is None):
+        raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
+    if loss == "ce" and train_data.labels is None:
+        raise ValueError("loss='ce' needs a labeled train_data; use loss='mse' for unlabeled data")
+    par = Parallel(parallel)
+    if batch_size % par.num_devices:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({parallel}); "
+            f"use a multiple of {par.num_devices}"
+        )
+    eval_batch_size = eval_batch_size or batch_size
+    if eval_batch_size % par.num_devices:
+        raise ValueError(f"eval_batch_size={eval_batch_size} is not divisible by the {par.num_devices} devices")
+    steps_per_epoch = num_batches(len(train_data), batch_size, drop_remainder=True)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train_data has {len(train_data)} examples, fewer than one batch of {batch_size}")
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    total_steps = steps if steps is not None else int(epochs) * steps_per_epoch  # type: ignore[arg-type]
+    if total_steps <= 0:
+        raise ValueError(f"the run must have at least one step, got {total_steps}")
+    if tx is None:
+        tx = make_optimizer(**{"total_steps": total_steps, **(optimizer or {})})
+    eval_every = eval_every or steps_per_epoch
+    checkpoint_every = checkpoint_every or steps_per_epoch
+    if best_metric is None and eval_data is not None:
+        best_metric = "top1" if loss == "ce" else "loss"
+
+    host_state = TrainState.create(module, variables, tx, jax.random.PRNGKey(seed), trainable, classifier)
+    step = 0
+    manager = None
+    metrics_path = None
+    last_ckpt: int | None = None
+    if workdir is not None:
+        workdir = pathlib.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        metrics_path = workdir / "metrics.jsonl"
+        manager = checkpoint_manager(
+            workdir / "checkpoints", keep, best_metric, "min" if best_metric == "loss" else "max"
+        )
+        restored = restore_run(manager, host_state)
+        if restored is not None:
+            host_state, position = restored
+            step = int(position["step"])
+            if (position["epoch"], position["batch"]) != divmod(step, steps_per_epoch):
+                raise ValueError(
+                    f"checkpoint at step {step} was written with epoch/batch {position['epoch']}/{position['batch']}, "
+                    f"inconsistent with {steps_per_epoch} batches per epoch: was batch_size or the dataset changed?"
+                )
+            last_ckpt = step
+            _metrics_log(metrics_path, step)
+
+    history: list[dict[str, Any]] = []
+    if metrics_path is not None and metrics_path.exists():
+        history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+
+    def log(record: dict[str, Any]) -> None:
+        history.append(record)
+        if metrics_path is not None:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    step_fn = par.map(functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, augment=augment))
+    eval_fn = par.map(functools.partial(eval_step, loss=loss, label_smoothing=label_smoothing), donate=False, n_out=1)
+    state = par.put_state(host_state)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="fit", unit="step", dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            epoch, start = divmod(step, steps_per_epoch)
+            stop = min(steps_per_epoch, start + total_steps - step)
+            batches = iterate_batches(train_data, batch_size, seed=seed, epoch=epoch, start_batch=start)
+            t0 = time.perf_counter()
+            for b, batch in zip(range(start, stop), prefetch_to_device(batches, prefetch, par.put_batch)):
+                state, metrics = step_fn(state, batch)
+                m = par.get_metrics(metrics)
+                step += 1
+                if not math.isfinite(m["loss"]):
+                    raise NonFiniteLossError(step, m["loss"], last_ckpt)
+                dt = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                log({"step": step, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": batch_size / dt})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
+                eval_metrics = None
+                if eval_data is not None and (step % eval_every == 0 or step == total_steps):
+                    eval_metrics = evaluate(state, eval_data, eval_batch_size, par=par, loss=loss, eval_fn=eval_fn)
+                    log({"step": step, "split": "eval", **eval_metrics})
+                if manager is not None and (step % checkpoint_every == 0 or step == total_steps):
+                    position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
+                    save_run(manager, par.get_state(state), position, eval_metrics)
+                    last_ckpt = step
+    finally:
+        if bar is not None:
+            bar.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+    final = par.get_state(state)
+    return FitResult(final, final.variables, history)

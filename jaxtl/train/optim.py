@@ -1,0 +1,66 @@
+"""Optimizers and learning-rate schedules by name (what the CLI and ``fit(optimizer=...)`` use)."""
+
+from __future__ import annotations
+
+import optax
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+def make_schedule(
+    lr: float, warmup_steps: int = 0, total_steps: int | None = None, schedule: str = "cosine"
+) -> optax.Schedule:
+    """Linear warmup from 0 over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if schedule == "cosine":
+        if total_steps is None:
+            raise ValueError("schedule='cosine' needs total_steps")
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}")
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, end_value=0.0)
+    if warmup_steps == 0:
+        return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup_steps), optax.constant_schedule(lr)], [warmup_steps]
+    )
+
+
+def make_optimizer(
+    name: str = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    schedule: str = "cosine",
+    clip_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """An optax optimizer by name: ``"sgd"`` (torch-style: L2 ``weight_decay`` added to the gradient, then
+    momentum) or ``"adamw"`` (decoupled weight decay). Optional global-norm clipping runs first.
+
+    Wrap the result with :func:`jaxtl.freeze` (``fit`` does it) so decay and clipping see trainable leaves only.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    sched = make_schedule(lr, warmup_steps, total_steps, schedule)
+    parts: list[optax.GradientTransformation] = []
+    if clip_norm is not None:
+        if clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    if name == "sgd":
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay))
+        parts.append(optax.sgd(sched, momentum=momentum or None, nesterov=nesterov))
+    else:
+        parts.append(optax.adamw(sched, weight_decay=weight_decay))
+    return optax.chain(*parts)

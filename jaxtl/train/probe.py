@@ -1,0 +1,175 @@
+"""Linear probe: compute a frozen backbone's pooled features once, then train only the head on them.
+
+With the backbone frozen and no augmentation, every epoch of :func:`jaxtl.train.fit` recomputes identical features;
+here they are computed once (data-parallel, eval-mode BatchNorm) and the head is trained on the cached ``[N, F]``
+array with the same data order (``epoch_indices``), so the head matches what frozen-backbone ``fit`` trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxtl.data.batching import epoch_indices, iterate_batches, num_batches
+from jaxtl.data.dataset import ArrayDataset
+from jaxtl.train.losses import cross_entropy, topk_correct
+from jaxtl.train.parallel import Parallel, prefetch_to_device
+
+
+def _features_step(
+    variables: Any, batch: dict[str, jax.Array], *, module: nn.Module, feature: str, axis_name: Any
+) -> Any:
+    del axis_name  # eval mode: no cross-device statistics
+    out: Any = module.apply(variables, batch["images"], train=False, return_features=True)
+    if feature not in out:
+        raise KeyError(f"model has no feature {feature!r}; it returns {sorted(out)}")
+    return out[feature].astype(jnp.float32)
+
+
+def extract_features(
+    module: nn.Module,
+    variables: dict[str, Any],
+    dataset: ArrayDataset,
+    batch_size: int = 256,
+    *,
+    parallel: str = "pmap",
+    feature: str = "pre_logits",
+    out_path: str | pathlib.Path | None = None,
+) -> np.ndarray:
+    """Features ``[N, F]`` (float32) of every example, in dataset order; eval-mode BatchNorm, ragged tail kept.
+
+    With ``out_path`` the features are written into a ``.npy`` memory map there (for sets too large for memory)
+    and the returned array is that memmap.
+    """
+    par = Parallel(parallel)
+    if batch_size % par.num_devices:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({parallel})")
+    fn = par.map(
+        functools.partial(_features_step, module=module, feature=feature), donate=False, n_out=1, batch_out=True
+    )
+    placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+    out: np.ndarray | None = None
+    n, pos = len(dataset), 0
+    batches = iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False)
+    for batch in prefetch_to_device(batches, 2, par.put_batch):
+        feats = par.gather(fn(placed, batch))
+        if out is None:
+            shape = (n, *feats.shape[1:])
+            if out_path is not None:
+                out = np.lib.format.open_memmap(str(out_path), mode="w+", dtype=np.float32, shape=shape)
+            else:
+                out = np.empty(shape, np.float32)
+        take = min(batch_size, n - pos)
+        out[pos : pos + take] = feats[:take]
+        pos += take
+    assert out is not None
+    if isinstance(out, np.memmap):
+        out.flush()
+    return out
+
+
+@dataclasses.dataclass
+class LinearProbe:
+    """The trained head (``{"kernel": [F, K], "bias": [K]}``), the full variables with it written in (when
+    ``variables`` was given) and the per-step history."""
+
+    head: dict[str, np.ndarray]
+    variables: dict[str, Any] | None
+    history: list[dict[str, float]]
+
+
+def _init_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.Array]:
+    # torch.nn.Linear's default init, as the ResNet's fc.
+    bound = 1.0 / num_features**0.5
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return {
+        "kernel": jax.random.uniform(k1, (num_features, num_classes), jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, (num_classes,), jnp.float32, -bound, bound),
+    }
+
+
+def fit_linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    tx: optax.GradientTransformation,
+    *,
+    variables: dict[str, Any] | None = None,
+    classifier: str = "fc",
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    label_smoothing: float = 0.0,
+) -> LinearProbe:
+    """Train a linear head on cached ``features`` ``[N, F]`` and ``labels`` ``[N]`` with ``tx``; one device.
+
+    The head starts from ``variables["params"][classifier]`` when given (the same start as frozen-backbone
+    ``fit``), else from torch's Linear init. Batches follow ``fit``'s order (seeded per-epoch permutation, ragged
+    last batch dropped), so the same ``seed``, ``batch_size`` and ``tx`` give the head ``fit`` would train.
+    """
+    features = np.asarray(features) if not isinstance(features, np.memmap) else features
+    if features.ndim != 2 or labels.shape != (len(features),):
+        raise ValueError(f"features must be [N, F] and labels [N], got {features.shape} and {labels.shape}")
+    n, f = features.shape
+    spe = num_batches(n, batch_size, drop_remainder=True)
+    if spe == 0:
+        raise ValueError(f"{n} examples are fewer than one batch of {batch_size}")
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    total = steps if steps is not None else int(epochs) * spe  # type: ignore[arg-type]
+    if variables is not None:
+        if classifier not in variables["params"]:
+            raise KeyError(
+                f"variables have no classifier {classifier!r}; top-level params: {sorted(variables['params'])}"
+            )
+        head = {k: jnp.asarray(v) for k, v in variables["params"][classifier].items()}
+        if head["kernel"].shape != (f, num_classes):
+            raise ValueError(f"{classifier}/kernel has shape {head['kernel'].shape}, expected {(f, num_classes)}")
+    else:
+        head = _init_head(f, num_classes, seed)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(
+        head: dict[str, jax.Array], opt_state: Any, x: jax.Array, y: jax.Array
+    ) -> tuple[dict[str, jax.Array], Any, dict[str, jax.Array]]:
+        def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            logits = x @ h["kernel"] + h["bias"]
+            return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(head)
+        updates, opt_state = tx.update(grads, opt_state, head)
+        return (
+            optax.apply_updates(head, updates),
+            opt_state,
+            {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))},
+        )
+
+    opt_state = tx.init(head)
+    history: list[dict[str, float]] = []
+    done = 0
+    epoch = 0
+    while done < total:
+        order = epoch_indices(n, seed, epoch)
+        for b in range(min(spe, total - done)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x = jnp.asarray(np.asarray(features[idx], np.float32))
+            y = jnp.asarray(np.asarray(labels[idx], np.int32))
+            head, opt_state, m = step(head, opt_state, x, y)
+            done += 1
+            history.append({"step": done, "epoch": epoch, **{k: float(v) for k, v in m.items()}})
+        epoch += 1
+    head_np = {k: np.asarray(v) for k, v in head.items()}
+    new_vars = None
+    if variables is not None:
+        new_vars = dict(variables)
+        new_vars["params"] = {**variables["params"], classifier: head_np}
+    return LinearProbe(head_np, new_vars, history)

@@ -1,0 +1,145 @@
+"""Per-device train and eval steps, written once with an axis name; :mod:`jaxtl.train.parallel` maps them.
+
+Every cross-device quantity is an explicit collective over ``axis_name``: the loss is the sum of per-example
+losses divided by the *global* count of real examples, gradients are ``psum``-ed, and BatchNorm computes its batch
+statistics over the whole global batch (the module is cloned with ``axis_name``). So every replica ends a step
+with identical state, and 1, 4 or 8 devices give the same numbers for the same global batch.
+With ``axis_name=None`` the step runs unmapped on one device (plain ``jax.jit``).
+
+Freezing (see :class:`~jaxtl.train.state.TrainState`):
+
+- backbone frozen (only the head trains): the model runs with ``train=False`` (BatchNorm on running averages,
+  batch_stats never change) and ``jax.grad`` is taken w.r.t. the head only, the backbone being a closed-over
+  constant, so no backward pass through the backbone is traced or compiled.
+- partly frozen backbone: BatchNorm runs in train mode (batch statistics normalise every layer), gradients are
+  taken w.r.t. the trainable leaves only, and the running statistics of modules without a trainable parameter are
+  restored after the step, so frozen modules keep their statistics exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from jax import lax
+
+from jaxtl.train.freeze import merge_params, split_params
+from jaxtl.train.losses import cross_entropy, mse, topk_correct
+from jaxtl.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+LOSSES = ("ce", "mse")
+
+
+def _psum(x: Any, axis_name: str | None) -> Any:
+    return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def with_axis(module: nn.Module, axis_name: str | None) -> nn.Module:
+    """``module`` whose BatchNorm averages batch statistics over ``axis_name`` (when it has that option)."""
+    if hasattr(module, "axis_name") and module.axis_name != axis_name:
+        return module.clone(axis_name=axis_name)
+    return module
+
+
+def _check_loss(loss: str, batch: Batch) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "ce" and "labels" not in batch:
+        raise ValueError("loss='ce' needs batch['labels']; use loss='mse' for unlabeled (autoencoder) data")
+
+
+def _mask(batch: Batch) -> jax.Array:
+    n = batch["images"].shape[0]
+    return batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones((n,), jnp.float32)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    axis_name: str | None = "data",
+    loss: str = "ce",
+    label_smoothing: float = 0.0,
+    augment: Augment | None = None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
+
+    ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
+    For ``loss="mse"`` the target is the (augmented) input. Returns the new state and global metrics
+    ``loss``, ``grad_norm``, ``count`` and, for ``"ce"``, ``top1``.
+    """
+    _check_loss(loss, batch)
+    module = with_axis(state.module, axis_name)
+    rng, step_rng = jax.random.split(state.rng)
+    images = batch["images"]
+    if augment is not None:
+        aug_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+        images = augment(aug_rng, images)
+    mask = _mask(batch)
+    count = _psum(jnp.sum(mask), axis_name)
+    diff, fixed = split_params(state.params, state.trainable)
+    fixed_const = jax.tree.map(lax.stop_gradient, fixed)
+    train_bn = not state.backbone_frozen
+
+    def loss_fn(diff_params: dict[str, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        variables: dict[str, Any] = {"params": merge_params(diff_params, fixed_const)}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        if train_bn and state.batch_stats:
+            out, updates = module.apply(variables, images, train=True, mutable=["batch_stats"])
+            new_stats = updates["batch_stats"]
+        else:
+            out = module.apply(variables, images, train=train_bn)
+            new_stats = state.batch_stats
+        per_example = cross_entropy(out, batch["labels"], label_smoothing) if loss == "ce" else mse(out, images)
+        return jnp.sum(per_example * mask) / count, (out, new_stats)
+
+    (local_loss, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
+    grads = _psum(grads, axis_name)
+    # Zeros for the frozen leaves only give tx its full-tree signature; freeze() maps them to zero updates.
+    full_grads = merge_params(grads, jax.tree.map(jnp.zeros_like, fixed))
+    updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
+    stepped, _ = split_params(optax.apply_updates(state.params, updates), state.trainable)
+    # Frozen leaves are passed through, not "x + 0": bit-identical even for -0.0.
+    params = merge_params(stepped, fixed)
+    if state.frozen_stats and train_bn:
+        flat_new = traverse_util.flatten_dict(dict(new_stats), sep="/")
+        flat_old = traverse_util.flatten_dict(dict(state.batch_stats), sep="/")
+        for path in state.frozen_stats:
+            flat_new[path] = flat_old[path]
+        new_stats = traverse_util.unflatten_dict(flat_new, sep="/")
+    metrics: Metrics = {
+        "loss": _psum(local_loss, axis_name),
+        "grad_norm": optax.global_norm(grads),
+        "count": count,
+    }
+    if loss == "ce":
+        metrics["top1"] = _psum(jnp.sum(topk_correct(out, batch["labels"], 1) * mask), axis_name) / count
+    new_state = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state, step=state.step + 1, rng=rng)
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: Batch, *, axis_name: str | None = "data", loss: str = "ce", label_smoothing: float = 0.0
+) -> Metrics:
+    """Global *sums* over the real (mask=1) examples of this batch: ``loss_sum``, ``count`` and, for ``"ce"``,
+    ``top1_correct``/``top5_correct``. The host adds them over batches, so a padded ragged batch stays exact.
+    """
+    _check_loss(loss, batch)
+    module = with_axis(state.module, axis_name)
+    mask = _mask(batch)
+    out: jax.Array = module.apply(state.variables, batch["images"], train=False)  # type: ignore[assignment]
+    per_example = cross_entropy(out, batch["labels"], label_smoothing) if loss == "ce" else mse(out, batch["images"])
+    metrics: Metrics = {"loss_sum": jnp.sum(per_example * mask), "count": jnp.sum(mask)}
+    if loss == "ce":
+        metrics["top1_correct"] = jnp.sum(topk_correct(out, batch["labels"], 1) * mask)
+        metrics["top5_correct"] = jnp.sum(topk_correct(out, batch["labels"], 5) * mask)
+    return _psum(metrics, axis_name)  # type: ignore[no-any-return]
