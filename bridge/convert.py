@@ -92,10 +92,11 @@ class BridgeReport:
     stat_tensors: int = 0
     stat_elements: int = 0
     arch_error: str | None = None
+    hint: str | None = None
 
     @property
     def problems(self) -> list[str]:
-        out = [self.arch_error] if self.arch_error else []
+        out = [x for x in (self.hint, self.arch_error) if x]
         out += [f"missing key {k!r}" for k in self.missing]
         out += [f"unexpected key {k!r}" for k in self.unexpected]
         return out + self.mismatched + self.bad_values
@@ -208,7 +209,7 @@ def _check(
         try:
             looks = infer_arch(sd)
             if looks != arch:
-                report.mismatched.append(f"(the state dict looks like {looks}, not {arch})")
+                report.hint = f"the state dict looks like {looks}, not {arch}"
         except BridgeError:
             pass
     return report, pairs
