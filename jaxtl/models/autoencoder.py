@@ -223,6 +223,24 @@ def _first_conv_channels(params: Mapping[str, Any]) -> int:
     raise ValueError("the encoder's params hold no 4-D conv kernel; pass input_shape to classifier_from_autoencoder")
 
 
+def _tree_mismatch(mine: Any, theirs: Any, limit: int = 8) -> list[str]:
+    """Missing, unexpected and mis-shaped leaves of ``mine`` against ``theirs`` (at most ``limit`` of each)."""
+
+    def flat(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return {jax.tree_util.keystr(p): (tuple(a.shape), jnp.dtype(a.dtype)) for p, a in leaves}
+
+    a, b = flat(mine), flat(theirs)
+    out = []
+    missing = [k for k in b if k not in a]
+    unexpected = [k for k in a if k not in b]
+    shaped = [f"{k} {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+        if items:
+            out.append(f"{len(items)} {label}: {', '.join(items[:limit])}" + (", ..." if len(items) > limit else ""))
+    return out
+
+
 def classifier_from_autoencoder(
     ae_variables: Mapping[str, Any],
     encoder_module: nn.Module,
@@ -247,25 +265,29 @@ def classifier_from_autoencoder(
     if input_shape is None:
         input_shape = (32, 32, _first_conv_channels(enc_params))
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    init = clf.init(rng, dummy, train=False)
-    fresh_params = dict(init["params"])
+
+    def init(key: jax.Array) -> Any:
+        return clf.init(key, dummy, train=False)
+
+    expected = jax.eval_shape(init, rng)
+    fresh_params = dict(expected["params"])
     if "fc" not in fresh_params:
         raise ValueError(
             f"{type(clf).__name__} with num_classes={num_classes} has no 'fc'; params: {list(fresh_params)}"
         )
-    fc = fresh_params.pop("fc")
-    fresh_stats = dict(init.get("batch_stats", {}))
-
-    def shapes(tree: Any) -> Any:
-        return jax.tree_util.tree_map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)
-
-    for what, mine, theirs in (("params", enc_params, fresh_params), ("batch_stats", enc_stats, fresh_stats)):
-        if shapes(dict(mine)) != shapes(theirs):
+    fresh_params.pop("fc")
+    for what, mine, theirs in (
+        ("params", enc_params, fresh_params),
+        ("batch_stats", enc_stats, expected.get("batch_stats", {})),
+    ):
+        problems = _tree_mismatch(mine, theirs)
+        if problems:
             raise ValueError(
                 f"the autoencoder's encoder {what} do not match {type(clf).__name__}(num_classes={num_classes}) "
-                f"without fc: {jax.tree_util.tree_structure(shapes(dict(mine)))} vs "
-                f"{jax.tree_util.tree_structure(shapes(theirs))}"
+                f"without fc: {'; '.join(problems)}"
             )
+    # Only fc is returned, so XLA drops the rest of the init (and the forward pass): cheap even for big encoders.
+    fc = jax.jit(lambda key: init(key)["params"]["fc"])(rng)
     variables: dict[str, Any] = {"params": {**enc_params, "fc": fc}}
     if enc_stats:
         variables["batch_stats"] = dict(enc_stats)
