@@ -10,6 +10,7 @@ leaves a half checkpoint at ``directory``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -33,6 +34,18 @@ class CheckpointError(ValueError):
 
 def _sibling(directory: Path, tag: str) -> Path:
     return directory.parent / f".{directory.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_leaves(target: Path, variables: dict[str, Any]) -> None:
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise CheckpointError(f"cannot save {target}: variables must be a dict with 'params' (and 'batch_stats')")
+    bad = [
+        jax.tree_util.keystr(k)
+        for k, v in jax.tree_util.tree_flatten_with_path(variables)[0]
+        if not (hasattr(v, "shape") and hasattr(v, "dtype"))
+    ]
+    if bad:
+        raise CheckpointError(f"cannot save {target}: leaves that are not arrays: {', '.join(bad[:10])}")
 
 
 def save_variables(
@@ -70,23 +83,30 @@ def save_variables(
         raise CheckpointError(f"metadata for {target} is not JSON-serialisable: {e}") from e
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(target, "tmp")
+    _check_leaves(target, variables)
+    # The synchronous checkpointer: an async one may still be writing into `tmp` after a failure was raised.
+    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
         tmp.mkdir()
-        ckptr = ocp.StandardCheckpointer()
         ckptr.save(tmp / _STATE, variables)
-        ckptr.wait_until_finished()
-        ckptr.close()
         (tmp / _META).write_text(meta_text)
         if target.exists():
             old = _sibling(target, "old")
             target.rename(old)
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                old.rename(target)  # put the previous checkpoint back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
     except BaseException:
+        with contextlib.suppress(Exception):
+            ckptr.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    ckptr.close()
     return target
 
 

@@ -1,0 +1,103 @@
+"""save_variables / load_variables: exact round trip, refusal to overwrite, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtl
+from jaxtl.train.checkpoint import CheckpointError, load_variables, save_variables
+
+
+@pytest.fixture(scope="module")
+def variables():
+    module = jaxtl.create("resnet18", num_classes=5)
+    v = jax.jit(lambda k: module.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.PRNGKey(0))
+    v = jax.tree.map(lambda a: a + 1 if a.dtype == jnp.int32 else a, v)  # non-default counters
+    return v
+
+
+def _equal(a, b) -> bool:
+    same_structure = jax.tree.structure(a) == jax.tree.structure(b)
+    return same_structure and jax.tree.all(jax.tree.map(lambda x, y: x.dtype == y.dtype and np.array_equal(x, y), a, b))
+
+
+def test_roundtrip_and_overwrite(variables, tmp_path) -> None:
+    d = tmp_path / "ck"
+    save_variables(d, variables, arch="resnet18", num_classes=5, metadata={"source": "test"})
+    module, restored, meta = load_variables(d)
+    assert module.num_classes == 5 and meta["arch"] == "resnet18" and meta["metadata"] == {"source": "test"}
+    assert meta["jaxtl_version"] == jaxtl.__version__
+    assert _equal(restored, variables)
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_variables(d, variables, arch="resnet18", num_classes=5)
+    changed = jax.tree.map(lambda a: a * 2, variables)
+    save_variables(d, changed, arch="resnet18", num_classes=5, overwrite=True)
+    assert _equal(load_variables(d)[1], changed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "temporary siblings left behind"
+
+
+def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch) -> None:
+    with pytest.raises(CheckpointError, match=r"not arrays: \['params'\]\['x'\]"):
+        save_variables(tmp_path / "ck", {"params": {"x": object()}}, arch="resnet18", num_classes=5)
+    assert list(tmp_path.iterdir()) == []
+
+    def failing_rename(self, target):
+        raise OSError(f"simulated crash renaming {self}")
+
+    # Everything written, then the final step fails: no checkpoint and no temporary left.
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "rename", failing_rename)
+        with pytest.raises(OSError, match="simulated crash"):
+            save_variables(tmp_path / "ck", variables, arch="resnet18", num_classes=5)
+    assert list(tmp_path.iterdir()) == []
+    # A failing overwrite keeps the old checkpoint intact.
+    save_variables(tmp_path / "ck", variables, arch="resnet18", num_classes=5)
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "rename", failing_rename)
+        with pytest.raises(OSError, match="simulated crash"):
+            save_variables(
+                tmp_path / "ck",
+                jax.tree.map(lambda a: a * 2, variables),
+                arch="resnet18",
+                num_classes=5,
+                overwrite=True,
+            )
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert _equal(load_variables(tmp_path / "ck")[1], variables)
+    with pytest.raises(CheckpointError, match="not JSON-serialisable"):
+        save_variables(tmp_path / "ck2", variables, arch="resnet18", num_classes=5, metadata={"x": object()})
+    assert not (tmp_path / "ck2").exists()
+
+
+def test_missing_and_damaged(variables, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"no checkpoint directory at .*nothing"):
+        load_variables(tmp_path / "nothing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match=r"plain is not a jaxtl checkpoint: jaxtl\.json is missing"):
+        load_variables(tmp_path / "plain")
+    d = tmp_path / "ck"
+    save_variables(d, variables, arch="resnet18", num_classes=5)
+    broken = tmp_path / "broken_json"
+    shutil.copytree(d, broken)
+    (broken / "jaxtl.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"broken_json/jaxtl\.json is damaged"):
+        load_variables(broken)
+    wrong = tmp_path / "wrong_arch"
+    shutil.copytree(d, wrong)
+    meta = json.loads((wrong / "jaxtl.json").read_text())
+    (wrong / "jaxtl.json").write_text(json.dumps({**meta, "arch": "resnet34"}))
+    with pytest.raises(CheckpointError, match="do not match the described model"):
+        load_variables(wrong)
+    no_state = tmp_path / "no_state"
+    shutil.copytree(d, no_state)
+    shutil.rmtree(no_state / "variables")
+    with pytest.raises(CheckpointError, match="variables/ is missing"):
+        load_variables(no_state)
+    assert issubclass(CheckpointError, ValueError)
