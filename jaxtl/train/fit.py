@@ -199,6 +199,7 @@ def fit(
     classifier: str = "fc",
     progress: bool = True,
     prefetch: int = 2,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``module`` from ``variables`` on ``train_data`` (images ``[N,H,W,C]``) data-parallel; returns a FitResult.
 
@@ -212,6 +213,7 @@ def fit(
     eval ``best_metric`` ("top1", or "loss" which is minimised), and automatic resume from the latest one.
     Eval runs every ``eval_every`` steps (default: every epoch) and at the end.
     A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved.
+    ``on_step(step, train_metrics)`` is called after every step (after its checkpoint, if any).
     """
     if (tx is None) == (optimizer is None):
         raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
@@ -310,6 +312,8 @@ def fit(
                     position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
                     save_run(manager, par.get_state(state), position, eval_metrics)
                     last_ckpt = step
+                if on_step is not None:
+                    on_step(step, m)
     finally:
         if bar is not None:
             bar.close()

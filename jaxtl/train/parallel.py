@@ -92,7 +92,9 @@ class Parallel:
             stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (self.num_devices, *np.shape(x))), state)
             return jax.device_put(stacked, NamedSharding(self.mesh, P(self.axis_name)), may_alias=False)
         if self.kind == "shard_map":
-            return jax.device_put(state, NamedSharding(self.mesh, P()), may_alias=False)
+            # may_alias=False is not enough here: the replicated array would reuse the caller's device-0 buffer.
+            state = jax.tree.map(lambda x: np.array(x, copy=True), state)
+            return jax.device_put(state, NamedSharding(self.mesh, P()))
         return jax.device_put(state, self.devices[0], may_alias=False)
 
     def get_state(self, state: Any) -> Any:

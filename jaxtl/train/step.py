@@ -118,7 +118,7 @@ def train_step(
         new_stats = traverse_util.unflatten_dict(flat_new, sep="/")
     metrics: Metrics = {
         "loss": _psum(local_loss, axis_name),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "count": count,
     }
     if loss == "ce":
