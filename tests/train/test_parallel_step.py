@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import optax
@@ -36,7 +34,7 @@ def resnet_steps():
 
 
 def _max_diff(a, b) -> float:
-    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b)
+    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.float64(x) - np.float64(y)))), a, b)
     return max(jax.tree.leaves(diffs))
 
 
@@ -69,12 +67,10 @@ def test_cross_device_batchnorm_uses_global_batch():
     batch = {"images": data.images, "labels": data.labels.astype(np.int32)}
     par = Parallel("pmap")
     step = par.map(train_step, donate=False)
-    local = par.map(functools.partial(train_step, axis_name=None), donate=False)
     base = par.put_state(TrainState.create(module, variables, optax.sgd(0.1), rng=0))
     shard = par.put_batch(batch)
     synced, _ = step(base, shard)
     unsynced, _ = jax.pmap(lambda s, b: train_step(s, b, axis_name=None))(base, shard)
-    del local
     means = np.asarray(synced.batch_stats["bn1"]["mean"])
     assert np.all(means == means[0]), "replicas must hold identical statistics"
     own = np.asarray(unsynced.batch_stats["bn1"]["mean"])
@@ -100,8 +96,10 @@ def test_eval_on_ragged_dataset_equals_numpy_count(kind):
     labels = data.labels
     top1 = np.sum(np.argmax(logits, -1) == labels)
     top5 = np.sum(np.any(np.argsort(-logits, -1)[:, :5] == labels[:, None], axis=-1))
-    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) - logits.max(
-        -1, keepdims=True
+    logp = (
+        logits
+        - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True))
+        - logits.max(-1, keepdims=True)
     )
     assert metrics["count"] == 37
     assert metrics["top1"] == top1 / 37
