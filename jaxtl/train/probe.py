@@ -142,7 +142,7 @@ def fit_linear_probe(
         head: dict[str, jax.Array], opt_state: Any, x: jax.Array, y: jax.Array
     ) -> tuple[dict[str, jax.Array], Any, dict[str, jax.Array]]:
         def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            logits = x @ h["kernel"] + h["bias"]
+            logits = x @ h["kernel"] + h["bias"][None, :]
             return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(head)
