@@ -1,9 +1,10 @@
 """jaxtl's ResNets against torchvision's, with weights moved by the bridge (random weights, no downloads).
 
 Tolerances are relative to the largest magnitude of the compared tensor: float32 eval 1e-4; float32 train 1e-4 for
-outputs and running statistics, 1e-3 for the fc gradient; bfloat16 compute 5e-2. The conv1 gradient of a train-mode
-ResNet-50 on a tiny batch is ill-conditioned (torch's own float32 gradient is ~1% off its float64 one), so there jaxtl
-must be as accurate as torch float32: error vs torch float64 <= 2 x torch float32's error + 1e-5.
+outputs and running statistics, 1e-3 for the fc gradient; bfloat16 compute 2e-2 (measured ~5e-3).
+The conv1 gradient of a train-mode ResNet-50 on a tiny batch is ill-conditioned (torch's own float32 gradient is
+~1% off its float64 one), so there jaxtl must be as accurate as torch float32:
+error vs torch float64 <= 2 x torch float32's error + 1e-5 x max|grad|.
 """
 
 from __future__ import annotations
@@ -150,4 +151,4 @@ def test_bfloat16_compute_close_to_torchvision_float32(arch: str) -> None:
         assert leaf.dtype == jnp.float32
     logits = jax.jit(functools.partial(module.apply, train=False))(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     assert logits.dtype == jnp.bfloat16
-    assert_close_rel(logits, want, 5e-2, f"{arch} bfloat16 logits")
+    assert_close_rel(logits, want, 2e-2, f"{arch} bfloat16 logits")
