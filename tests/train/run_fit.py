@@ -1,0 +1,54 @@
+"""Subprocess entry for the resume tests: ``python run_fit.py WORKDIR STEPS [SLEEP_S]``; writes WORKDIR/final.npz."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax
+import numpy as np
+import optax
+
+import jaxtl  # noqa: F401  (sets XLA:CPU flags before the backend starts)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny import Tiny, tiny_dataset, tiny_variables
+
+from jaxtl.train import fit
+
+
+def run(workdir: str, steps: int, sleep_s: float = 0.0, nan_example: int | None = None):
+    module = Tiny()
+    data = tiny_dataset(40)
+    if nan_example is not None:
+        data.images[nan_example] = float("nan")
+    on_step = (lambda step, m: time.sleep(sleep_s)) if sleep_s else None
+    return fit(
+        module,
+        jax.device_get(tiny_variables(module)),
+        data,
+        eval_data=tiny_dataset(13, seed=5),
+        tx=make_tx(),
+        steps=steps,
+        batch_size=8,
+        checkpoint_every=2,
+        eval_every=5,
+        workdir=workdir,
+        parallel="pmap",
+        progress=False,
+        on_step=on_step,
+    )
+
+
+def make_tx() -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3))
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAXTL_TEST_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    result = run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+    leaves = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(result.state))}
+    np.savez(os.path.join(sys.argv[1], "final.npz"), **leaves)
