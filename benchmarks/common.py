@@ -1,0 +1,146 @@
+"""Shared benchmark plumbing: machine description, timing, side-by-side alternation, JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def set_device_count(n: int | None) -> None:
+    """Ask XLA for ``n`` fake CPU devices; must run before jax starts its backend."""
+    if n:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (CPU)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per side (after warm-up)")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file (default benchmarks/results/NAME.json)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps: checks the script runs")
+    p.add_argument("--no-torch", action="store_true", help="jaxtl side only")
+    return p
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import jax
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import flax
+        import optax
+
+        info["flax"], info["optax"] = flax.__version__, optax.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if device == "gpu" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def block(x: Any) -> Any:
+    """Wait for JAX (or torch CUDA) work behind ``x`` to finish."""
+    import jax
+
+    jax.block_until_ready(x)
+    return x
+
+
+def time_once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def alternate(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Run each side's timed callable ``repeats`` times, alternating sides, so drift hits both equally."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            times[name].append(time_once(fn))
+    return times
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "n": len(samples),
+    }
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def jax_peak_memory_mib() -> float | None:
+    """Peak device memory from the first device's allocator stats, where the backend reports them (GPU/TPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return float(stats["peak_bytes_in_use"]) / 2**20
+
+
+def write_results(name: str, payload: dict[str, Any], out: pathlib.Path | None) -> pathlib.Path:
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(c: Any) -> str:
+    if isinstance(c, float):
+        return f"{c:.3g}" if abs(c) < 1000 else f"{c:.0f}"
+    return "-" if c is None else str(c)
