@@ -48,6 +48,19 @@ def pad_batch(batch: Batch, batch_size: int) -> Batch:
     return out
 
 
+def process_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The contiguous rows ``[p * B/P, (p+1) * B/P)`` of a global batch that process ``p`` of ``P`` feeds."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must lie in [0, {process_count}), got {process_index}")
+    if batch_size % process_count:
+        raise ValueError(
+            f"global batch_size={batch_size} is not divisible by the {process_count} processes; "
+            f"choose a multiple of {process_count}"
+        )
+    per = batch_size // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
 def iterate_batches(
     dataset: ArrayDataset,
     batch_size: int,
@@ -57,24 +70,33 @@ def iterate_batches(
     shuffle: bool = True,
     drop_remainder: bool = True,
     start_batch: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[Batch]:
     """Yield ``{"images": [B,H,W,C], "labels": [B]}`` batches of one epoch, from batch ``start_batch`` on.
 
     With ``drop_remainder=False`` the ragged last batch is padded to ``batch_size`` and every batch carries a
     ``mask`` [B] so metrics count real examples only. Unlabeled datasets yield no ``labels``.
+    With ``process_count > 1`` each yielded batch is this process's contiguous slice ``[B / P, ...]`` of the
+    global batch (see :func:`process_slice`); only those rows are read from ``dataset``, so P processes together
+    see exactly the global batches one process would.
     """
     n = len(dataset)
     order = epoch_indices(n, seed, epoch, shuffle)
     total = num_batches(n, batch_size, drop_remainder)
     if not 0 <= start_batch <= total:
         raise ValueError(f"start_batch={start_batch} outside [0, {total}] for {n} examples, batch_size={batch_size}")
+    rows = process_slice(batch_size, process_index, process_count)
+    local_size = rows.stop - rows.start
     for b in range(start_batch, total):
-        idx = order[b * batch_size : (b + 1) * batch_size]
+        global_idx = order[b * batch_size : (b + 1) * batch_size]
+        # Padding is decided on the global batch, so a process may hold only padding rows of a ragged last batch.
+        idx = global_idx[rows]
         batch: Batch = {"images": np.asarray(dataset.images[idx], np.float32)}
         if dataset.labels is not None:
             batch["labels"] = np.asarray(dataset.labels[idx], np.int32)
         if not drop_remainder:
-            batch = pad_batch(batch, batch_size)
+            batch = pad_batch(batch, local_size)
         yield batch
 
 

@@ -4,16 +4,29 @@ A run is fully determined by its arguments: the data order of epoch ``e`` is ``d
 last train batch is dropped, and the state (params, batch_stats, opt_state, step, rng) is checkpointed together with
 the data position (epoch, batch). Restarting ``fit`` with the same arguments and ``workdir`` restores the latest
 complete checkpoint, skips the batches already consumed, and finishes bit-identical (on CPU) to an uninterrupted run.
+
+Faults: a checkpoint carries a SHA-256 of its arrays; a newest checkpoint that cannot be read or does not match
+(truncated or corrupted files, missing metadata) is reported with a warning, moved to ``workdir/damaged_checkpoints``
+and the previous one is used. An unwritable work directory or one without room for a checkpoint is an error
+(:class:`WorkdirError`) before training starts.
+
+Multi-process (``jax.distributed``): every process runs ``fit`` with the same arguments and a shared ``workdir``;
+each feeds its slice of every global batch, all of them call the Orbax save/restore (Orbax coordinates the
+writes), and only process 0 writes ``metrics.jsonl`` and shows progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
 import pathlib
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +35,7 @@ import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxtl.data.batching import iterate_batches, num_batches
 from jaxtl.data.dataset import ArrayDataset
@@ -41,6 +55,14 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(f"non-finite loss {loss} at step {step}; stopped ({where})")
 
 
+class WorkdirError(OSError):
+    """The work directory cannot hold this run's checkpoints (not writable, or too little free space)."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint could not be read back, or its arrays do not match the digest written with it."""
+
+
 @dataclasses.dataclass
 class FitResult:
     """The final state (host arrays), its ``{"params", "batch_stats"}`` and the metrics history (dicts)."""
@@ -58,6 +80,15 @@ def _leaves_dict(state: TrainState) -> dict[str, np.ndarray]:
     return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
 
 
+def _digest(leaves: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(leaves):
+        arr = np.ascontiguousarray(np.asarray(leaves[key]))
+        h.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def _from_leaves(template: TrainState, leaves: dict[str, Any], where: str) -> TrainState:
     expected = jax.tree.leaves(template)
     if len(leaves) != len(expected):
@@ -67,6 +98,44 @@ def _from_leaves(template: TrainState, leaves: dict[str, Any], where: str) -> Tr
         if got.shape != np.shape(want):
             raise ValueError(f"checkpoint {where}: array {i} has shape {got.shape}, this run expects {np.shape(want)}")
     return jax.tree.unflatten(jax.tree.structure(template), ordered)  # type: ignore[no-any-return]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def checkpoint_bytes(state: TrainState) -> int:
+    """The bytes of one run checkpoint's arrays (params, batch_stats, optimizer state, step, rng)."""
+    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+
+
+def check_workdir(workdir: str | pathlib.Path, need_bytes: int = 0) -> pathlib.Path:
+    """Create ``workdir`` and prove it writable (a probe file) with ``need_bytes`` free; raise :class:`WorkdirError`.
+
+    Run before training so a bad directory fails in seconds, not at the first checkpoint.
+    """
+    path = pathlib.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create work directory {path}: {e.strerror or e}") from e
+    if not path.is_dir():
+        raise WorkdirError(f"work directory {path} exists and is not a directory")
+    probe = path / f".jaxtl-write-probe-{os.getpid()}-{jax.process_index()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"jaxtl")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"work directory {path} is not writable: {e.strerror or e}") from e
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise WorkdirError(
+            f"work directory {path} has {free / 2**20:.1f} MiB free; one checkpoint needs about "
+            f"{need_bytes / 2**20:.1f} MiB"
+        )
+    return path
 
 
 def checkpoint_manager(
@@ -97,25 +166,90 @@ def save_run(
     position: dict[str, int],
     metrics: dict[str, float] | None = None,
 ) -> None:
-    """Write one complete checkpoint (state leaves + data position) at ``position["step"]``; blocks until done."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_leaves_dict(state)), meta=ocp.args.JsonSave(position))
+    """Write one complete checkpoint (state leaves + data position) at ``position["step"]``; blocks until done.
+
+    In a multi-process run every process calls this with the same (replicated) state; Orbax coordinates.
+    """
+    leaves = _leaves_dict(state)
+    meta = {**position, "sha256": _digest(leaves)}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
     manager.save(position["step"], args=args, metrics=metrics, force=True)
     manager.wait_until_finished()
+
+
+def _step_dirs(manager: ocp.CheckpointManager) -> list[int]:
+    # Orbax lists only steps it considers complete; a step folder missing its metadata must still be reported.
+    directory = pathlib.Path(manager.directory)
+    found = (
+        {int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()} if directory.exists() else set()
+    )
+    return sorted(found | set(manager.all_steps()), reverse=True)
+
+
+def _restore_step(manager: ocp.CheckpointManager, template: TrainState, step: int) -> tuple[TrainState, dict[str, int]]:
+    where = str(pathlib.Path(manager.directory) / str(step))
+    target = _leaves_dict(template)
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        )
+        meta = dict(restored["meta"])
+        leaves = {k: np.asarray(v) for k, v in restored["state"].items()}
+    except Exception as e:  # Orbax/tensorstore raise many types for unreadable files; all mean "damaged" here.
+        raise CheckpointDamagedError(
+            f"checkpoint step {step} at {where} cannot be read: {type(e).__name__}: {e}"
+        ) from e
+    want = meta.pop("sha256", None)
+    if want is not None and set(leaves) == set(target) and _digest(leaves) != want:
+        raise CheckpointDamagedError(f"checkpoint step {step} at {where}: arrays do not match their SHA-256")
+    for key in ("step", "epoch", "batch"):
+        if not isinstance(meta.get(key), int):
+            raise CheckpointDamagedError(f"checkpoint step {step} at {where}: metadata lacks an integer {key!r}")
+    return _from_leaves(template, leaves, where), meta
+
+
+def _restore_latest_good(
+    manager: ocp.CheckpointManager, template: TrainState
+) -> tuple[tuple[TrainState, dict[str, int]] | None, list[int]]:
+    damaged: list[int] = []
+    steps = _step_dirs(manager)
+    for step in steps:
+        try:
+            return _restore_step(manager, template, step), damaged
+        except CheckpointDamagedError as e:
+            damaged.append(step)
+            warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=3)
+    if damaged:
+        raise CheckpointDamagedError(
+            f"every checkpoint in {manager.directory} is damaged (steps {damaged}); move them away to start afresh"
+        )
+    return None, damaged
 
 
 def restore_run(
     manager: ocp.CheckpointManager, template: TrainState, step: int | None = None
 ) -> tuple[TrainState, dict[str, int]] | None:
-    """The state and data position of checkpoint ``step`` (default: latest), or None when there is none."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None
-    target = _leaves_dict(template)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-    )
-    where = str(pathlib.Path(manager.directory) / str(step))
-    return _from_leaves(template, restored["state"], where), dict(restored["meta"])
+    """The state and data position of checkpoint ``step``, or None when there is none.
+
+    By default the latest readable one: a damaged newer checkpoint is reported with a ``RuntimeWarning`` naming
+    its step and path, and the previous one is tried. An explicit ``step`` that is damaged raises
+    :class:`CheckpointDamagedError`.
+    """
+    if step is not None:
+        return _restore_step(manager, template, step)
+    return _restore_latest_good(manager, template)[0]
+
+
+def _set_aside(directory: pathlib.Path, steps: list[int]) -> None:
+    # Out of Orbax's folder, so it neither lists them nor refuses to write those steps again; kept for inspection.
+    aside = directory.parent / "damaged_checkpoints"
+    aside.mkdir(exist_ok=True)
+    for step in steps:
+        src = directory / str(step)
+        if src.exists():
+            dst = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            shutil.move(str(src), str(dst))
+            warnings.warn(f"damaged checkpoint step {step} moved from {src} to {dst}", RuntimeWarning, stacklevel=3)
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -136,13 +270,22 @@ def evaluate(
     on one device. The ragged last batch is padded to ``batch_size`` and masked, never dropped.
     """
     if par is None:
+        if jax.process_count() > 1:
+            raise ValueError("in a multi-process run pass par= (the Parallel that holds state) to evaluate()")
         par = Parallel("none")
         state = par.put_state(state)
     if batch_size % par.num_devices:
         raise ValueError(f"eval batch_size={batch_size} is not divisible by the {par.num_devices} devices")
     fn = eval_fn or par.map(functools.partial(eval_step, loss=loss), donate=False, n_out=1)
     totals: dict[str, float] = {}
-    batches = iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False)
+    batches = iterate_batches(
+        dataset,
+        batch_size,
+        shuffle=False,
+        drop_remainder=False,
+        process_index=par.process_index,
+        process_count=par.process_count,
+    )
     for batch in prefetch_to_device(batches, 2, par.put_batch):
         for k, v in par.get_metrics(fn(state, batch)).items():
             totals[k] = totals.get(k, 0.0) + v
@@ -208,11 +351,17 @@ def fit(
     is dropped). ``trainable`` freezes the rest (see :func:`jaxtl.freeze`); ``"^fc/"`` freezes the whole backbone,
     BatchNorm included. ``loss="mse"`` trains an autoencoder (target = input, no labels needed).
 
+    Multi-process (``jax.distributed`` initialised): call it in every process with the same arguments;
+    ``batch_size`` is the global batch, each process feeds its ``batch_size / num_processes`` slice, ``workdir``
+    must be shared, and only process 0 writes metrics and shows progress.
+
     With ``workdir``: metrics as JSON lines in ``workdir/metrics.jsonl``, checkpoints in ``workdir/checkpoints``
     every ``checkpoint_every`` steps (default: every epoch) and at the end, keeping ``keep`` latest plus the best by
     eval ``best_metric`` ("top1", or "loss" which is minimised), and automatic resume from the latest one.
     Eval runs every ``eval_every`` steps (default: every epoch) and at the end.
-    A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved.
+    A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved. A damaged newest
+    checkpoint is reported (``RuntimeWarning``), set aside and the previous one used; an unwritable or full
+    ``workdir`` raises :class:`WorkdirError` before the first step.
     ``on_step(step, train_metrics)`` is called after every step (after its checkpoint, if any).
     """
     if (tx is None) == (optimizer is None):
@@ -248,14 +397,21 @@ def fit(
     manager = None
     metrics_path = None
     last_ckpt: int | None = None
+    main = jax.process_index() == 0
     if workdir is not None:
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        # Room for one more checkpoint plus Orbax's metadata; the older ones already occupy their space.
+        workdir = check_workdir(workdir, int(checkpoint_bytes(host_state) * 1.1) + 2**20)
         metrics_path = workdir / "metrics.jsonl"
-        manager = checkpoint_manager(
-            workdir / "checkpoints", keep, best_metric, "min" if best_metric == "loss" else "max"
-        )
-        restored = restore_run(manager, host_state)
+        best_mode = "min" if best_metric == "loss" else "max"
+        ckpt_dir = workdir / "checkpoints"
+        manager = checkpoint_manager(ckpt_dir, keep, best_metric, best_mode)
+        restored, damaged = _restore_latest_good(manager, host_state)
+        if damaged:
+            manager.close()
+            if main:
+                _set_aside(ckpt_dir, damaged)
+            _sync("jaxtl_fit_set_aside_damaged")
+            manager = checkpoint_manager(ckpt_dir, keep, best_metric, best_mode)
         if restored is not None:
             host_state, position = restored
             step = int(position["step"])
@@ -265,7 +421,9 @@ def fit(
                     f"inconsistent with {steps_per_epoch} batches per epoch: was batch_size or the dataset changed?"
                 )
             last_ckpt = step
-            _metrics_log(metrics_path, step)
+            if main:
+                _metrics_log(metrics_path, step)
+        _sync("jaxtl_fit_metrics_log")
 
     history: list[dict[str, Any]] = []
     if metrics_path is not None and metrics_path.exists():
@@ -273,7 +431,7 @@ def fit(
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)
-        if metrics_path is not None:
+        if metrics_path is not None and main:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -282,7 +440,7 @@ def fit(
     state = par.put_state(host_state)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc="fit", unit="step", dynamic_ncols=True)
@@ -290,7 +448,15 @@ def fit(
         while step < total_steps:
             epoch, start = divmod(step, steps_per_epoch)
             stop = min(steps_per_epoch, start + total_steps - step)
-            batches = iterate_batches(train_data, batch_size, seed=seed, epoch=epoch, start_batch=start)
+            batches = iterate_batches(
+                train_data,
+                batch_size,
+                seed=seed,
+                epoch=epoch,
+                start_batch=start,
+                process_index=par.process_index,
+                process_count=par.process_count,
+            )
             t0 = time.perf_counter()
             for b, batch in zip(range(start, stop), prefetch_to_device(batches, prefetch, par.put_batch)):
                 state, metrics = step_fn(state, batch)

@@ -4,6 +4,12 @@ Both wrappers take the same per-device function. Under pmap the state is replica
 and host batches are reshaped to ``[D, B // D, ...]``; under shard_map the state is one array replicated by a
 ``NamedSharding(mesh, P())`` and the batch is sharded along ``"data"``. ``parallel="none"`` runs the step
 unmapped under ``jax.jit`` on one device (axis name None). The mesh uses the global device set.
+
+Multi-process (``jax.distributed`` initialised): the mappings span every process's devices, ordered by process,
+and each process feeds only its contiguous slice of every global batch (``[B / P, ...]``, see
+:func:`jaxtl.data.batching.process_slice`): pmap takes it as ``[local D, B / (P * local D), ...]``, shard_map as
+the process-local part of one global array (``jax.make_array_from_process_local_data``). Replicated outputs are
+read from this process's first device; per-example outputs are gathered from all processes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -23,9 +30,11 @@ from jaxtl.data.batching import shard_for_devices
 PARALLEL = ("pmap", "shard_map", "none")
 
 
-def pmap_step(fn: Callable[..., Any], axis_name: str = "data", donate: bool = True) -> Callable[..., Any]:
-    """``jax.pmap(fn, axis_name)``, donating the state (argument 0) when ``donate``."""
-    return jax.pmap(fn, axis_name=axis_name, donate_argnums=(0,) if donate else ())
+def pmap_step(
+    fn: Callable[..., Any], axis_name: str = "data", donate: bool = True, devices: Sequence[Any] | None = None
+) -> Callable[..., Any]:
+    """``jax.pmap(fn, axis_name)``, donating the state (argument 0) when ``donate``; over ``devices`` if given."""
+    return jax.pmap(fn, axis_name=axis_name, donate_argnums=(0,) if donate else (), devices=devices)
 
 
 def shard_map_step(
@@ -48,27 +57,61 @@ def shard_map_step(
     return jax.jit(mapped, donate_argnums=(0,) if donate else ())
 
 
+def _first_replica(x: Any, stacked: bool) -> np.ndarray:
+    # A multi-process array is not fully addressable: read one local copy instead of jax.device_get of it all.
+    if not isinstance(x, jax.Array):
+        arr = np.asarray(x)
+        return arr[0] if stacked else arr
+    local = np.asarray(x.addressable_data(0))
+    return local.reshape(x.shape[1:]) if stacked else local
+
+
 class Parallel:
     """How state and batches go to devices and how steps are mapped, for one ``parallel`` option.
 
-    ``devices`` defaults to ``jax.devices()`` (all devices, for "pmap"/"shard_map") or the first (for "none").
+    ``devices`` defaults to ``jax.devices()`` (all devices of all processes, ordered by process, for
+    "pmap"/"shard_map") or this process's first device (for "none", which is single-process only).
+    Batches given to :meth:`put_batch` are this process's slice of the global batch (all of it in one process).
     """
 
     def __init__(self, parallel: str = "pmap", axis_name: str = "data", devices: Sequence[Any] | None = None):
         if parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
         self.kind = parallel
+        self.process_index = jax.process_index()
+        self.process_count = jax.process_count()
+        if parallel == "none" and self.process_count > 1:
+            raise ValueError(
+                f"parallel='none' runs on one device of one process; this is a {self.process_count}-process run "
+                "(jax.distributed), use 'pmap' or 'shard_map'"
+            )
+        explicit = devices is not None
         if devices is None:
-            devices = jax.devices()[:1] if parallel == "none" else jax.devices()
-        self.devices = list(devices)
+            devices = jax.local_devices()[:1] if parallel == "none" else jax.devices()
+        # Process-major order puts each process's devices, and so its slice of the batch, in one contiguous block.
+        self.devices = sorted(devices, key=lambda d: (d.process_index, d.id))
         if parallel == "none" and len(self.devices) != 1:
             raise ValueError(f"parallel='none' runs on one device, got {len(self.devices)}")
+        self.local_devices = [d for d in self.devices if d.process_index == self.process_index]
+        per_process = collections.Counter(d.process_index for d in self.devices)
+        if len(set(per_process.values())) != 1 or len(per_process) != self.process_count:
+            raise ValueError(
+                f"every process must own the same number of the mapped devices, got {dict(per_process)} "
+                f"for {self.process_count} processes"
+            )
         self.axis_name: str | None = None if parallel == "none" else axis_name
         self.mesh = Mesh(np.array(self.devices), (axis_name,))
+        self.local_mesh = Mesh(np.array(self.local_devices), (axis_name,))
+        self._pmap_devices = self.devices if explicit else None
 
     @property
     def num_devices(self) -> int:
+        """Devices over all processes."""
         return len(self.devices)
+
+    @property
+    def num_local_devices(self) -> int:
+        return len(self.local_devices)
 
     def map(
         self, fn: Callable[..., Any], donate: bool = True, n_out: int = 2, batch_out: bool = False
@@ -80,49 +123,76 @@ class Parallel:
         """
         per_device = functools.partial(fn, axis_name=self.axis_name)
         if self.kind == "pmap":
-            return pmap_step(per_device, self.axis_name or "data", donate)
+            return pmap_step(per_device, self.axis_name or "data", donate, self._pmap_devices)
         if self.kind == "shard_map":
             return shard_map_step(per_device, self.mesh, self.axis_name or "data", donate, n_out, batch_out)
         return jax.jit(per_device, donate_argnums=(0,) if donate else ())
 
     def put_state(self, state: Any) -> Any:
-        """Place a host/device state on the devices, replicated. Always a copy: the steps donate their state."""
+        """Place a host/device state on the devices, replicated. Always a copy: the steps donate their state.
+
+        Multi-process: every process must pass the same state (as ``fit`` does: same init or same checkpoint).
+        """
         if self.kind == "pmap":
-            # pmap takes a leading device axis; a NamedSharding over it is what pmap itself returns.
-            stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (self.num_devices, *np.shape(x))), state)
-            return jax.device_put(stacked, NamedSharding(self.mesh, P(self.axis_name)), may_alias=False)
+            # pmap takes this process's devices as a leading axis; a NamedSharding over it is what pmap returns.
+            n = self.num_local_devices
+            stacked = jax.tree.map(lambda x: np.broadcast_to(_host(x), (n, *np.shape(x))), state)
+            return jax.device_put(stacked, NamedSharding(self.local_mesh, P(self.axis_name)), may_alias=False)
         if self.kind == "shard_map":
             # may_alias=False is not enough here: the replicated array would reuse the caller's device-0 buffer.
-            state = jax.tree.map(lambda x: np.array(x, copy=True), state)
+            state = jax.tree.map(lambda x: np.array(_host(x), copy=True), state)
             return jax.device_put(state, NamedSharding(self.mesh, P()))
         return jax.device_put(state, self.devices[0], may_alias=False)
 
     def get_state(self, state: Any) -> Any:
-        """One copy of a replicated state, as host numpy arrays."""
-        if self.kind == "pmap":
-            state = jax.tree.map(lambda x: x[0], state)
-        return jax.device_get(state)
+        """One copy of a replicated state, as host numpy arrays (read from this process's first device)."""
+        return jax.tree.map(lambda x: _first_replica(x, self.kind == "pmap"), state)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Split a host global batch ``[B, ...]`` over the devices (B must be divisible by the device count)."""
+        """Split this process's batch ``[B / P, ...]`` over its devices (divisible by the local device count).
+
+        In a single process this is the whole global batch ``[B, ...]``.
+        """
         if self.kind == "pmap":
-            sharded = shard_for_devices(batch, self.num_devices)
-            return jax.device_put(sharded, NamedSharding(self.mesh, P(self.axis_name)))  # type: ignore[no-any-return]
+            sharded = shard_for_devices(batch, self.num_local_devices)
+            return jax.device_put(sharded, NamedSharding(self.local_mesh, P(self.axis_name)))  # type: ignore[no-any-return]
         if self.kind == "shard_map":
-            shard_for_devices(batch, self.num_devices)  # raises the clear divisibility error
-            return jax.device_put(batch, NamedSharding(self.mesh, P(self.axis_name)))  # type: ignore[no-any-return]
+            shard_for_devices(batch, self.num_local_devices)  # raises the clear divisibility error
+            sharding = NamedSharding(self.mesh, P(self.axis_name))
+            if self.process_count == 1:
+                return jax.device_put(batch, sharding)  # type: ignore[no-any-return]
+            return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
         return jax.device_put(batch, self.devices[0])  # type: ignore[no-any-return]
 
     def gather(self, out: Any) -> np.ndarray:
-        """A per-example output ``[B, ...]`` on the host (undoing pmap's ``[D, B // D, ...]``)."""
-        arr = np.asarray(jax.device_get(out))
-        return arr.reshape(-1, *arr.shape[2:]) if self.kind == "pmap" else arr
+        """A per-example output as the global ``[B, ...]`` on every host (undoing pmap's ``[D, B // D, ...]``)."""
+        if self.kind == "pmap":
+            if isinstance(out, jax.Array) and not out.is_fully_addressable:
+                shards = sorted(out.addressable_shards, key=lambda s: _start(s.index[0]))
+                local = np.concatenate([np.asarray(s.data).reshape(-1, *out.shape[2:]) for s in shards])
+            else:
+                arr = np.asarray(out)
+                local = arr.reshape(-1, *arr.shape[2:])
+            if self.process_count == 1:
+                return local
+            return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+        if self.kind == "shard_map" and self.process_count > 1:
+            return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+        return np.asarray(jax.device_get(out))
 
     def get_metrics(self, metrics: Any) -> dict[str, float]:
         """Host floats from (replicated) device metrics."""
-        if self.kind == "pmap":
-            metrics = jax.tree.map(lambda x: x[0], metrics)
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return {k: float(_first_replica(v, self.kind == "pmap")) for k, v in metrics.items()}
+
+
+def _start(index: Any) -> int:
+    return index if isinstance(index, int) else (index.start or 0)
+
+
+def _host(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
 
 
 def prefetch_to_device(

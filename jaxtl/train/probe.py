@@ -47,7 +47,8 @@ def extract_features(
     """Features ``[N, F]`` (float32) of every example, in dataset order; eval-mode BatchNorm, ragged tail kept.
 
     With ``out_path`` the features are written into a ``.npy`` memory map there (for sets too large for memory)
-    and the returned array is that memmap.
+    and the returned array is that memmap. Multi-process: every process returns all ``[N, F]`` features; only
+    process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
     """
     par = Parallel(parallel)
     if batch_size % par.num_devices:
@@ -58,12 +59,20 @@ def extract_features(
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
-    batches = iterate_batches(dataset, batch_size, shuffle=False, drop_remainder=False)
+    # Each process feeds its slice; gather() returns the global batch's features on every process.
+    batches = iterate_batches(
+        dataset,
+        batch_size,
+        shuffle=False,
+        drop_remainder=False,
+        process_index=par.process_index,
+        process_count=par.process_count,
+    )
     for batch in prefetch_to_device(batches, 2, par.put_batch):
         feats = par.gather(fn(placed, batch))
         if out is None:
             shape = (n, *feats.shape[1:])
-            if out_path is not None:
+            if out_path is not None and par.process_index == 0:
                 out = np.lib.format.open_memmap(str(out_path), mode="w+", dtype=np.float32, shape=shape)
             else:
                 out = np.empty(shape, np.float32)
