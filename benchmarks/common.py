@@ -22,6 +22,42 @@ def set_device_count(n: int | None) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def backend_started() -> bool:
+    """True once jax has created its backends (XLA_FLAGS / JAX_PLATFORMS no longer take effect)."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer jax: assume started
+        return True
+
+
+def prepare_backend(device: str, devices: int = 1) -> None:
+    """Before jax starts: jaxtl's CPU flags, the platform, and ``devices`` fake CPU devices when on CPU.
+
+    In a process whose backend already runs (tests) this does nothing; ``--devices`` then picks from what exists.
+    """
+    if not backend_started():
+        if device == "cpu":
+            os.environ["JAX_PLATFORMS"] = "cpu"
+            if devices > 1:
+                set_device_count(devices)
+        elif os.environ.get("JAX_PLATFORMS") == "cpu":
+            del os.environ["JAX_PLATFORMS"]
+    import jax
+
+    import jaxtl  # noqa: F401  (applies its XLA:CPU flags if the backend has not started)
+
+    platform = jax.default_backend()
+    want = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}[device]
+    if platform != want and not (want == "gpu" and platform == "cuda"):
+        raise SystemExit(f"--device {device}: JAX runs on {platform!r} here")
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
@@ -45,6 +81,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "jax_device_kind": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     try:

@@ -34,13 +34,50 @@ def sync(dev: Any) -> None:
         _torch().cuda.synchronize()
 
 
+CONVNET_WIDTHS = (32, 64, 128)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[Any]:
+    nn = _torch().nn
+    return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _convnet_encoder(widths: tuple[int, ...]) -> list[Any]:
+    """jaxtl's ConvNet stages: (conv3x3-BN-relu) x2, then 2x2 max-pool, per width."""
+    layers: list[Any] = []
+    cin = 3
+    for w in widths:
+        layers += [*_conv_bn_relu(cin, w), *_conv_bn_relu(w, w), _torch().nn.MaxPool2d(2, 2)]
+        cin = w
+    return layers
+
+
+def _convnet(num_classes: int) -> Any:
+    """jaxtl's ``convnet_small`` classifier in torch; the head is ``.fc`` as in torchvision."""
+    nn = _torch().nn
+
+    class ConvNet(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*_convnet_encoder(CONVNET_WIDTHS))
+            self.fc = nn.Linear(CONVNET_WIDTHS[-1], num_classes)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.features(x).mean(dim=(2, 3)))
+
+    return ConvNet()
+
+
 def _model(arch: str, num_classes: int, dev: Any) -> Any:
     torch = _torch()
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
+    if arch == "convnet_small":
+        model = _convnet(num_classes)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None)
+        model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
     return model.to(dev, memory_format=torch.channels_last)
 
 
@@ -121,3 +158,46 @@ def linear_probe_fn(
         sync(dev)
 
     return run
+
+
+def _autoencoder(widths: tuple[int, ...], decoder_widths: tuple[int, ...], size: int) -> Any:
+    """jaxtl's ``Autoencoder(ConvNet(num_classes=0))`` written in torch: same layers, sizes and resize rule."""
+    nn = _torch().nn
+    enc = _convnet_encoder(widths)
+    cin = widths[-1]
+    h = size // 2 ** len(widths)
+    k = len(decoder_widths)
+    dec: list[Any] = []
+    for i, w in enumerate(decoder_widths):
+        t = (i + 1) / k
+        out = size if i == k - 1 else max(1, round(h * (size / h) ** t))
+        dec += [nn.Upsample(size=(out, out), mode="bilinear", align_corners=False), *_conv_bn_relu(cin, w)]
+        cin = w
+    dec += [nn.Conv2d(cin, 3, 3, 1, 1, bias=True), nn.Sigmoid()]
+    return nn.Sequential(*enc, *dec)
+
+
+def autoencoder_step_fn(
+    *, batch: int, size: int, widths: tuple[int, ...], decoder_widths: tuple[int, ...], dtype: str, dev: Any
+) -> Callable[[], None]:
+    """One MSE reconstruction step of the ConvNet autoencoder (Adam, as ``jaxtl pretrain``)."""
+    torch = _torch()
+    torch.manual_seed(0)
+    model = _autoencoder(widths, decoder_widths, size).to(dev, memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(size=(batch, 3, size, size)).astype(np.float32))
+    x = x.to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    amp = dtype == "bfloat16"
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss = torch.nn.functional.mse_loss(out.float(), x)
+        loss.backward()
+        opt.step()
+        sync(dev)
+
+    return step

@@ -1,0 +1,106 @@
+"""torchvision <-> jaxtl conversion time and eval-logit agreement per architecture: ``python -m benchmarks.bridge``.
+
+For each resnet-family architecture: a randomly initialised torchvision model (``weights=None``) with randomised
+BatchNorm running statistics (so eval-mode BN is not the identity), ``from_torchvision`` and ``to_torchvision``
+timed, and max|diff| of eval logits on a small float32 input ``[2, 3, S, S]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks import common
+
+
+def _randomize_bn(model: Any, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+
+
+def one_arch(arch: str, size: int) -> dict[str, Any]:
+    import jax
+    import torch
+    import torchvision
+
+    from jaxtl.bridge import from_torchvision, to_torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    _randomize_bn(model, 1)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    state_dict = model.state_dict()
+    t0 = time.perf_counter()
+    module, variables = from_torchvision(state_dict, arch=arch)
+    jax.block_until_ready(variables)
+    from_s = time.perf_counter() - t0
+    out = np.asarray(jax.jit(lambda v, a: module.apply(v, a, train=False))(variables, x.transpose(0, 2, 3, 1)))
+    t0 = time.perf_counter()
+    back = to_torchvision(variables, arch)
+    to_s = time.perf_counter() - t0
+    model.load_state_dict(back, strict=True)  # raises on any missing/unexpected/mis-shaped key
+    return {
+        "arch": arch,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "from_torch_s": from_s,
+        "to_torch_s": to_s,
+        "max_abs_diff": float(np.max(np.abs(out - ref))),
+        "max_abs_logit": float(np.max(np.abs(ref))),
+        "image_size": size,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--archs", nargs="+", default=None, help="default: every resnet-family architecture")
+    p.add_argument("--image-size", type=int, default=64)
+    args = p.parse_args(argv)
+    common.prepare_backend("cpu" if args.device == "cpu" else args.device, 1)
+    import jaxtl
+
+    archs = args.archs or jaxtl.list_models("resnet")
+    if args.smoke:
+        archs, args.image_size = ["resnet18"], 32
+    unknown = [a for a in archs if a not in jaxtl.list_models("resnet")]
+    if unknown:
+        raise SystemExit(
+            f"--archs: not resnet-family architectures: {unknown}; choose from {jaxtl.list_models('resnet')}"
+        )
+    results = []
+    for arch in archs:
+        results.append(one_arch(arch, args.image_size))
+        r = results[-1]
+        print(
+            f"{arch}: from {r['from_torch_s']:.2f}s to {r['to_torch_s']:.2f}s max|diff| {r['max_abs_diff']:.2e}",
+            flush=True,
+        )
+    common.print_table(
+        ["arch", "params_M", "from_torch_s", "to_torch_s", "max_abs_diff"],
+        [[r["arch"], r["params_m"], r["from_torch_s"], r["to_torch_s"], r["max_abs_diff"]] for r in results],
+    )
+    payload = {
+        "benchmark": "bridge",
+        "machine": common.machine_info(args.device),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": results,
+    }
+    print(f"wrote {common.write_results('bridge', payload, args.out)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

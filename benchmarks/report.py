@@ -1,0 +1,175 @@
+"""The README results table, generated from ``benchmarks/results/*.json``: ``python -m benchmarks.report``.
+
+Prints the markdown; ``--write README.md`` replaces the text between ``<!-- bench:start -->`` and
+``<!-- bench:end -->`` in that file (the markers must be there, once each). Never type the table by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+ORDER = ("train_steps", "end_to_end", "scaling", "bridge")
+
+
+def replace_between_markers(text: str, block: str, start: str = START, end: str = END) -> str:
+    """``text`` with everything strictly between the ``start`` and ``end`` markers replaced by ``block``."""
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < 0:
+        missing = [m for m, k in ((start, i), (end, j)) if k < 0]
+        raise ValueError(f"marker(s) {', '.join(missing)} not found")
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"markers {start} / {end} must each appear exactly once")
+    if j < i:
+        raise ValueError(f"{end} comes before {start}")
+    return text[: i + len(start)] + "\n" + block.strip("\n") + "\n" + text[j:]
+
+
+def load_results(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+    """``{benchmark name: payload}`` for every ``*.json`` in ``directory`` (bad files raise naming the file)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(payload, dict) or "results" not in payload or "machine" not in payload:
+            raise ValueError(f"{path}: expected an object with 'machine' and 'results'")
+        out[str(payload.get("benchmark", path.stem))] = payload
+    return out
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
+    return str(x)
+
+
+def _ratio(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    cpu = machine.get("gpu") or machine.get("cpu_model") or machine.get("processor", "?")
+    parts = [
+        f"{cpu} ({machine.get('cpu_count', '?')} CPU cores)",
+        f"jax {machine.get('jax', '?')} on {machine.get('jax_backend', '?')}",
+    ]
+    if "torch" in machine:
+        parts.append(f"torch {machine['torch']} ({machine.get('torch_threads', '?')} threads)")
+    return ", ".join(parts)
+
+
+def _train_steps(p: dict[str, Any]) -> str:
+    rows = []
+    arch = p["settings"].get("arch", "?")
+    has_mfu = any("mfu" in r["jaxtl"] for r in p["results"])
+    for r in p["results"]:
+        t = r.get("torch") or {}
+        model = "convnet autoencoder" if r["mode"] == "autoencoder" else arch
+        row = [
+            model,
+            r["mode"],
+            f"{r['image_size']}x{r['image_size']} b{r['batch_size']}",
+            r["dtype"],
+            f"{_f(r['jaxtl']['median_s'] * 1e3)} ms/{r['unit']}",
+            f"{_f(t['median_s'] * 1e3)} ms/{r['unit']}" if t else "-",
+            _ratio(r.get("ratio")),
+            _f(r["jaxtl"]["images_per_s"]),
+            _f(r["first_call_s"]["jaxtl"]),
+        ]
+        if has_mfu:
+            row.append(_f(100 * r["jaxtl"]["mfu"], 2) + "%" if "mfu" in r["jaxtl"] else "-")
+        rows.append(row)
+    headers = ["model", "mode", "input", "dtype", "jaxtl", "PyTorch", "jaxtl/torch", "jaxtl img/s", "compile s"]
+    if has_mfu:
+        headers.append("MFU")
+    return _table(headers, rows)
+
+
+def _end_to_end(p: dict[str, Any]) -> str:
+    rows = []
+    for r in p["results"]:
+        rows.append([r["side"], str(r["steps"]), _f(r["wall_s"]), _ratio(r.get("ratio_to_torch"))])
+    s = p["settings"]
+    head = (
+        f"{s.get('arch')} frozen backbone, {s.get('examples')} images {s.get('image_size')}x{s.get('image_size')}, "
+        f"{s.get('epochs')} epochs, batch {s.get('batch_size')}, same optimizer steps on each side:\n\n"
+    )
+    return head + _table(["run", "optimizer steps", "wall s", "time / PyTorch"], rows)
+
+
+def _scaling(p: dict[str, Any]) -> str:
+    rows = []
+    for r in p["results"]:
+        rows.append([r["axis"], str(r["devices"]), str(r["batch_size"]), _f(r["images_per_s"]), _f(r.get("step_s"))])
+    return _table(["sweep", "devices", "global batch", "img/s", "s/step"], rows)
+
+
+def _bridge(p: dict[str, Any]) -> str:
+    rows = [[r["arch"], _f(r["from_torch_s"]), _f(r["to_torch_s"]), f"{r['max_abs_diff']:.2e}"] for r in p["results"]]
+    return _table(["arch", "torch->jaxtl s", "jaxtl->torch s", "max abs diff, eval logits"], rows)
+
+
+RENDER = {"train_steps": _train_steps, "end_to_end": _end_to_end, "scaling": _scaling, "bridge": _bridge}
+TITLES = {
+    "train_steps": "Step time, jaxtl vs PyTorch (medians of alternated runs; ratio < 1 means jaxtl is faster)",
+    "end_to_end": "End to end: frozen-backbone fine-tuning",
+    "scaling": "Scaling with devices and batch size (jaxtl)",
+    "bridge": "torchvision bridge: conversion time and agreement",
+}
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """The markdown block for the README from loaded result payloads."""
+    if not results:
+        raise ValueError("no benchmark results to report; run e.g. python -m benchmarks.train_steps first")
+    parts = ["_Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; do not edit._", ""]
+    names = [n for n in ORDER if n in results] + sorted(n for n in results if n not in ORDER)
+    for name in names:
+        p = results[name]
+        parts.append(
+            f"**{TITLES.get(name, name)}** - {machine_line(p['machine'])}, dtype {p['settings'].get('dtype', '-')}"
+        )
+        parts.append("")
+        parts.append(RENDER[name](p) if name in RENDER else f"(no renderer for {name})")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=pathlib.Path, default=RESULTS_DIR, help="folder of benchmark JSON files")
+    p.add_argument("--write", type=pathlib.Path, default=None, help="markdown file with bench markers to update")
+    args = p.parse_args(argv)
+    block = render(load_results(args.results))
+    if args.write is None:
+        print(block)
+    else:
+        if not args.write.exists():
+            raise SystemExit(f"--write {args.write}: no such file")
+        try:
+            new = replace_between_markers(args.write.read_text(), block)
+        except ValueError as err:
+            raise SystemExit(f"--write {args.write}: {err}") from None
+        args.write.write_text(new)
+        print(f"updated {args.write}")
+    return block
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Each benchmark's --smoke mode runs end to end (in process where possible) and writes its JSON; the README table
+generator renders fixture results and replaces exactly the text between the markers."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks import bridge, end_to_end, report, scaling, train_steps
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "train_steps.json"
+
+
+def test_train_steps_smoke(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "train_steps.json"
+    payload = train_steps.main(["--smoke", "--modes", "full", "frozen", "inference", "probe", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["results"] == json.loads(json.dumps(payload["results"]))
+    modes = [r["mode"] for r in saved["results"]]
+    assert modes == ["full", "frozen", "inference", "probe"]
+    for r in saved["results"]:
+        assert r["jaxtl"]["n"] == 2 and r["torch"]["n"] == 2
+        assert r["jaxtl"]["median_s"] > 0 and r["torch"]["median_s"] > 0
+        assert r["ratio"] == pytest.approx(r["jaxtl"]["median_s"] / r["torch"]["median_s"])
+    assert saved["machine"]["jax_backend"] == "cpu"
+
+
+def test_train_steps_autoencoder_smoke(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "ts.json"
+    payload = train_steps.main(["--smoke", "--modes", "autoencoder", "--no-torch", "--out", str(out)])
+    (r,) = payload["results"]
+    assert r["mode"] == "autoencoder" and "torch" not in r and r["jaxtl"]["images_per_s"] > 0
+
+
+def test_end_to_end_smoke(tmp_path: pathlib.Path) -> None:
+    payload = end_to_end.main(["--smoke", "--out", str(tmp_path / "e2e.json")])
+    sides = {r["side"]: r for r in payload["results"]}
+    assert set(sides) == {"jaxtl fit", "jaxtl linear probe", "PyTorch loop"}
+    assert len({r["steps"] for r in sides.values()}) == 1
+    # The fast path trains the same head as fit (same data order and optimizer), up to float32 rounding.
+    assert payload["fit_vs_probe_head_max_abs_diff"] < 1e-4
+
+
+def test_scaling_smoke(tmp_path: pathlib.Path) -> None:
+    payload = scaling.main(["--smoke", "--out", str(tmp_path / "scaling.json")])
+    got = [(r["axis"], r["devices"], r["batch_size"]) for r in payload["results"]]
+    assert got == [("devices", 1, 4), ("devices", 2, 4), ("batch", 1, 4)]
+    assert all(r["images_per_s"] > 0 for r in payload["results"])
+
+
+def test_bridge_smoke(tmp_path: pathlib.Path) -> None:
+    payload = bridge.main(["--smoke", "--out", str(tmp_path / "bridge.json")])
+    (r,) = payload["results"]
+    assert r["arch"] == "resnet18"
+    assert r["max_abs_diff"] < 1e-3 * max(1.0, r["max_abs_logit"])
+
+
+def test_mfu_only_with_a_peak() -> None:
+    assert train_steps.gflop_per_image("resnet50", "full", 224) == pytest.approx(24.5)
+    assert train_steps.gflop_per_image("resnet50", "inference", 112) == pytest.approx(8.2 / 4)
+    assert train_steps.gflop_per_image("resnet18", "full", 224) is None
+
+
+def test_replace_between_markers() -> None:
+    text = f"# t\nbefore\n{report.START}\nold table\n{report.END}\nafter\n"
+    new = report.replace_between_markers(text, "| a |\n")
+    assert new == f"# t\nbefore\n{report.START}\n| a |\n{report.END}\nafter\n"
+    assert report.replace_between_markers(new, "| a |") == new  # idempotent
+    with pytest.raises(ValueError, match="not found"):
+        report.replace_between_markers("no markers", "x")
+    with pytest.raises(ValueError, match="exactly once"):
+        report.replace_between_markers(text + report.START, "x")
+
+
+def test_report_renders_fixture_and_writes_readme(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "train_steps.json").write_text(FIXTURE.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\n{report.END}\nouttro\n")
+    block = report.main(["--results", str(results), "--write", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outtro\n")
+    assert block.strip() in text
+    assert "Test CPU 9000" in block  # the machine is named
+    assert "| resnet50 | full | 224x224 b8 | float32 | 1.2e+03 ms/step | 1e+03 ms/step | 1.20x |" in block
+    assert "MFU" not in block  # CPU fixture: no MFU column
+
+
+def test_report_errors(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad\.json"):
+        report.load_results(tmp_path)
+    with pytest.raises(SystemExit, match="no such file"):
+        report.main(["--results", str(FIXTURE.parent), "--write", str(tmp_path / "missing.md")])
