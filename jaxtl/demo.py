@@ -1,0 +1,330 @@
+"""``jaxtl demo``: does autoencoder pretraining on unlabeled digits help when only a few labels exist? Measured.
+
+Digits (scikit-learn's 1797 8x8 images, upsampled) are split once into a stratified held-out test set and a pool.
+A denoising convolutional autoencoder is pretrained on the whole pool without labels. Then, for each number of
+labels per class and each seed (which picks the labeled examples, the head init and the batch order), four arms are
+trained on the same labeled examples and evaluated on the test set:
+
+- ``scratch``: the same ConvNet, randomly initialised, all layers trained;
+- ``linear_probe``: the pretrained encoder frozen, its pooled features cached, a linear head trained on them;
+- ``frozen``: the pretrained encoder frozen, the head trained through ``fit`` (eval-mode BatchNorm); without
+  augmentation this is the linear probe computed the slow way, so the two must agree (a consistency check);
+- ``full``: the pretrained encoder and a new head, all layers trained.
+
+Every arm gets the same budget: the same number of steps, batch size, optimizer and schedule; the head-only arms use
+``head_lr``, the arms that train the whole network ``lr``. Images are fed in ``[0, 1]`` to every arm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import platform
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtl.data.datasets import load_digits
+from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
+from jaxtl.models.autoencoder import ConvNet
+from jaxtl.transfer import build_classifier, evaluate_classifier, finetune, parse_denoise, pretrain_autoencoder
+
+__all__ = ["ARMS", "DemoConfig", "run_demo"]
+
+ARMS = ("scratch", "linear_probe", "frozen", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Everything the demo's numbers depend on (written into ``results.json``)."""
+
+    image_size: int = 16
+    channels: int = 1
+    widths: tuple[int, ...] = (16, 32, 64)
+    decoder_widths: tuple[int, ...] = (64, 32, 16)
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    labels_per_class: tuple[int, ...] = (1, 5, 10)
+    seeds: int = 3
+    pretrain_steps: int = 300
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 2e-3
+    denoise: tuple[Any, ...] | None = ("noise", 0.2)
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    head_lr: float = 1e-2
+    optimizer: str = "adamw"
+    parallel: str = "none"
+    arms: tuple[str, ...] = ARMS
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """A few seconds of training: for tests and a smoke run (numbers are not meaningful)."""
+        base: dict[str, Any] = dict(
+            widths=(8, 16),
+            decoder_widths=(16, 8),
+            labels_per_class=(1, 5),
+            seeds=1,
+            pretrain_steps=20,
+            steps=10,
+        )
+        return cls(**{**base, **overrides})
+
+    def check(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {self.arms}")
+        if self.seeds < 1 or not self.labels_per_class or min(self.labels_per_class) < 1:
+            raise ValueError(f"need seeds >= 1 and labels_per_class >= 1, got {self.seeds}, {self.labels_per_class}")
+        if self.image_size < 2 ** len(self.widths):
+            raise ValueError(f"image_size {self.image_size} is too small for {len(self.widths)} ConvNet stages")
+        parse_denoise(self.denoise)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("jaxtl", "jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _cache_dir() -> str | None:
+    return jax.config.values.get("jax_compilation_cache_dir")  # type: ignore[no-any-return]
+
+
+def _enable_compile_cache(path: pathlib.Path) -> bool:
+    # The 30-odd fine-tuning runs trace identical steps; XLA's persistent cache turns each recompile into a lookup.
+    if _cache_dir():
+        return False
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return True
+
+
+def _summary(runs: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for arm in cfg.arms:
+        out[arm] = {}
+        for lpc in cfg.labels_per_class:
+            accs = [r["top1"] for r in runs if r["arm"] == arm and r["labels_per_class"] == lpc]
+            out[arm][str(lpc)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "top1": accs}
+    return out
+
+
+def format_table(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig) -> str:
+    """The summary as a text table: arms as rows, labels per class as columns, mean +/- std test accuracy (%)."""
+    head = "arm".ljust(14) + "".join(f"{lpc} label(s)/class".rjust(20) for lpc in cfg.labels_per_class)
+    lines = [head, "-" * len(head)]
+    for arm, cols in summary.items():
+        cells = [cols[str(lpc)] for lpc in cfg.labels_per_class]
+        lines.append(
+            arm.ljust(14) + "".join(f"{100 * c['mean']:.1f} +/- {100 * c['std']:.1f}".rjust(20) for c in cells)
+        )
+    return "\n".join(lines)
+
+
+def _plot_reconstructions(path: pathlib.Path, images: np.ndarray, recon: np.ndarray, noisy: np.ndarray | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("input", images)] + ([("corrupted", noisy)] if noisy is not None else []) + [("reconstruction", recon)]
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
+    for r, (name, arr) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r][i]
+            ax.imshow(np.clip(arr[i, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle("held-out digits: autoencoder inputs and reconstructions", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_accuracy(path: pathlib.Path, summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = list(cfg.labels_per_class)
+    for arm, cols in summary.items():
+        means = [100 * cols[str(k)]["mean"] for k in x]
+        stds = [100 * cols[str(k)]["std"] for k in x]
+        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(k) for k in x])
+    ax.set_xlabel("labeled examples per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"digits: mean +/- std over {cfg.seeds} seed(s), {cfg.steps} steps per arm", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(
+    out_dir: str | pathlib.Path, *, config: DemoConfig | None = None, progress: bool = True, verbose: bool = True
+) -> dict[str, Any]:
+    """Run the pretrain -> transfer -> few-label comparison; write ``results.json``, ``reconstructions.png`` and
+    ``accuracy.png`` into ``out_dir``; print the table when ``verbose``. Returns the results dict.
+
+    Enables JAX's persistent compilation cache in ``out_dir/.jax_cache`` unless one is already configured.
+    """
+    cfg = config or DemoConfig()
+    cfg.check()
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = _enable_compile_cache(out / ".jax_cache")
+    t_start = time.perf_counter()
+
+    data = load_digits(size=cfg.image_size, channels=cfg.channels)
+    pool, test = train_test_split(data, cfg.test_fraction, cfg.split_seed)
+    shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    n_runs = len(cfg.labels_per_class) * cfg.seeds * len(cfg.arms)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=cfg.pretrain_steps + n_runs * cfg.steps,
+        desc="pretrain",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+
+    def tick(_step: int, _metrics: dict[str, float]) -> None:
+        bar.update(1)
+
+    t0 = time.perf_counter()
+    encoder = ConvNet(num_classes=0, widths=cfg.widths)
+    ae, ae_vars, ae_hist = pretrain_autoencoder(
+        encoder,
+        pool,
+        steps=cfg.pretrain_steps,
+        batch_size=min(cfg.pretrain_batch_size, len(pool)),
+        lr=cfg.pretrain_lr,
+        optimizer=cfg.optimizer,
+        denoise=cfg.denoise,
+        decoder_widths=cfg.decoder_widths,
+        seed=cfg.split_seed,
+        parallel=cfg.parallel,
+        progress=False,
+        on_step=tick,
+    )
+    pretrain_s = time.perf_counter() - t0
+    train_losses = [h["loss"] for h in ae_hist if h.get("split") == "train"]
+    show = test.images[:10]
+    recon = np.asarray(ae.apply(ae_vars, jnp.asarray(show), train=False))
+    test_mse = float(np.mean((np.asarray(ae.apply(ae_vars, jnp.asarray(test.images), train=False)) - test.images) ** 2))
+    noisy = None
+    denoise = parse_denoise(cfg.denoise)
+    if denoise is not None:
+        from jaxtl.transfer import _corrupt_fn
+
+        corrupt = _corrupt_fn(denoise)
+        assert corrupt is not None
+        noisy = np.asarray(corrupt(jax.random.PRNGKey(0), jnp.asarray(show)))[..., : cfg.channels]
+    _plot_reconstructions(out / "reconstructions.png", show, recon, noisy)
+
+    runs: list[dict[str, Any]] = []
+    for lpc in cfg.labels_per_class:
+        for seed in range(cfg.seeds):
+            labeled, _ = labeled_unlabeled_split(pool, lpc, seed)
+            batch_size = min(cfg.batch_size, len(labeled))
+            for arm in cfg.arms:
+                bar.set_description(f"{arm} {lpc}/class seed {seed}")
+                t1 = time.perf_counter()
+                rng = jax.random.PRNGKey(1000 + seed)
+                module: nn.Module
+                if arm == "scratch":
+                    module = ConvNet(num_classes=data.num_classes, widths=cfg.widths)
+                    variables = module.init(rng, jnp.zeros((1, *shape), jnp.float32), train=False)
+                else:
+                    module, variables = build_classifier((ae.encoder, ae_vars), data.num_classes, rng, shape)
+                variables, _ = finetune(
+                    module,
+                    variables,
+                    labeled,
+                    mode="full" if arm == "scratch" else arm,
+                    steps=cfg.steps,
+                    batch_size=batch_size,
+                    lr=cfg.head_lr if arm in ("linear_probe", "frozen") else cfg.lr,
+                    optimizer=cfg.optimizer,
+                    seed=seed,
+                    parallel=cfg.parallel,
+                    progress=False,
+                    on_step=tick,
+                )
+                metrics = evaluate_classifier(module, variables, test)
+                runs.append(
+                    {
+                        "arm": arm,
+                        "labels_per_class": lpc,
+                        "seed": seed,
+                        "n_labeled": len(labeled),
+                        "batch_size": batch_size,
+                        **metrics,
+                        "seconds": time.perf_counter() - t1,
+                    }
+                )
+    bar.set_description("done")
+    bar.close()
+
+    summary = _summary(runs, cfg)
+    total_s = time.perf_counter() - t_start
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "data": {"dataset": "sklearn digits", "n": len(data), "pool": len(pool), "test": len(test), "shape": shape},
+        "budget": (
+            f"every arm: {cfg.steps} steps of batch min({cfg.batch_size}, labeled examples), {cfg.optimizer} with "
+            f"cosine decay; lr {cfg.lr} (scratch, full) / {cfg.head_lr} (linear_probe, frozen); no augmentation"
+        ),
+        "pretrain": {
+            "steps": cfg.pretrain_steps,
+            "denoise": denoise,
+            "train_loss_first": train_losses[0],
+            "train_loss_last": train_losses[-1],
+            "test_mse": test_mse,
+            "seconds": pretrain_s,
+        },
+        "runs": runs,
+        "summary": summary,
+        "timings": {"total_s": total_s, "pretrain_s": pretrain_s, "finetune_s": sum(r["seconds"] for r in runs)},
+        "versions": _versions(),
+        "devices": [str(d) for d in jax.devices()],
+        "compile_cache": str(out / ".jax_cache") if cache else _cache_dir(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _plot_accuracy(out / "accuracy.png", summary, cfg)
+    if verbose:
+        print(f"test accuracy (%) on {len(test)} held-out digits, mean +/- std over {cfg.seeds} seed(s):")
+        print(format_table(summary, cfg))
+        print(results["budget"])
+        print(
+            f"autoencoder: {cfg.pretrain_steps} steps on {len(pool)} unlabeled images, train mse "
+            f"{train_losses[0]:.4f} -> {train_losses[-1]:.4f}, test mse {test_mse:.4f}"
+        )
+        print(f"wrote {out / 'results.json'}, {out / 'reconstructions.png'}, {out / 'accuracy.png'} in {total_s:.0f} s")
+        sys.stdout.flush()
+    return results
