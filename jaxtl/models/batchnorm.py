@@ -23,7 +23,7 @@ class BatchNorm(nn.Module):
 
     Parameters ``scale``/``bias`` (torch ``weight``/``bias``) and statistics ``mean``/``var``/
     ``num_batches_tracked`` (torch ``running_mean``/``running_var``/``num_batches_tracked``) are float32 whatever
-    the compute ``dtype``; statistics are computed in float32 too.
+    the compute ``dtype``; statistics are computed in float32 too (float64 for float64 inputs).
 
     Attributes:
       momentum: torch convention, the weight of the new batch in the running averages (0.1 in torch).
@@ -47,10 +47,11 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
         tracked = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
 
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)  # never below float32 (bfloat16 inputs)
         bshape = (1,) * (x.ndim - 1) + (features,)  # explicit broadcast: rank promotion may be set to raise
         if train:
             reduce_axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
+            xf = x.astype(stat_dtype)
             mean = jnp.mean(xf, axis=reduce_axes)
             n = 1
             for a in reduce_axes:
@@ -73,5 +74,5 @@ class BatchNorm(nn.Module):
 
         # Same association as torch's CPU kernel: (x - mean) * (invstd * weight) + bias.
         mul = scale * lax.rsqrt(var + self.epsilon)
-        y = (x.astype(jnp.float32) - mean.reshape(bshape)) * mul.reshape(bshape) + bias.reshape(bshape)
+        y = (x.astype(stat_dtype) - mean.reshape(bshape)) * mul.reshape(bshape) + bias.reshape(bshape)
         return y.astype(self.dtype)
