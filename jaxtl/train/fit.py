@@ -116,12 +116,12 @@ def check_workdir(workdir: str | pathlib.Path, need_bytes: int = 0) -> pathlib.P
     Run before training so a bad directory fails in seconds, not at the first checkpoint.
     """
     path = pathlib.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"work directory {path} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkdirError(f"cannot create work directory {path}: {e.strerror or e}") from e
-    if not path.is_dir():
-        raise WorkdirError(f"work directory {path} exists and is not a directory")
     probe = path / f".jaxtl-write-probe-{os.getpid()}-{jax.process_index()}"
     try:
         with probe.open("wb") as f:
@@ -189,6 +189,10 @@ def _step_dirs(manager: ocp.CheckpointManager) -> list[int]:
 def _restore_step(manager: ocp.CheckpointManager, template: TrainState, step: int) -> tuple[TrainState, dict[str, int]]:
     where = str(pathlib.Path(manager.directory) / str(step))
     target = _leaves_dict(template)
+    # Orbax writes this file as part of the commit and restores without it (only logging); its absence means the
+    # folder was not written by a finished save, so its contents are not trusted.
+    if not (pathlib.Path(where) / "_CHECKPOINT_METADATA").is_file():
+        raise CheckpointDamagedError(f"checkpoint step {step} at {where} lacks its _CHECKPOINT_METADATA file")
     try:
         restored = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
@@ -405,7 +409,11 @@ def fit(
         best_mode = "min" if best_metric == "loss" else "max"
         ckpt_dir = workdir / "checkpoints"
         manager = checkpoint_manager(ckpt_dir, keep, best_metric, best_mode)
-        restored, damaged = _restore_latest_good(manager, host_state)
+        try:
+            restored, damaged = _restore_latest_good(manager, host_state)
+        except BaseException:
+            manager.close()
+            raise
         if damaged:
             manager.close()
             if main:
