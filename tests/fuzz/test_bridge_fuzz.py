@@ -1,0 +1,209 @@
+"""The bridge fed malformed state dicts and files: it loads correctly or raises BridgeError, nothing else.
+
+A successful load must be complete (every parameter and statistic of the architecture, finite float32), never a
+partial one; a pickle that would run code is refused before it runs (its marker file never appears).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxtl
+from jaxtl.bridge import BridgeError, from_torchvision, load_state_dict, save_safetensors
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ARCH, CLASSES = "resnet18", 3
+
+
+@pytest.fixture(scope="module")
+def valid() -> dict[str, np.ndarray]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=CLASSES)
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def expected_shapes():
+    module = jaxtl.create(ARCH, num_classes=CLASSES)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
+    return jax.tree.map(lambda s: s.shape, dict(shapes))
+
+
+def _assert_loads_or_bridge_error(source, expected_shapes, **kwargs) -> bool:
+    try:
+        _, variables = from_torchvision(source, **kwargs)
+    except BridgeError:
+        return False
+    got = jax.tree.map(lambda a: a.shape, {k: variables[k] for k in ("params", "batch_stats")})
+    assert got == expected_shapes, "a partial or mis-shaped load"
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        a = np.asarray(leaf)
+        if a.dtype.kind == "f":
+            assert a.dtype == np.float32 and np.isfinite(a).all(), jax.tree_util.keystr(path)
+    return True
+
+
+WEIRD_VALUES = st.sampled_from(
+    [
+        "nan",
+        "inf",
+        "int64",
+        "bool",
+        "complex",
+        "float16",
+        "bfloat16",
+        "uint8",
+        "scalar",
+        "shape",
+        "string",
+        "none",
+        "list",
+        "empty",
+    ]
+)
+
+
+def _weird(a: np.ndarray, kind: str):
+    if kind == "nan":
+        out = a.astype(np.float32).copy()
+        out.reshape(-1)[0] = np.nan
+        return out
+    if kind == "inf":
+        out = a.astype(np.float32).copy()
+        out.reshape(-1)[-1] = -np.inf
+        return out
+    if kind == "complex":
+        return a.astype(np.complex64)
+    if kind == "bfloat16":
+        return a.astype(ml_dtypes.bfloat16)
+    if kind in ("int64", "bool", "float16", "uint8"):
+        return a.astype(kind)
+    if kind == "scalar":
+        return np.float32(1.0)
+    if kind == "shape":
+        return np.zeros((*a.shape, 2), a.dtype)
+    if kind == "empty":
+        return np.zeros((0,), np.float32)
+    return {"string": "weights", "none": None, "list": [1.0, 2.0]}[kind]
+
+
+@FUZZ
+@given(data=st.data())
+def test_malformed_state_dicts(valid, expected_shapes, data):
+    sd: dict = dict(valid)
+    keys = sorted(sd)
+    dropped = data.draw(st.lists(st.sampled_from(keys), max_size=3, unique=True), label="drop")
+    for k in dropped:
+        del sd[k]
+    altered = data.draw(st.lists(st.sampled_from(keys), max_size=3, unique=True), label="alter")
+    for k in altered:
+        if k in sd:
+            sd[k] = _weird(sd[k], data.draw(WEIRD_VALUES, label=f"how {k}"))
+    extra = data.draw(st.lists(st.text(min_size=1, max_size=12), max_size=2), label="extra")
+    for name in extra:
+        sd[name] = np.zeros((2,), np.float32)
+    non_string = data.draw(st.booleans(), label="non-string key")
+    if non_string:
+        sd[7] = np.zeros((1,), np.float32)
+    untouched = not (dropped or altered or extra or non_string)
+    wrap = data.draw(st.sampled_from(["plain", "state_dict", "module.", "torch"]), label="wrap")
+    source: object = sd
+    if wrap == "state_dict":
+        source = {"state_dict": sd, "epoch": 3}
+    elif wrap == "module.":
+        source = {(f"module.{k}" if isinstance(k, str) else k): v for k, v in sd.items()}
+    elif wrap == "torch":
+        source = {k: (torch.from_numpy(np.ascontiguousarray(v)) if _torchable(v) else v) for k, v in sd.items()}
+    strict = data.draw(st.booleans(), label="strict")
+    loaded = _assert_loads_or_bridge_error(source, expected_shapes, arch=ARCH, strict=strict)
+    if untouched:
+        assert loaded, "the valid state dict must load"
+
+
+def _torchable(v) -> bool:
+    return isinstance(v, np.ndarray) and v.dtype.kind in "fiub" and v.dtype != ml_dtypes.bfloat16
+
+
+@pytest.fixture(scope="module")
+def files(valid, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bridge_files")
+    torch.save({k: torch.from_numpy(v) for k, v in valid.items()}, d / "ok.pth")
+    save_safetensors(valid, d / "ok.safetensors")
+    return d
+
+
+@FUZZ
+@given(
+    name=st.sampled_from(["ok.pth", "ok.safetensors"]),
+    cut=st.floats(0.0, 0.999),
+    flips=st.lists(st.integers(0, 2**31), max_size=4),
+)
+def test_truncated_or_corrupted_files(files, expected_shapes, tmp_path_factory, name, cut, flips):
+    blob = bytearray((files / name).read_bytes())
+    blob = blob[: int(len(blob) * cut)] if not flips else blob
+    for pos in flips:
+        if blob:
+            blob[pos % len(blob)] ^= 0x5A
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(bytes(blob))
+    _assert_loads_or_bridge_error(path, expected_shapes, arch=ARCH)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [[1, 2, 3], "weights", 42, None, {"a": "b"}, {}, {"conv1.weight": [1.0]}, {"state_dict": 3}],
+    ids=repr,
+)
+def test_non_tensor_pickles(obj, tmp_path):
+    path = tmp_path / "x.pth"
+    torch.save(obj, path)
+    with pytest.raises(BridgeError, match=str(path)):
+        load_state_dict(path)
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("form", ["torch.save", "raw pickle", "inside a state dict", "zip data.pkl"])
+def test_malicious_pickle_never_runs(form, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    evil = _Evil(str(marker))
+    if form == "torch.save":
+        torch.save(evil, path)
+    elif form == "raw pickle":
+        path.write_bytes(pickle.dumps(evil))
+    elif form == "inside a state dict":
+        torch.save({"conv1.weight": torch.zeros(1), "fc.bias": evil}, path)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", pickle.dumps(evil, protocol=2))
+            z.writestr("archive/version", "3\n")
+    with pytest.raises(BridgeError, match=str(path)):
+        from_torchvision(path)
+    assert not marker.exists(), "the pickle ran code"
+
+
+@FUZZ
+@given(blob=st.binary(max_size=256), suffix=st.sampled_from([".pth", ".pt", ".safetensors"]))
+def test_random_bytes(tmp_path_factory, blob, suffix):
+    path = tmp_path_factory.mktemp("random") / f"w{suffix}"
+    path.write_bytes(blob)
+    with pytest.raises(BridgeError):
+        load_state_dict(path)
