@@ -11,7 +11,12 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import flax.linen as nn
+
+    from jaxtl.data.dataset import ArrayDataset
 
 
 class UsageError(Exception):
@@ -111,9 +116,380 @@ def _inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- shared: data specs, checkpoints -------------------------------------------------------------------------------
+
+DATA_HELP = "digits | folder:DIR (DIR/<class>/<image>) | npz:FILE (keys images, labels)"
+
+
+def load_data(spec: str, size: int, channels: int = 3, labeled: bool = True) -> ArrayDataset:
+    """The dataset named by ``spec`` (``digits``, ``folder:DIR``, ``npz:FILE``) at ``size x size``, in ``[0, 1]``.
+
+    A bad spec, a missing path or an unreadable file is a :class:`UsageError` naming it.
+    """
+    from jaxtl.data import load_digits, load_image_folder, load_npz
+
+    kind, _, arg = spec.partition(":")
+    try:
+        if spec == "digits":
+            return load_digits(size=size, channels=channels)
+        if kind == "folder" and arg:
+            return load_image_folder(arg, size=size, channels=channels)
+        if kind == "npz" and arg:
+            ds = load_npz(arg, labels_key="labels" if labeled else None)
+            if ds.images.shape[1:3] != (size, size) or ds.images.shape[3] != channels:
+                raise ValueError(
+                    f"npz file {arg!r} holds images of shape {ds.images.shape[1:]}, expected {(size, size, channels)} "
+                    "(set --image-size to match)"
+                )
+            return ds
+    except ValueError as e:
+        raise UsageError(f"--data {spec}: {e}") from None
+    raise UsageError(f"--data {spec!r} is not a data spec; expected {DATA_HELP}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise UsageError(f"{name} must be > 0, got {value}")
+
+
+def _common_train_args(p: argparse.ArgumentParser) -> None:
+    from jaxtl.distributed import add_arguments
+
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training data (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
+    p.add_argument("--image-size", type=int, help="input size (default: the architecture's registry input size)")
+    p.add_argument("--workdir", required=True, help="run directory: metrics, resumable checkpoints, the result")
+    p.add_argument("--parallel", choices=("pmap", "shard_map", "none"), default="none", help="default none")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_arguments(p)
+
+
+def _check_train_args(a: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "lr", "image_size"):
+        _positive("--" + name.replace("_", "-"), getattr(a, name))
+
+
+def _normalization(arch: str, channels: int) -> dict[str, list[float]]:
+    from jaxtl.models import get_spec
+
+    spec = get_spec(arch)
+    if channels == 1:
+        return {"mean": [sum(spec.mean) / 3], "std": [sum(spec.std) / 3]}
+    return {"mean": list(spec.mean), "std": list(spec.std)}
+
+
+def _normalized(ds: ArrayDataset, norm: dict[str, list[float]] | None) -> ArrayDataset:
+    from jaxtl.data import ArrayDataset, normalize
+
+    if not norm:
+        return ds
+    if len(norm["mean"]) != ds.images.shape[-1]:
+        raise UsageError(
+            f"the model expects {len(norm['mean'])}-channel input, the data has {ds.images.shape[-1]} channels"
+        )
+    return ArrayDataset(normalize(ds.images, norm["mean"], norm["std"]), ds.labels, ds.num_classes, ds.class_names)
+
+
+# ---- pretrain ------------------------------------------------------------------------------------------------------
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from jaxtl.models import list_models
+
+    p.add_argument("--arch", choices=list_models(), default="convnet_small", help="encoder (default convnet_small)")
+    p.add_argument("--torch-weights", metavar="PATH", help="start the encoder from torchvision weights (resnets)")
+    p.add_argument("--denoise", metavar="SPEC", help="corrupt the input: noise:STD or mask:RATIO[:PATCH]")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="image channels (default 3)")
+    _common_train_args(p)
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxtl.distributed import initialize_from_args, is_main_process
+
+    initialize_from_args(a)
+    import jaxtl
+    from jaxtl.models import get_spec
+    from jaxtl.train.checkpoint import save_variables
+    from jaxtl.transfer import encoder_variables, parse_denoise, pretrain_autoencoder
+
+    _check_train_args(a)
+    try:
+        denoise = parse_denoise(a.denoise)
+    except ValueError as e:
+        raise UsageError(f"--denoise: {e}") from None
+    spec = get_spec(a.arch)
+    size = a.image_size or spec.input_size
+    variables = None
+    if a.torch_weights:
+        if spec.family != "resnet":
+            raise UsageError(f"--torch-weights needs a resnet-family --arch, got {a.arch}")
+        if a.channels != 3:
+            raise UsageError("--torch-weights needs --channels 3 (torchvision models take RGB)")
+        from jaxtl.bridge import from_torchvision
+
+        _, variables = from_torchvision(a.torch_weights, arch=a.arch, num_classes=0)
+    # Inputs are normalised with the registry mean/std (what torchvision weights expect); the decoder then
+    # reconstructs the normalised image with a linear output.
+    norm = _normalization(a.arch, a.channels)
+    data = _normalized(load_data(a.data, size, a.channels, labeled=False), norm)
+    encoder = jaxtl.create(a.arch, num_classes=0)
+    workdir = Path(a.workdir)
+    _, ae_vars, hist = pretrain_autoencoder(
+        encoder,
+        data,
+        epochs=a.epochs,
+        batch_size=min(a.batch_size, len(data)),
+        lr=a.lr,
+        optimizer=a.optimizer,
+        denoise=denoise,
+        sigmoid_output=False,
+        workdir=workdir / "run",
+        seed=a.seed,
+        parallel=a.parallel,
+        variables=variables,
+        progress=not a.no_progress and is_main_process(),
+    )
+    losses = [h["loss"] for h in hist if h.get("split") == "train"]
+    if is_main_process():
+        meta = {
+            "kind": "encoder",
+            "normalization": norm,
+            "image_size": size,
+            "channels": a.channels,
+            "data": a.data,
+            "denoise": a.denoise,
+            "steps": len(losses),
+            "train_mse_first": losses[0],
+            "train_mse_last": losses[-1],
+            "torch_weights": a.torch_weights,
+        }
+        out = save_variables(
+            workdir / "encoder", encoder_variables(ae_vars), arch=a.arch, num_classes=0, metadata=meta, overwrite=True
+        )
+        print(f"pretrained {a.arch} autoencoder: mse {losses[0]:.4f} -> {losses[-1]:.4f}; encoder -> {out}")
+    return 0
+
+
+# ---- finetune ------------------------------------------------------------------------------------------------------
+
+FREEZE = {"backbone": "frozen", "none": "full", "linear-probe": "linear_probe"}
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    from jaxtl.models import list_models
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--torch-weights", metavar="PATH", help="torchvision weights (.pth/.safetensors) to start from")
+    src.add_argument("--init", metavar="CKPT_DIR", help="a jaxtl checkpoint: from 'jaxtl convert' or 'jaxtl pretrain'")
+    p.add_argument("--arch", choices=list_models("resnet"), help="architecture of --torch-weights (default: inferred)")
+    p.add_argument("--freeze", choices=tuple(FREEZE), default="backbone", help="what to freeze (default backbone)")
+    p.add_argument("--backbone-lr-scale", type=float, default=1.0, help="--freeze none: backbone lr = lr * this")
+    p.add_argument("--labels-per-class", type=int, help="train on only N labeled examples per class")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out stratified test split (default 0.2)")
+    p.add_argument("--augment", action="store_true", help="random crop + flip (not with --freeze linear-probe)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    _common_train_args(p)
+
+
+def _load_init(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    from jaxtl.train.checkpoint import load_variables
+
+    module, variables, meta = load_variables(path)
+    return module, variables, meta
+
+
+def _finetune(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxtl.distributed import initialize_from_args, is_main_process
+
+    initialize_from_args(a)
+    import jax
+    import jax.numpy as jnp
+
+    from jaxtl.data import labeled_unlabeled_split, train_test_split
+    from jaxtl.models import get_spec
+    from jaxtl.train.checkpoint import save_variables
+    from jaxtl.transfer import build_classifier, evaluate_classifier, finetune
+
+    _check_train_args(a)
+    _positive("--backbone-lr-scale", a.backbone_lr_scale)
+    if not 0 < a.test_fraction < 1:
+        raise UsageError(f"--test-fraction must lie in (0, 1), got {a.test_fraction}")
+    _positive("--labels-per-class", a.labels_per_class)
+    if a.augment and a.freeze == "linear-probe":
+        raise UsageError("--augment cannot be used with --freeze linear-probe (features are computed once)")
+    if a.init:
+        module, variables, meta = _load_init(a.init)
+        arch = meta["arch"]
+        if a.arch and a.arch != arch:
+            raise UsageError(f"--arch {a.arch} does not match {a.init}, which holds {arch}")
+        info = meta.get("metadata", {})
+        channels = int(info.get("channels", 3))
+        norm = info.get("normalization") or _normalization(arch, channels)
+        size = a.image_size or int(info.get("image_size", get_spec(arch).input_size))
+        source = str(a.init)
+    else:
+        from jaxtl.bridge import from_torchvision
+
+        conversion = from_torchvision(a.torch_weights, arch=a.arch)
+        module, variables = conversion
+        assert conversion.report.arch is not None
+        arch = conversion.report.arch
+        channels = 3
+        norm = _normalization(arch, channels)
+        size = a.image_size or get_spec(arch).input_size
+        source = str(a.torch_weights)
+    data = _normalized(load_data(a.data, size, channels), norm)
+    if data.labels is None:
+        raise UsageError(f"--data {a.data} has no labels; finetune needs labeled data")
+    try:
+        train, test = train_test_split(data, a.test_fraction, a.seed)
+        if a.labels_per_class:
+            train, _ = labeled_unlabeled_split(train, a.labels_per_class, a.seed)
+    except ValueError as e:
+        raise UsageError(f"--data {a.data}: {e}") from None
+    batch_size = min(a.batch_size, len(train))
+    clf, variables = build_classifier((module, variables), data.num_classes, jax.random.PRNGKey(a.seed), None)
+    if a.dtype == "bfloat16":
+        clf = clf.clone(dtype=jnp.bfloat16)
+    variables, _ = finetune(
+        clf,
+        variables,
+        train,
+        mode=FREEZE[a.freeze],
+        backbone_lr_scale=a.backbone_lr_scale,
+        epochs=a.epochs,
+        batch_size=batch_size,
+        lr=a.lr,
+        optimizer=a.optimizer,
+        augment=a.augment,
+        workdir=Path(a.workdir) / "run",
+        seed=a.seed,
+        parallel=a.parallel,
+        progress=not a.no_progress and is_main_process(),
+    )
+    metrics = evaluate_classifier(clf, variables, test)
+    if is_main_process():
+        meta = {
+            "kind": "classifier",
+            "source": source,
+            "normalization": norm,
+            "image_size": size,
+            "channels": channels,
+            "class_names": list(data.class_names),
+            "data": a.data,
+            "split": {"test_fraction": a.test_fraction, "seed": a.seed, "labels_per_class": a.labels_per_class},
+            "freeze": a.freeze,
+            "dtype": a.dtype,
+            "test": metrics,
+        }
+        out = save_variables(
+            Path(a.workdir) / "classifier",
+            variables,
+            arch=arch,
+            num_classes=data.num_classes,
+            metadata=meta,
+            overwrite=True,
+        )
+        print(
+            f"fine-tuned {arch} ({a.freeze} frozen) on {len(train)} images; held-out {metrics['n']}: "
+            f"top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, loss {metrics['loss']:.4f}; "
+            f"classifier -> {out}"
+        )
+    return 0
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------------------
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", metavar="CKPT_DIR", help="a classifier checkpoint (e.g. WORKDIR/classifier of finetune)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument(
+        "--split", choices=("all", "test"), default="all", help="all images, or finetune's held-out test split"
+    )
+    p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=256, help="default 256")
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from jaxtl.data import train_test_split
+    from jaxtl.transfer import evaluate_classifier
+
+    _positive("--batch-size", a.batch_size)
+    _positive("--image-size", a.image_size)
+    module, variables, meta = _load_init(a.ckpt)
+    if int(meta["num_classes"]) < 1:
+        raise UsageError(f"{a.ckpt} holds a backbone without classifier head (num_classes=0); fine-tune it first")
+    info = meta.get("metadata", {})
+    channels = int(info.get("channels", 3))
+    size = a.image_size or int(info.get("image_size", 0)) or _spec_size(meta["arch"])
+    data = _normalized(load_data(a.data, size, channels), info.get("normalization"))
+    if data.labels is None:
+        raise UsageError(f"--data {a.data} has no labels to evaluate against")
+    if data.num_classes > int(meta["num_classes"]):
+        raise UsageError(f"--data {a.data} has {data.num_classes} classes, the classifier {meta['num_classes']}")
+    if a.split == "test":
+        split = info.get("split")
+        if not split:
+            raise UsageError(f"{a.ckpt} records no held-out split (not written by 'jaxtl finetune'); use --split all")
+        _, data = train_test_split(data, float(split["test_fraction"]), int(split["seed"]))
+    m = evaluate_classifier(module, variables, data, a.batch_size)
+    print(f"{a.ckpt} on {a.data} ({a.split}, {m['n']} images):")
+    print(f"top-1: {100 * m['top1']:.2f}%  top-5: {100 * m['top5']:.2f}%  loss: {m['loss']:.4f}")
+    return 0
+
+
+def _spec_size(arch: str) -> int:
+    from jaxtl.models import get_spec
+
+    return get_spec(arch).input_size
+
+
+# ---- demo ----------------------------------------------------------------------------------------------------------
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--quick", action="store_true", help="a few seconds of training (a smoke run; numbers meaningless)")
+    p.add_argument("--seeds", type=int, help="seeds per arm and label count (default 3; 1 with --quick)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from jaxtl.demo import DemoConfig, run_demo
+
+    overrides = {}
+    if a.seeds is not None:
+        if a.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1, got {a.seeds}")
+        overrides["seeds"] = a.seeds
+    cfg = DemoConfig.quick(**overrides) if a.quick else DemoConfig(**overrides)
+    run_demo(a.out, config=cfg, progress=not a.no_progress)
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command("convert", "convert torchvision weights to a jaxtl checkpoint", _convert_args, _convert),
     Command("inspect", "describe torchvision weights: architecture, sizes, problems", _inspect_args, _inspect),
+    Command(
+        "pretrain",
+        "pretrain an autoencoder on unlabeled images; writes an encoder checkpoint",
+        _pretrain_args,
+        _pretrain,
+    ),
+    Command(
+        "finetune", "fine-tune a pretrained backbone on labeled images; writes a classifier", _finetune_args, _finetune
+    ),
+    Command("evaluate", "evaluate a classifier checkpoint: top-1, top-5, loss", _evaluate_args, _evaluate),
+    Command("demo", "pretrain -> transfer -> few-label fine-tuning on digits, measured", _demo_args, _demo),
 ]
 
 
