@@ -199,8 +199,8 @@ def load_npz(
         raise ValueError(f"npz file {str(p)!r} does not exist or is not a file")
     try:
         npz = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"npz file {str(p)!r} could not be read: {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: a zero-byte file
+        raise ValueError(f"npz file {str(p)!r} could not be read: {e or type(e).__name__}") from e
     with npz:
         keys = list(npz.files)
 
