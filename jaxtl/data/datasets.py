@@ -10,6 +10,7 @@ import os
 import pathlib
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -181,6 +182,19 @@ def load_image_folder(
     return ArrayDataset(images, labels, len(names), tuple(names))
 
 
+def _check_npy_size(npz: Any, key: str) -> None:
+    # numpy allocates the shape its header claims before reading any data: refuse a header bigger than the member.
+    name = key if key in npz.zip.namelist() else f"{key}.npy"
+    size = npz.zip.getinfo(name).file_size
+    with npz.zip.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=10_000)
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if claimed > size:
+        raise ValueError(f"its header claims shape {shape} of {dtype} ({claimed} bytes), the member holds {size} bytes")
+
+
 def load_npz(
     path: str | os.PathLike[str],
     images_key: str = "images",
@@ -208,8 +222,10 @@ def load_npz(
             if key not in keys:
                 raise ValueError(f"npz file {str(p)!r} has no key {key!r}; keys present: {keys}")
             try:
+                _check_npy_size(npz, key)
                 return np.asarray(npz[key])
-            except ValueError as e:  # object arrays need pickle, which we refuse
+            # ValueError: object arrays need pickle, which we refuse; the others: a damaged or truncated member.
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise ValueError(f"npz file {str(p)!r}, key {key!r}: could not be read ({e})") from e
 
         raw = get(images_key)
