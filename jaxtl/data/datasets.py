@@ -215,6 +215,8 @@ def load_npz(
         npz = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: a zero-byte file
         raise ValueError(f"npz file {str(p)!r} could not be read: {e or type(e).__name__}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"npz file {str(p)!r} holds a single array (.npy), not named arrays (np.savez)")
     with npz:
         keys = list(npz.files)
 
