@@ -16,3 +16,12 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "create", "list_models", "models"]
 __all__ += ["freeze"]
+from jaxtl.transfer import (  # noqa: E402
+    build_classifier,
+    evaluate_classifier,
+    finetune,
+    normalize_dataset,
+    pretrain_autoencoder,
+)
+
+__all__ += ["build_classifier", "evaluate_classifier", "finetune", "normalize_dataset", "pretrain_autoencoder"]
