@@ -52,13 +52,13 @@ class DemoConfig:
     split_seed: int = 0
     labels_per_class: tuple[int, ...] = (1, 5, 10)
     seeds: int = 3
-    pretrain_steps: int = 300
+    pretrain_steps: int = 800
     pretrain_batch_size: int = 64
     pretrain_lr: float = 2e-3
-    denoise: tuple[Any, ...] | None = ("noise", 0.2)
+    denoise: tuple[Any, ...] | None = ("noise", 0.3)
     steps: int = 100
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     head_lr: float = 1e-2
     optimizer: str = "adamw"
     parallel: str = "none"
@@ -141,7 +141,7 @@ def _plot_reconstructions(path: pathlib.Path, images: np.ndarray, recon: np.ndar
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("input", images)] + ([("corrupted", noisy)] if noisy is not None else []) + [("reconstruction", recon)]
+    rows = [("input", images)] + ([("corrupted", noisy)] if noisy is not None else []) + [("recon. of input", recon)]
     n = images.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
     for r, (name, arr) in enumerate(rows):
@@ -166,10 +166,12 @@ def _plot_accuracy(path: pathlib.Path, summary: dict[str, dict[str, dict[str, An
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x = list(cfg.labels_per_class)
-    for arm, cols in summary.items():
+    for i, (arm, cols) in enumerate(summary.items()):
         means = [100 * cols[str(k)]["mean"] for k in x]
         stds = [100 * cols[str(k)]["std"] for k in x]
-        ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=arm)
+        # frozen coincides with linear_probe without augmentation: dashed and hollow so both stay visible.
+        style = dict(linestyle="--", mfc="none") if arm == "frozen" else {}
+        ax.errorbar(x, means, yerr=stds, marker="osD^v"[i % 5], capsize=3, label=arm, **style)  # type: ignore[arg-type]
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([str(k) for k in x])
@@ -321,6 +323,8 @@ def run_demo(
         print(f"test accuracy (%) on {len(test)} held-out digits, mean +/- std over {cfg.seeds} seed(s):")
         print(format_table(summary, cfg))
         print(results["budget"])
+        if {"frozen", "linear_probe"} <= set(cfg.arms):
+            print("frozen trains the same head on the same frozen features as linear_probe: equal numbers are expected")
         print(
             f"autoencoder: {cfg.pretrain_steps} steps on {len(pool)} unlabeled images, train mse "
             f"{train_losses[0]:.4f} -> {train_losses[-1]:.4f}, test mse {test_mse:.4f}"
