@@ -85,7 +85,11 @@ def save_variables(
     tmp = _sibling(target, "tmp")
     _check_leaves(target, variables)
     # The synchronous checkpointer: an async one may still be writing into `tmp` after a failure was raised.
-    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    # Process-local: a multi-process run saves its result from one process (is_main_process); Orbax's default
+    # all-process barrier would wait forever for the others.
+    here = jax.process_index()
+    local = ocp.options.MultiprocessingOptions(primary_host=here, active_processes={here})
+    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(), multiprocessing_options=local)
     try:
         tmp.mkdir()
         ckptr.save(tmp / _STATE, variables)
