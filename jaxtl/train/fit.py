@@ -274,9 +274,7 @@ def evaluate(
     on one device. The ragged last batch is padded to ``batch_size`` and masked, never dropped.
     """
     if par is None:
-        if jax.process_count() > 1:
-            raise ValueError("in a multi-process run pass par= (the Parallel that holds state) to evaluate()")
-        par = Parallel("none")
+        par = Parallel("none")  # process-local: each process of a multi-process run evaluates everything
         state = par.put_state(state)
     if batch_size % par.num_devices:
         raise ValueError(f"eval batch_size={batch_size} is not divisible by the {par.num_devices} devices")
@@ -372,6 +370,11 @@ def fit(
         raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
     if loss == "ce" and train_data.labels is None:
         raise ValueError("loss='ce' needs a labeled train_data; use loss='mse' for unlabeled data")
+    if parallel == "none" and jax.process_count() > 1:
+        raise ValueError(
+            f"parallel='none' trains on one device; this is a {jax.process_count()}-process run (jax.distributed): "
+            "use parallel='pmap' or 'shard_map' (CLI: --parallel pmap)"
+        )
     par = Parallel(parallel)
     if batch_size % par.num_devices:
         raise ValueError(

@@ -70,7 +70,7 @@ class Parallel:
     """How state and batches go to devices and how steps are mapped, for one ``parallel`` option.
 
     ``devices`` defaults to ``jax.devices()`` (all devices of all processes, ordered by process, for
-    "pmap"/"shard_map") or this process's first device (for "none", which is single-process only).
+    "pmap"/"shard_map") or this process's first device (for "none", which stays within its process).
     Batches given to :meth:`put_batch` are this process's slice of the global batch (all of it in one process).
     """
 
@@ -78,13 +78,11 @@ class Parallel:
         if parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
         self.kind = parallel
-        self.process_index = jax.process_index()
-        self.process_count = jax.process_count()
-        if parallel == "none" and self.process_count > 1:
-            raise ValueError(
-                f"parallel='none' runs on one device of one process; this is a {self.process_count}-process run "
-                "(jax.distributed), use 'pmap' or 'shard_map'"
-            )
+        # The slice of every global batch this process feeds. "none" is process-local: it takes whole batches and
+        # runs no collective, so in a multi-process run each process computes the same result on its own.
+        local_only = parallel == "none"
+        self.process_index = 0 if local_only else jax.process_index()
+        self.process_count = 1 if local_only else jax.process_count()
         explicit = devices is not None
         if devices is None:
             devices = jax.local_devices()[:1] if parallel == "none" else jax.devices()
@@ -92,7 +90,7 @@ class Parallel:
         self.devices = sorted(devices, key=lambda d: (d.process_index, d.id))
         if parallel == "none" and len(self.devices) != 1:
             raise ValueError(f"parallel='none' runs on one device, got {len(self.devices)}")
-        self.local_devices = [d for d in self.devices if d.process_index == self.process_index]
+        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
         per_process = collections.Counter(d.process_index for d in self.devices)
         if len(set(per_process.values())) != 1 or len(per_process) != self.process_count:
             raise ValueError(

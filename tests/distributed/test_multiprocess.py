@@ -65,3 +65,36 @@ def test_shard_map_two_processes_resume_and_match_one(reference, tmp_path):
     assert not np.array_equal(first[0]["leaf00000"], resumed[0]["leaf00000"])
     _assert_matches(resumed, reference)
     assert _train_steps(tmp_path / "work") == list(range(1, STEPS + 1))
+
+
+def _finetune_cli(init, workdir, *dist: object) -> list[str]:
+    args = ["--init", init, "--data", "digits", "--freeze", "none", "--labels-per-class", 4, "--epochs", 1]
+    # A small SGD step: the cross-process all-reduce sums in another order, and with Adam (whose first step is
+    # lr * sign(g), so rounding of near-zero gradients becomes lr-sized) or with lr 0.05 (unstable loss) that
+    # rounding grew to ~1e-3 in the parameters within 2-4 steps (measured); here it stays at rounding level.
+    args += ["--optimizer", "sgd", "--lr", 0.01]
+    args += ["--batch-size", 8, "--workdir", workdir, "--parallel", "pmap", "--no-progress", *dist]
+    return python("-m", "jaxtl.cli", "finetune", *args)
+
+
+def test_cli_finetune_two_processes_match_one(tmp_path):
+    import jax
+
+    import jaxtl
+    from jaxtl.train.checkpoint import load_variables, save_variables
+
+    encoder = jaxtl.create("convnet_small", num_classes=0)
+    variables = jax.device_get(encoder.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
+    init = save_variables(tmp_path / "init", dict(variables), arch="convnet_small", num_classes=0)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_all([_finetune_cli(init, one)], child_env(4), tmp_path)
+    coord = f"127.0.0.1:{free_port()}"
+    cmds = [_finetune_cli(init, two, "--coordinator", coord, "--num-processes", 2, "--process-id", i) for i in (0, 1)]
+    run_all(cmds, child_env(2), tmp_path)
+    _, ref, ref_meta = load_variables(one / "classifier")
+    _, got, got_meta = load_variables(two / "classifier")
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    assert got_meta["metadata"]["test"]["n"] == ref_meta["metadata"]["test"]["n"] > 300
+    assert abs(got_meta["metadata"]["test"]["loss"] - ref_meta["metadata"]["test"]["loss"]) < 1e-5
+    assert _train_steps(two / "run") == list(range(1, 6))  # 40 labeled images / 8, logged once
