@@ -298,9 +298,13 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_init(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    from jaxtl.train.checkpoint import load_variables
+    import jax.numpy as jnp
 
-    module, variables, meta = load_variables(path)
+    from jaxtl.train.checkpoint import load_variables, read_metadata
+
+    # A classifier fine-tuned in bfloat16 is evaluated in the dtype it was trained in.
+    dtype = jnp.bfloat16 if read_metadata(path).get("metadata", {}).get("dtype") == "bfloat16" else jnp.float32
+    module, variables, meta = load_variables(path, dtype=dtype)
     return module, variables, meta
 
 
@@ -399,7 +403,7 @@ def _finetune(a: argparse.Namespace) -> int:
             overwrite=True,
         )
         print(
-            f"fine-tuned {arch} ({a.freeze} frozen) on {len(train)} images; held-out {metrics['n']}: "
+            f"fine-tuned {arch} (--freeze {a.freeze}) on {len(train)} images; held-out {metrics['n']}: "
             f"top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, loss {metrics['loss']:.4f}; "
             f"classifier -> {out}"
         )
