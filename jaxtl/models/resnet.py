@@ -70,14 +70,30 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, grou
     return out.reshape(n, ho, wo, cout)
 
 
+def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """A 1x1 convolution (no padding, groups=1) as one matmul over pixels: ``x.reshape(-1, Cin) @ W``.
+
+    On XLA:CPU this is faster to train than the convolution: the weight gradient becomes a plain ``x^T @ dy``
+    matmul instead of a convolution wrapped in layout transposes (ResNet50 train step about 1.3x faster at 224x224
+    batch 8, see ``benchmarks/train_steps.py``); forward speed is the same.
+    x: ``[N, H, W, Cin]``, kernel: ``[1, 1, Cin, Cout]`` -> ``[N, ceil(H/s), ceil(W/s), Cout]``.
+    """
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    n, h, w, cin = x.shape
+    out = x.reshape(n * h * w, cin) @ kernel.reshape(cin, kernel.shape[-1])
+    return out.reshape(n, h, w, kernel.shape[-1])
+
+
 CONV_IMPLS = ("auto", "xla", "im2col")
 
 
 class ConvLayer(nn.Module):
     """A bias-free 2D convolution with torch's symmetric padding. Kernel ``kernel`` is HWIO (torch: OIHW).
 
-    ``conv_impl``: "xla" (``lax.conv_general_dilated``), "im2col" (:func:`conv_im2col`) or "auto": im2col on the
-    CPU backend when the input map is smaller than the kernel, XLA's convolution everywhere else (GPU/TPU always).
+    ``conv_impl``: "xla" (``lax.conv_general_dilated``), "im2col" (:func:`conv_im2col`) or "auto": on the CPU
+    backend, a matmul for 1x1 kernels (:func:`conv1x1_matmul`) and im2col when the input map is smaller than the
+    kernel; XLA's convolution everywhere else (GPU/TPU always).
     """
 
     features: int
@@ -97,9 +113,10 @@ class ConvLayer(nn.Module):
         kernel = kernel.astype(self.dtype)
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        use_im2col = self.conv_impl == "im2col" or (
-            self.conv_impl == "auto" and k > 1 and min(x.shape[1], x.shape[2]) < k and jax.default_backend() == "cpu"
-        )
+        auto_cpu = self.conv_impl == "auto" and jax.default_backend() == "cpu"
+        if auto_cpu and k == 1 and p == 0 and self.groups == 1:
+            return conv1x1_matmul(x, kernel, s)
+        use_im2col = self.conv_impl == "im2col" or (auto_cpu and k > 1 and min(x.shape[1], x.shape[2]) < k)
         if use_im2col:
             return conv_im2col(x, kernel, s, p, self.groups)
         return jax.lax.conv_general_dilated(
