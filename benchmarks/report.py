@@ -32,7 +32,7 @@ def replace_between_markers(text: str, block: str, start: str = START, end: str 
 
 
 def load_results(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
-    """``{benchmark name: payload}`` for every ``*.json`` in ``directory`` (bad files raise naming the file)."""
+    """``{file stem: payload}`` for every ``*.json`` in ``directory`` (bad files raise naming the file)."""
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.glob("*.json")):
         try:
@@ -41,7 +41,8 @@ def load_results(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
         if not isinstance(payload, dict) or "results" not in payload or "machine" not in payload:
             raise ValueError(f"{path}: expected an object with 'machine' and 'results'")
-        out[str(payload.get("benchmark", path.stem))] = payload
+        payload.setdefault("benchmark", path.stem)
+        out[path.stem] = payload
     return out
 
 

@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--probe-examples", type=int, default=None, help="probe set size (default 2 batches)")
     p.add_argument("--probe-epochs", type=int, default=10)
+    p.add_argument("--probe-repeats", type=int, default=2, help="timed probe runs per side (each is long)")
     p.add_argument("--ae-image-size", type=int, default=32)
     p.add_argument("--ae-batch-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=10)
@@ -270,9 +271,10 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
             compile_s["torch"] = common.time_once(t)  # torch's first step: allocator and kernel selection
             sides["torch"] = t
         per = "step"
-    for fn in sides.values():  # one more untimed round each: caches, allocator
-        fn()
-    times = common.alternate(sides, args.repeats)
+    if mode != "probe":  # one more untimed round each: caches, allocator (a probe run is long enough)
+        for fn in sides.values():
+            fn()
+    times = common.alternate(sides, min(args.repeats, args.probe_repeats) if mode == "probe" else args.repeats)
     record["unit"] = per
     record["first_call_s"] = compile_s
     for name, samples in times.items():

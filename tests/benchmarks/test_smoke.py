@@ -49,6 +49,7 @@ def test_scaling_smoke(tmp_path: pathlib.Path) -> None:
     payload = scaling.main(["--smoke", "--out", str(tmp_path / "scaling.json")])
     got = [(r["axis"], r["devices"], r["batch_size"]) for r in payload["results"]]
     assert got == [("devices", 1, 4), ("devices", 2, 4), ("batch", 1, 4)]
+    assert payload["results"][2]["step_s"] == payload["results"][0]["step_s"]  # the same point, run once
     assert all(r["images_per_s"] > 0 for r in payload["results"])
 
 
@@ -87,7 +88,7 @@ def test_report_renders_fixture_and_writes_readme(tmp_path: pathlib.Path) -> Non
     assert text.startswith("intro\n") and text.endswith("outtro\n")
     assert block.strip() in text
     assert "Test CPU 9000" in block  # the machine is named
-    assert "| resnet50 | full | 224x224 b8 | float32 | 1.2e+03 ms/step | 1e+03 ms/step | 1.20x |" in block
+    assert "| resnet50 | full | 224x224 b8 | float32 | 1200 ms/step | 1000 ms/step | 1.20x |" in block
     assert "MFU" not in block  # CPU fixture: no MFU column
 
 

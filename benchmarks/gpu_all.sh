@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one call (~8 minutes on one H200): bfloat16 and float32 step times with MFU, linear probe,
+# autoencoder, end to end, batch scaling and the bridge. Results: benchmarks/results/gpu_*.json, then the markdown.
+# Needs jax with CUDA and torch with CUDA in $PYTHON (default .venv/bin/python). Each part has its own time limit, so
+# one slow or failing part does not eat the others' time; the exit status is non-zero if any part failed.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${BENCH_OUT:-benchmarks/results}
+PEAK=${PEAK_TFLOPS:-}            # e.g. 989 for H200 bfloat16 dense; default: the table in train_steps.py
+mkdir -p "$OUT"
+peak_arg=()
+[ -n "$PEAK" ] && peak_arg=(--peak-tflops "$PEAK")
+status=0
+run() {  # run LIMIT_S NAME ARGS...
+  local limit=$1 name=$2; shift 2
+  echo "=== $name (limit ${limit}s) ==="
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$PY" -m "$@" || { echo "!!! $name failed or timed out (rc $?)"; status=1; }
+  echo "=== $name: $((SECONDS - t0))s ==="
+}
+"$PY" - <<'PY' || exit 1
+import jax, torch
+print("jax", jax.__version__, jax.devices()); print("torch", torch.__version__, torch.cuda.get_device_name(0))
+assert jax.default_backend() == "gpu" and torch.cuda.is_available(), "gpu_all.sh needs CUDA jax and torch"
+PY
+run 150 "train_steps bf16" benchmarks.train_steps --device gpu --dtype bfloat16 --image-size 224 --batch-size 256 \
+  --repeats 10 --threads 8 --out "$OUT/gpu_train_steps_bf16.json" "${peak_arg[@]}"
+run 100 "train_steps fp32" benchmarks.train_steps --device gpu --dtype float32 --image-size 224 --batch-size 128 \
+  --modes full frozen inference --repeats 10 --threads 8 --out "$OUT/gpu_train_steps_fp32.json" "${peak_arg[@]}"
+run 90 "scaling" benchmarks.scaling --device gpu --dtype bfloat16 --arch resnet50 --image-size 224 --devices 1 \
+  --base-batch 256 --batch-sizes 64 256 --repeats 10 --out "$OUT/gpu_scaling.json"
+run 90 "end_to_end" benchmarks.end_to_end --device gpu --dtype bfloat16 --examples 4096 --image-size 224 \
+  --batch-size 256 --epochs 5 --threads 8 --out "$OUT/gpu_end_to_end.json"
+run 60 "bridge" benchmarks.bridge --device gpu --archs resnet18 resnet50 resnext50_32x4d --image-size 64 \
+  --out "$OUT/gpu_bridge.json"
+"$PY" -m benchmarks.report --results "$OUT"
+exit $status

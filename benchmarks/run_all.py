@@ -1,0 +1,55 @@
+"""Every CPU benchmark with its default settings, then the README table: ``python -m benchmarks.run_all``.
+
+Each benchmark runs in its own process (its own XLA flags, its own peak RSS). ``--quick`` drops the 224x224
+step benchmarks and shrinks the rest. ``--write README.md`` updates the table between the bench markers at the end.
+For GPUs use ``benchmarks/gpu_all.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+PLAN: list[tuple[str, list[str]]] = [
+    ("train_steps", []),
+    ("end_to_end", []),
+    ("scaling", []),
+    ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]),
+]
+QUICK: dict[str, list[str]] = {
+    "train_steps": ["--image-size", "64", "--repeats", "3"],
+    "end_to_end": ["--examples", "128", "--epochs", "3"],
+    "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
+    "bridge": ["--archs", "resnet18", "resnet50"],
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", choices=[n for n, _ in PLAN], default=None)
+    p.add_argument("--write", default=None, help="README to update between the bench markers")
+    args = p.parse_args(argv)
+    failed = []
+    for name, extra in PLAN:
+        if args.only and name not in args.only:
+            continue
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *(QUICK[name] if args.quick else extra)]
+        print(f"=== {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"=== {name}: {time.perf_counter() - t0:.0f}s, exit {rc}", flush=True)
+        if rc:
+            failed.append(name)
+    report = [sys.executable, "-m", "benchmarks.report"] + (["--write", args.write] if args.write else [])
+    rc = subprocess.call(report)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or rc else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
