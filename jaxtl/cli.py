@@ -162,10 +162,23 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
     p.add_argument("--image-size", type=int, help="input size (default: the architecture's registry input size)")
     p.add_argument("--workdir", required=True, help="run directory: metrics, resumable checkpoints, the result")
-    p.add_argument("--parallel", choices=("pmap", "shard_map", "none"), default="none", help="default none")
+    p.add_argument(
+        "--parallel",
+        choices=("auto", "pmap", "shard_map", "none"),
+        default="auto",
+        help="data-parallel wrapper; auto (default): pmap over all devices when there are several, else none",
+    )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(p)
+
+
+def _resolve_parallel(parallel: str) -> str:
+    import jax
+
+    if parallel != "auto":
+        return parallel
+    return "pmap" if jax.device_count() > 1 else "none"
 
 
 def _check_train_args(a: argparse.Namespace) -> None:
@@ -213,6 +226,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     from jaxtl.distributed import initialize_from_args, is_main_process
 
     initialize_from_args(a)
+    a.parallel = _resolve_parallel(a.parallel)
     import jaxtl
     from jaxtl.models import get_spec
     from jaxtl.train.checkpoint import save_variables
@@ -314,6 +328,7 @@ def _finetune(a: argparse.Namespace) -> int:
     from jaxtl.distributed import initialize_from_args, is_main_process
 
     initialize_from_args(a)
+    a.parallel = _resolve_parallel(a.parallel)
     import jax
     import jax.numpy as jnp
 

@@ -140,7 +140,8 @@ def fit_linear_probe(
             raise KeyError(
                 f"variables have no classifier {classifier!r}; top-level params: {sorted(variables['params'])}"
             )
-        head = {k: jnp.asarray(v) for k, v in variables["params"][classifier].items()}
+        # A copy: the step donates the head, and the caller's arrays must survive.
+        head = {k: jnp.array(v, copy=True) for k, v in variables["params"][classifier].items()}
         if head["kernel"].shape != (f, num_classes):
             raise ValueError(f"{classifier}/kernel has shape {head['kernel'].shape}, expected {(f, num_classes)}")
     else:

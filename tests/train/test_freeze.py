@@ -186,3 +186,15 @@ def test_linear_probe_matches_frozen_backbone_fit(tmp_path):
     for path, value in _flat(variables["params"]).items():
         if not path.startswith("fc/"):
             np.testing.assert_array_equal(_flat(probe.variables["params"])[path], value)
+
+
+def test_linear_probe_leaves_the_callers_head_alive():
+    # The probe's step donates its head; the caller's (device) arrays must not be the ones donated.
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((16, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 16)
+    head = {"kernel": jax.numpy.zeros((6, 3)), "bias": jax.numpy.zeros((3,))}
+    variables = {"params": {"fc": head}}
+    probe = fit_linear_probe(feats, labels, 3, optax.sgd(0.1), variables=variables, steps=3, batch_size=8)
+    assert float(np.abs(head["kernel"]).sum()) == 0.0  # still readable, unchanged
+    assert float(np.abs(probe.head["kernel"]).sum()) > 0.0
