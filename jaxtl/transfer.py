@@ -99,24 +99,6 @@ def parse_denoise(denoise: Denoise | str) -> Denoise:
     raise ValueError(f"denoise must be None, ('noise', std) or ('mask', ratio, patch), got {denoise!r}")
 
 
-class _DenoisingAutoencoder(Autoencoder):
-    """An :class:`Autoencoder` (same parameter tree) that trains on "corrupted input, clean target" through fit.
-
-    ``fit``'s mse target is the (augmented) input itself, so the augment hook stacks ``[corrupted, clean]`` along
-    the channels (``2C``). This module reconstructs ``r`` from the corrupted half and returns
-    ``[corrupted + (r - clean), r]``: both halves then differ from the target by ``r - clean``, so fit's loss and
-    gradient are exactly those of ``mean((r - clean)^2)``. Plain ``C``-channel input (eval) is reconstructed as is.
-    """
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = self.out_channels
-        if x.shape[-1] == 2 * c:
-            corrupted, clean = x[..., :c], x[..., c:]
-            r = super().__call__(corrupted, train)
-            return jnp.concatenate([corrupted + (r - clean), r], axis=-1)
-        return super().__call__(x, train)
-
-
 def _corrupt_fn(denoise: Denoise) -> Augment | None:
     if denoise is None:
         return None
@@ -131,10 +113,7 @@ def _corrupt_fn(denoise: Denoise) -> Augment | None:
         def corrupt(rng: jax.Array, x: jax.Array) -> jax.Array:
             return random_mask(rng, x, ratio, patch)
 
-    def stacked(rng: jax.Array, x: jax.Array) -> jax.Array:
-        return jnp.concatenate([corrupt(rng, x), x], axis=-1)
-
-    return stacked
+    return corrupt
 
 
 # --- pretraining -------------------------------------------------------------------------------------------------
@@ -199,7 +178,7 @@ def pretrain_autoencoder(
     kwargs: dict[str, Any] = dict(encoder=encoder_module, out_channels=c, sigmoid_output=sigmoid_output)
     if decoder_widths is not None:
         kwargs["decoder_widths"] = tuple(decoder_widths)
-    train_module = _DenoisingAutoencoder(**kwargs) if denoise is not None else Autoencoder(**kwargs)
+    train_module = Autoencoder(**kwargs)
     init_vars = train_module.init(jax.random.PRNGKey(seed), jnp.zeros((1, h, w, c), jnp.float32), train=False)
     init_vars = {k: dict(v) for k, v in init_vars.items()}
     if variables is not None:
@@ -220,12 +199,12 @@ def pretrain_autoencoder(
         seed=seed,
         workdir=workdir,
         parallel=parallel,
-        augment=_corrupt_fn(denoise),
+        corrupt=_corrupt_fn(denoise),
         loss="mse",
         progress=progress,
         on_step=on_step,
     )
-    return Autoencoder(**kwargs), result.variables, result.history
+    return train_module, result.variables, result.history
 
 
 # --- classifiers -------------------------------------------------------------------------------------------------

@@ -336,6 +336,7 @@ def fit(
     trainable: Trainable = None,
     parallel: str = "pmap",
     augment: Augment | None = None,
+    corrupt: Augment | None = None,
     loss: str = "ce",
     label_smoothing: float = 0.0,
     checkpoint_every: int | None = None,
@@ -351,7 +352,9 @@ def fit(
     Give ``tx`` (a plain optax optimizer) or ``optimizer`` (kwargs of :func:`make_optimizer`; ``total_steps`` is
     filled in). Run length is ``steps`` or ``epochs`` (epochs of ``N // batch_size`` steps; the ragged last batch
     is dropped). ``trainable`` freezes the rest (see :func:`jaxtl.freeze`); ``"^fc/"`` freezes the whole backbone,
-    BatchNorm included. ``loss="mse"`` trains an autoencoder (target = input, no labels needed).
+    BatchNorm included. ``loss="mse"`` trains an autoencoder (target = input, no labels needed); ``corrupt(rng,
+    images)`` (e.g. noise) changes only the model's input, so the target stays clean (denoising). ``augment`` runs
+    first and changes both.
 
     Multi-process (``jax.distributed`` initialised): call it in every process with the same arguments;
     ``batch_size`` is the global batch, each process feeds its ``batch_size / num_processes`` slice, ``workdir``
@@ -446,7 +449,9 @@ def fit(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    step_fn = par.map(functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, augment=augment))
+    step_fn = par.map(
+        functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, augment=augment, corrupt=corrupt)
+    )
     eval_fn = par.map(functools.partial(eval_step, loss=loss, label_smoothing=label_smoothing), donate=False, n_out=1)
     state = par.put_state(host_state)
 

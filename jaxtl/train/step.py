@@ -69,11 +69,13 @@ def train_step(
     loss: str = "ce",
     label_smoothing: float = 0.0,
     augment: Augment | None = None,
+    corrupt: Augment | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
 
     ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
-    For ``loss="mse"`` the target is the (augmented) input. Returns the new state and global metrics
+    ``corrupt(rng, images) -> images`` (denoising) changes only what the model sees: for ``loss="mse"`` the target
+    is the (augmented) clean input. Returns the new state and global metrics
     ``loss``, ``grad_norm``, ``count`` and, for ``"ce"``, ``top1``.
     """
     _check_loss(loss, batch)
@@ -83,6 +85,12 @@ def train_step(
     if augment is not None:
         aug_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, lax.axis_index(axis_name))
         images = augment(aug_rng, images)
+    inputs = images
+    if corrupt is not None:
+        c_rng = jax.random.fold_in(step_rng, 0x5EED)  # independent of the augment key, same on every device count
+        if axis_name is not None:
+            c_rng = jax.random.fold_in(c_rng, lax.axis_index(axis_name))
+        inputs = corrupt(c_rng, images)
     mask = _mask(batch)
     count = _psum(jnp.sum(mask), axis_name)
     diff, fixed = split_params(state.params, state.trainable)
@@ -94,10 +102,10 @@ def train_step(
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         if train_bn and state.batch_stats:
-            out, updates = module.apply(variables, images, train=True, mutable=["batch_stats"])
+            out, updates = module.apply(variables, inputs, train=True, mutable=["batch_stats"])
             new_stats = updates["batch_stats"]
         else:
-            out = module.apply(variables, images, train=train_bn)
+            out = module.apply(variables, inputs, train=train_bn)
             new_stats = state.batch_stats
         per_example = cross_entropy(out, batch["labels"], label_smoothing) if loss == "ce" else mse(out, images)
         return jnp.sum(per_example * mask) / count, (out, new_stats)

@@ -15,7 +15,6 @@ from jaxtl.models import ConvNet
 from jaxtl.train.losses import mse
 from jaxtl.transfer import (
     _corrupt_fn,
-    _DenoisingAutoencoder,
     build_classifier,
     evaluate_classifier,
     finetune,
@@ -53,16 +52,27 @@ def test_reconstruction_loss_falls(pretrained) -> None:
 
 
 def test_denoising_trains_on_clean_target() -> None:
-    # fit's mse against the stacked [corrupted, clean] target must equal mse(reconstruction of corrupted, clean).
-    ae = _DenoisingAutoencoder(ConvNet(num_classes=0, widths=WIDTHS), out_channels=1, decoder_widths=(8,))
+    # train_step's corrupt hook changes the model's input only: the mse target is the clean image.
+    import optax
+
+    from jaxtl.models import Autoencoder
+    from jaxtl.train import TrainState, train_step
+
+    ae = Autoencoder(ConvNet(num_classes=0, widths=WIDTHS), out_channels=1, decoder_widths=(8,))
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1))
     v = ae.init(jax.random.PRNGKey(0), x)
-    stacked = _corrupt_fn(("noise", 0.5))(jax.random.PRNGKey(2), x)
-    assert stacked.shape == (3, 16, 16, 2) and np.array_equal(stacked[..., 1:], x)
-    assert not np.allclose(stacked[..., :1], x)
-    through_fit = mse(ae.apply(v, stacked), stacked)
-    direct = mse(ae.apply(v, stacked[..., :1]), x)
-    np.testing.assert_allclose(through_fit, direct, rtol=1e-5)
+    state = TrainState.create(ae, v, optax.sgd(0.0), rng=0)
+    corrupt = _corrupt_fn(("noise", 0.5))
+    assert corrupt is not None and not np.allclose(corrupt(jax.random.PRNGKey(2), x), x)
+
+    def shift(rng: jax.Array, images: jax.Array) -> jax.Array:
+        return images + 0.25  # deterministic, so the expected loss can be computed outside the step
+
+    _, metrics = train_step(state, {"images": x}, axis_name=None, loss="mse", corrupt=shift)
+    recon, _ = ae.apply(v, x + 0.25, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(metrics["loss"], jnp.mean(mse(recon, x)), rtol=1e-5)
+    recon_clean, _ = ae.apply(v, x, train=True, mutable=["batch_stats"])
+    assert not np.isclose(float(metrics["loss"]), float(jnp.mean(mse(recon_clean, x))), rtol=1e-3)
 
 
 def test_parse_denoise() -> None:
