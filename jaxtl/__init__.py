@@ -8,14 +8,9 @@ from jaxtl._cpu_tuning import apply_cpu_flags
 
 apply_cpu_flags()  # before anything below imports jax
 
-from jaxtl import models  # noqa: E402
+from jaxtl import data, models, train  # noqa: E402
 from jaxtl.models import create, list_models  # noqa: E402
 from jaxtl.train.freeze import freeze  # noqa: E402
-
-__version__ = "0.1.0"
-
-__all__ = ["__version__", "create", "list_models", "models"]
-__all__ += ["freeze"]
 from jaxtl.transfer import (  # noqa: E402
     build_classifier,
     evaluate_classifier,
@@ -24,4 +19,19 @@ from jaxtl.transfer import (  # noqa: E402
     pretrain_autoencoder,
 )
 
-__all__ += ["build_classifier", "evaluate_classifier", "finetune", "normalize_dataset", "pretrain_autoencoder"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "build_classifier",
+    "create",
+    "data",
+    "evaluate_classifier",
+    "finetune",
+    "freeze",
+    "list_models",
+    "models",
+    "normalize_dataset",
+    "pretrain_autoencoder",
+    "train",
+]
