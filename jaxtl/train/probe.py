@@ -34,6 +34,17 @@ def _features_step(
     return out[feature].astype(jnp.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _feature_fn(module: nn.Module, feature: str, parallel: str) -> tuple[Parallel, Any]:
+    # One compiled feature function per (module, feature, wrapper): repeated extraction (every epoch of a sweep,
+    # every seed of the demo) must not retrace and recompile. Keyed on the global device set too, via Parallel.
+    par = Parallel(parallel)
+    fn = par.map(
+        functools.partial(_features_step, module=module, feature=feature), donate=False, n_out=1, batch_out=True
+    )
+    return par, fn
+
+
 def extract_features(
     module: nn.Module,
     variables: dict[str, Any],
@@ -50,12 +61,9 @@ def extract_features(
     and the returned array is that memmap. Multi-process: every process returns all ``[N, F]`` features; only
     process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
     """
-    par = Parallel(parallel)
+    par, fn = _feature_fn(module, feature, parallel)
     if batch_size % par.num_devices:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({parallel})")
-    fn = par.map(
-        functools.partial(_features_step, module=module, feature=feature), donate=False, n_out=1, batch_out=True
-    )
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
@@ -93,6 +101,9 @@ class LinearProbe:
     head: dict[str, np.ndarray]
     variables: dict[str, Any] | None
     history: list[dict[str, float]]
+
+
+_SCAN_BYTES = 1 << 30  # features up to 1 GiB are trained on in one compiled scan
 
 
 def _init_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.Array]:
@@ -147,36 +158,54 @@ def fit_linear_probe(
     else:
         head = _init_head(f, num_classes, seed)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(
-        head: dict[str, jax.Array], opt_state: Any, x: jax.Array, y: jax.Array
-    ) -> tuple[dict[str, jax.Array], Any, dict[str, jax.Array]]:
+        carry: tuple[dict[str, jax.Array], Any], xy: tuple[jax.Array, jax.Array]
+    ) -> tuple[tuple[dict[str, jax.Array], Any], dict[str, jax.Array]]:
+        h, opt_state = carry
+        x, y = xy
+
         def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
             logits = x @ h["kernel"] + h["bias"][None, :]
             return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(head)
-        updates, opt_state = tx.update(grads, opt_state, head)
-        return (
-            optax.apply_updates(head, updates),
-            opt_state,
-            {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))},
-        )
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(h)
+        updates, opt_state = tx.update(grads, opt_state, h)
+        metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))}
+        return (optax.apply_updates(h, updates), opt_state), metrics
 
-    opt_state = tx.init(head)
-    history: list[dict[str, float]] = []
-    done = 0
-    epoch = 0
-    while done < total:
-        order = epoch_indices(n, seed, epoch)
-        for b in range(min(spe, total - done)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x = jnp.asarray(np.asarray(features[idx], np.float32))
-            y = jnp.asarray(np.asarray(labels[idx], np.int32))
-            head, opt_state, m = step(head, opt_state, x, y)
-            done += 1
-            history.append({"step": done, "epoch": epoch, **{k: float(v) for k, v in m.items()}})
-        epoch += 1
+    # Every step's batch indices, in fit's order: seeded per-epoch permutation, ragged last batch dropped.
+    order = [epoch_indices(n, seed, e)[: spe * batch_size].reshape(spe, batch_size) for e in range(-(-total // spe))]
+    batch_idx = np.concatenate(order)[:total]
+    epochs_of = np.arange(total) // spe
+    carry = (head, tx.init(head))
+    metrics: dict[str, np.ndarray]
+    if not isinstance(features, np.memmap) and features.nbytes <= _SCAN_BYTES:
+        # Features fit on the device: the whole run is one compiled scan, no per-step host round trip.
+        @functools.partial(jax.jit, donate_argnums=(0,))
+        def run(carry: Any, feats: jax.Array, labs: jax.Array, idx: jax.Array) -> Any:
+            return jax.lax.scan(lambda c, i: step(c, (feats[i], labs[i])), carry, idx)
+
+        carry, m = run(carry, jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32), batch_idx)
+        metrics = {k: np.asarray(v) for k, v in m.items()}
+    else:
+        # Memory-mapped (large) features: stream one batch at a time from the host.
+        jstep = jax.jit(step, donate_argnums=(0,))
+        per_step = []
+        for idx in batch_idx:
+            xy = (jnp.asarray(np.asarray(features[idx], np.float32)), jnp.asarray(np.asarray(labels[idx], np.int32)))
+            carry, m = jstep(carry, xy)
+            per_step.append(m)
+        metrics = {k: np.asarray([float(m[k]) for m in per_step]) for k in ("loss", "top1")}
+    head = carry[0]
+    history = [
+        {
+            "step": i + 1,
+            "epoch": int(epochs_of[i]),
+            "loss": float(metrics["loss"][i]),
+            "top1": float(metrics["top1"][i]),
+        }
+        for i in range(total)
+    ]
     head_np = {k: np.asarray(v) for k, v in head.items()}
     new_vars = None
     if variables is not None:
