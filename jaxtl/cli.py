@@ -160,6 +160,14 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
+    p.add_argument("--momentum", type=float, default=0.9, help="sgd momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="sgd with Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0 (trainable params only)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    p.add_argument(
+        "--schedule", choices=("cosine", "constant"), default="cosine", help="after warm-up (default cosine)"
+    )
+    p.add_argument("--clip-norm", type=float, help="clip the global gradient norm of the trainable params")
     p.add_argument("--image-size", type=int, help="input size (default: the architecture's registry input size)")
     p.add_argument("--workdir", required=True, help="run directory: metrics, resumable checkpoints, the result")
     p.add_argument(
@@ -171,6 +179,24 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(p)
+
+
+def _optimizer(a: argparse.Namespace) -> dict[str, Any]:
+    """make_optimizer's keyword arguments from the common training options (total_steps is filled in later)."""
+    if a.momentum < 0 or a.weight_decay < 0 or a.warmup_steps < 0:
+        raise UsageError("--momentum, --weight-decay and --warmup-steps must be >= 0")
+    if a.clip_norm is not None and not a.clip_norm > 0:
+        raise UsageError(f"--clip-norm must be > 0, got {a.clip_norm}")
+    return dict(
+        name=a.optimizer,
+        lr=a.lr,
+        momentum=a.momentum,
+        nesterov=a.nesterov,
+        weight_decay=a.weight_decay,
+        warmup_steps=a.warmup_steps,
+        schedule=a.schedule,
+        clip_norm=a.clip_norm,
+    )
 
 
 def _resolve_parallel(parallel: str) -> str:
@@ -260,7 +286,7 @@ def _pretrain(a: argparse.Namespace) -> int:
         epochs=a.epochs,
         batch_size=min(a.batch_size, len(data)),
         lr=a.lr,
-        optimizer=a.optimizer,
+        optimizer=_optimizer(a),
         denoise=denoise,
         sigmoid_output=False,
         workdir=workdir / "run",
@@ -387,7 +413,7 @@ def _finetune(a: argparse.Namespace) -> int:
         epochs=a.epochs,
         batch_size=batch_size,
         lr=a.lr,
-        optimizer=a.optimizer,
+        optimizer=_optimizer(a),
         augment=a.augment,
         workdir=Path(a.workdir) / "run",
         seed=a.seed,

@@ -236,11 +236,12 @@ def build_classifier(
 
 
 def _tx(
-    optimizer: str | dict[str, Any], lr: float, weight_decay: float, total_steps: int
+    optimizer: str | dict[str, Any], lr: float, weight_decay: float, total_steps: int, lr_scale: float = 1.0
 ) -> optax.GradientTransformation:
-    if isinstance(optimizer, dict):
-        return make_optimizer(**{"total_steps": total_steps, **optimizer})
-    return make_optimizer(optimizer, lr=lr, weight_decay=weight_decay, total_steps=total_steps)
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "total_steps": total_steps}
+    kwargs.update(optimizer if isinstance(optimizer, dict) else {"name": optimizer})
+    kwargs["lr"] = kwargs["lr"] * lr_scale  # a dict's own lr is scaled too (smaller backbone lr)
+    return make_optimizer(**kwargs)
 
 
 def _default_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
@@ -336,7 +337,7 @@ def finetune(
             tx = optax.multi_transform(
                 {
                     "head": _tx(optimizer, lr, weight_decay, total),
-                    "backbone": _tx(optimizer, lr * backbone_lr_scale, weight_decay, total),
+                    "backbone": _tx(optimizer, lr, weight_decay, total, lr_scale=backbone_lr_scale),
                 },
                 labels,
             )

@@ -91,6 +91,7 @@ def test_finetune_from_converted_torchvision(torch_weights, folder, tmp_path, ca
     assert main(["convert", str(torch_weights), str(ckpt)]) == 0
     work = tmp_path / "ft"
     args = ["finetune", "--init", str(ckpt), "--data", f"folder:{folder}", "--image-size", "32", "--freeze", "backbone"]
+    args += ["--optimizer", "sgd", "--nesterov", "--warmup-steps", "1", "--clip-norm", "1.0", "--weight-decay", "1e-4"]
     assert main([*args, "--epochs", "1", "--batch-size", "8", "--workdir", str(work), "--no-progress"]) == 0
     module, variables, meta = load_variables(work / "classifier")
     assert meta["arch"] == "resnet18" and module.num_classes == 3
@@ -142,6 +143,8 @@ def test_help(command, capsys) -> None:
         (["finetune", "--torch-weights", "/no/w.pth", "--data", "digits", "--workdir", "W"], "/no/w.pth"),
         (["evaluate", "/no/ckpt", "--data", "digits"], "no checkpoint directory"),
         (["demo", "--seeds", "0"], "--seeds must be >= 1"),
+        (["pretrain", "--data", "digits", "--clip-norm", "0", "--workdir", "W"], "--clip-norm must be > 0"),
+        (["pretrain", "--data", "digits", "--schedule", "step", "--workdir", "W"], "invalid choice: 'step'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, expected, tmp_path, monkeypatch, capsys) -> None:

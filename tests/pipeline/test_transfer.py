@@ -145,3 +145,14 @@ def test_run_demo_small(tmp_path) -> None:
     assert {"config", "budget", "timings", "versions", "pretrain"} <= written.keys()
     for png in ("reconstructions.png", "accuracy.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backbone_lr_scale_applies_to_optimizer_dicts() -> None:
+    from jaxtl.transfer import _tx
+
+    grads = {"w": jnp.ones((2,))}
+    for optimizer in ("sgd", {"name": "sgd", "lr": 0.3}):
+        tx = _tx(optimizer, 0.3, 0.0, 10, lr_scale=0.5)
+        updates, _ = tx.update(grads, tx.init(grads), grads)
+        # First step of cosine decay from 0.3 * 0.5, momentum buffer starts at the gradient.
+        np.testing.assert_allclose(updates["w"], -0.15 * np.ones(2), rtol=1e-6)
