@@ -6,7 +6,7 @@ STAMP := $(VENV)/.jaxtl-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo demo-readme test lint format bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/jaxtl demo --out demo_out
 
+# The demo's table in README.md, regenerated from a demo run's results.json (kept in benchmarks/results/demo/).
+demo-readme: $(STAMP)
+	$(VENV)/bin/jaxtl demo --out benchmarks/results/demo
+	$(PY) -m benchmarks.report --demo benchmarks/results/demo/results.json --write README.md
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jaxtl bridge tests benchmarks
 	$(VENV)/bin/ruff format --check jaxtl bridge tests benchmarks
@@ -32,9 +37,9 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Every CPU benchmark side by side with PyTorch, then the README table regenerated from the JSON results.
 bench: $(STAMP)
-	$(PY) -m benchmarks.train_steps
-	$(PY) -m benchmarks.report
+	$(PY) -m benchmarks.run_all --write README.md
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache .mypy_cache .ruff_cache

@@ -98,3 +98,38 @@ def test_report_errors(tmp_path: pathlib.Path) -> None:
         report.load_results(tmp_path)
     with pytest.raises(SystemExit, match="no such file"):
         report.main(["--results", str(FIXTURE.parent), "--write", str(tmp_path / "missing.md")])
+
+
+def test_report_renders_demo_results(tmp_path: pathlib.Path) -> None:
+    summary = {
+        arm: {"1": {"mean": 0.5 + i / 10, "std": 0.01}, "5": {"mean": 0.8, "std": 0.02}}
+        for i, arm in enumerate(("scratch", "full"))
+    }
+    res = {
+        "config": {"labels_per_class": [1, 5], "seeds": 3},
+        "summary": summary,
+        "pretrain": {
+            "steps": 10,
+            "denoise": ["noise", 0.3],
+            "train_loss_first": 0.2,
+            "train_loss_last": 0.01,
+            "test_mse": 0.02,
+        },
+        "data": {"test": 449, "pool": 1348},
+        "timings": {"total_s": 98.0, "pretrain_s": 41.0},
+        "budget": "every arm: 100 steps",
+        "devices": ["TFRT_CPU_0"],
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "a\n<!-- demo:start -->\nold\n<!-- demo:end -->\nb\n<!-- bench:start -->\nkeep\n<!-- bench:end -->\n"
+    )
+    report.main(["--demo", str(path), "--write", str(readme)])
+    text = readme.read_text()
+    assert "| `full` | 60.0 ± 1.0 | 80.0 ± 2.0 |" in text and "old" not in text and "keep" in text
+    assert "449 held-out digits" in text and "over 3 seeds" in text
+    path.write_text(json.dumps({"results": []}))
+    with pytest.raises(SystemExit, match=r"not a jaxtl demo results\.json"):
+        report.main(["--demo", str(path)])
