@@ -276,19 +276,9 @@ def evaluate(
     if par is None:
         par = Parallel("none")  # process-local: each process of a multi-process run evaluates everything
         state = par.put_state(state)
-    if batch_size % par.num_devices:
-        raise ValueError(f"eval batch_size={batch_size} is not divisible by the {par.num_devices} devices")
     fn = eval_fn or par.map(functools.partial(eval_step, loss=loss), donate=False, n_out=1)
     totals: dict[str, float] = {}
-    batches = iterate_batches(
-        dataset,
-        batch_size,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=par.process_index,
-        process_count=par.process_count,
-    )
-    for batch in prefetch_to_device(batches, 2, par.put_batch):
+    for batch in par.full_pass(dataset, batch_size):
         for k, v in par.get_metrics(fn(state, batch)).items():
             totals[k] = totals.get(k, 0.0) + v
     count = totals["count"]

@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtl.data.batching import shard_for_devices
+from jaxtl.data.batching import iterate_batches, shard_for_devices
+from jaxtl.data.dataset import ArrayDataset
 
 PARALLEL = ("pmap", "shard_map", "none")
 
@@ -145,6 +146,24 @@ class Parallel:
     def get_state(self, state: Any) -> Any:
         """One copy of a replicated state, as host numpy arrays (read from this process's first device)."""
         return jax.tree.map(lambda x: _first_replica(x, self.kind == "pmap"), state)
+
+    def full_pass(self, dataset: ArrayDataset, batch_size: int, prefetch: int = 2) -> Iterator[dict[str, Any]]:
+        """Every example of ``dataset`` once, in order, as device batches of the global ``batch_size``.
+
+        The ragged last batch is padded and masked (``batch["mask"]``), never dropped; each process feeds its
+        slice of every global batch. For evaluation and feature extraction.
+        """
+        if batch_size % self.num_devices:
+            raise ValueError(f"batch_size={batch_size} is not divisible by the {self.num_devices} devices")
+        batches = iterate_batches(
+            dataset,
+            batch_size,
+            shuffle=False,
+            drop_remainder=False,
+            process_index=self.process_index,
+            process_count=self.process_count,
+        )
+        return prefetch_to_device(batches, prefetch, self.put_batch)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Split this process's batch ``[B / P, ...]`` over its devices (divisible by the local device count).

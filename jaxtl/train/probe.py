@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtl.data.batching import epoch_indices, iterate_batches, num_batches
+from jaxtl.data.batching import epoch_indices, num_batches
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.train.losses import cross_entropy, topk_correct
-from jaxtl.train.parallel import Parallel, prefetch_to_device
+from jaxtl.train.parallel import Parallel
 
 
 def _features_step(
@@ -62,21 +62,11 @@ def extract_features(
     process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
     """
     par, fn = _feature_fn(module, feature, parallel)
-    if batch_size % par.num_devices:
-        raise ValueError(f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({parallel})")
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
     # Each process feeds its slice; gather() returns the global batch's features on every process.
-    batches = iterate_batches(
-        dataset,
-        batch_size,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=par.process_index,
-        process_count=par.process_count,
-    )
-    for batch in prefetch_to_device(batches, 2, par.put_batch):
+    for batch in par.full_pass(dataset, batch_size):
         feats = par.gather(fn(placed, batch))
         if out is None:
             shape = (n, *feats.shape[1:])
