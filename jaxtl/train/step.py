@@ -18,6 +18,7 @@ Freezing (see :class:`~jaxtl.train.state.TrainState`):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +44,18 @@ def _psum(x: Any, axis_name: str | None) -> Any:
 
 
 def with_axis(module: nn.Module, axis_name: str | None) -> nn.Module:
-    """``module`` whose BatchNorm averages batch statistics over ``axis_name`` (when it has that option)."""
+    """``module`` whose BatchNorms average batch statistics over ``axis_name``, its sub-module fields included
+    (an Autoencoder's ``encoder``), wherever a module has the ``axis_name`` option."""
+    updates: dict[str, Any] = {}
+    for field in dataclasses.fields(module):
+        value = getattr(module, field.name, None)
+        if field.name != "parent" and isinstance(value, nn.Module):
+            new = with_axis(value, axis_name)
+            if new is not value:
+                updates[field.name] = new
     if hasattr(module, "axis_name") and module.axis_name != axis_name:
-        return module.clone(axis_name=axis_name)
-    return module
+        updates["axis_name"] = axis_name
+    return module.clone(**updates) if updates else module
 
 
 def _check_loss(loss: str, batch: Batch) -> None:

@@ -106,3 +106,25 @@ def test_eval_on_ragged_dataset_equals_numpy_count(kind):
     assert metrics["top5"] == top5 / 37
     assert metrics["top1"] < metrics["top5"] < 1.0  # the checks above compare non-trivial numbers
     assert metrics["loss"] == pytest.approx(-np.mean(logp[np.arange(37), labels]), rel=1e-5)
+
+
+def test_autoencoder_encoder_statistics_are_cross_device():
+    # The encoder is a field of the Autoencoder: its BatchNorms must average over devices too, so the replicas
+    # hold the statistics a single device computes on the whole batch.
+    from jaxtl.models import Autoencoder, ConvNet
+
+    module = Autoencoder(ConvNet(num_classes=0, widths=(4, 8)), out_channels=3, decoder_widths=(8,))
+    images = np.random.default_rng(1).uniform(size=(8, 16, 16, 3)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), images[:1], train=False)
+    stats = {}
+    for kind in KINDS:
+        par = Parallel(kind)
+        state = par.put_state(TrainState.create(module, variables, optax.sgd(0.1), rng=0))
+        state, _ = par.map(jax.tree_util.Partial(train_step, loss="mse"))(state, par.put_batch({"images": images}))
+        stats[kind] = jax.device_get(state.batch_stats)
+        if kind == "pmap":  # every replica the same
+            for leaf in jax.tree.leaves(stats[kind]):
+                assert all(np.array_equal(leaf[0], leaf[d]) for d in range(leaf.shape[0]))
+        stats[kind] = par.get_state(state).batch_stats
+    for kind in ("pmap", "shard_map"):
+        assert _max_diff(stats[kind]["encoder"], stats["none"]["encoder"]) < 1e-5
