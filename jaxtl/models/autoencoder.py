@@ -168,7 +168,7 @@ class Autoencoder(nn.Module):
     The output goes through a sigmoid by default, because jaxtl's loaders give images in ``[0, 1]``; set
     ``sigmoid_output=False`` to reconstruct normalised (mean/std) inputs. Submodules are "encoder" and "decoder",
     so ``variables["params"]["encoder"]`` is exactly the parameter tree of the encoder on its own.
-    ``axis_name`` is the decoder's cross-device BatchNorm axis; build the encoder with the same ``axis_name``.
+    ``axis_name`` is the decoder's cross-device BatchNorm axis; the training step sets it on the encoder too.
     """
 
     encoder: nn.Module
