@@ -109,3 +109,39 @@ def test_nan_stops_with_step_and_previous_checkpoint_restores(tmp_path):
     clean = run(str(tmp_path / "clean"), 2)
     _assert_same(jax.tree.leaves(clean.state), jax.tree.leaves(state))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_keeps_latest_and_the_best_checkpoint(tmp_path):
+    # keep=1 latest plus the best by eval top1: after a run whose best eval is not the last step, two remain and
+    # the best one's metric is the maximum of the logged evals.
+    import json
+
+    import optax
+    from tiny import Tiny, tiny_dataset, tiny_variables
+
+    from jaxtl.train import fit
+
+    module = Tiny()
+    data = tiny_dataset(40)
+    fit(
+        module,
+        tiny_variables(module),
+        data,
+        eval_data=tiny_dataset(24, seed=1),
+        tx=optax.sgd(0.5),  # large steps: eval accuracy moves around, so the best is rarely the last
+        batch_size=8,
+        steps=12,
+        eval_every=1,
+        checkpoint_every=1,
+        keep=1,
+        best_metric="top1",
+        workdir=tmp_path,
+        parallel="none",
+        progress=False,
+    )
+    evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]
+    best = max(evals, key=lambda r: (r["top1"], r["step"]))
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept[-1] == 12
+    assert any(evals[k - 1]["top1"] == best["top1"] for k in kept), (kept, [r["top1"] for r in evals])
+    assert len(kept) <= 2, kept  # the latest and the best; the rest were deleted
