@@ -51,7 +51,9 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, grou
     """A convolution as kh*kw shifted strided slices and one (grouped) matmul; same numbers as the conv.
 
     XLA:CPU runs a conv whose input map is smaller than its kernel (layer4's 3x3 convs on a 2x2 map at 64x64
-    input) through a path about 80x slower than this formulation, forward and backward.
+    input) through a path about 80x slower than this formulation, forward and backward; likewise the input gradient
+    of a strided conv whose *output* is smaller than the kernel (layer4/0/conv2 at 64x64: 4x4 -> 2x2, stride 2;
+    about 20x slower than this, ``benchmarks/train_steps.py`` full step at 64x64 batch 32).
     x: ``[N, H, W, Cin]``, kernel: ``[kh, kw, Cin/groups, Cout]`` -> ``[N, Ho, Wo, Cout]``.
     """
     kh, kw, cin_g, cout = kernel.shape
@@ -92,8 +94,8 @@ class ConvLayer(nn.Module):
     """A bias-free 2D convolution with torch's symmetric padding. Kernel ``kernel`` is HWIO (torch: OIHW).
 
     ``conv_impl``: "xla" (``lax.conv_general_dilated``), "im2col" (:func:`conv_im2col`) or "auto": on the CPU
-    backend, a matmul for 1x1 kernels (:func:`conv1x1_matmul`) and im2col when the input map is smaller than the
-    kernel; XLA's convolution everywhere else (GPU/TPU always).
+    backend, a matmul for 1x1 kernels (:func:`conv1x1_matmul`) and im2col when the input or output map is smaller
+    than the kernel; XLA's convolution everywhere else (GPU/TPU always).
     """
 
     features: int
@@ -116,7 +118,9 @@ class ConvLayer(nn.Module):
         auto_cpu = self.conv_impl == "auto" and jax.default_backend() == "cpu"
         if auto_cpu and k == 1 and p == 0 and self.groups == 1:
             return conv1x1_matmul(x, kernel, s)
-        use_im2col = self.conv_impl == "im2col" or (auto_cpu and k > 1 and min(x.shape[1], x.shape[2]) < k)
+        out_hw = min((x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1)
+        small = min(x.shape[1], x.shape[2]) < k or out_hw < k
+        use_im2col = self.conv_impl == "im2col" or (auto_cpu and k > 1 and small)
         if use_im2col:
             return conv_im2col(x, kernel, s, p, self.groups)
         return jax.lax.conv_general_dilated(
