@@ -1,7 +1,10 @@
-"""The closed-form BatchNorm backward (``batch_norm_train``) against plain autodiff of the same forward."""
+"""Hand-written backward passes against autodiff: BatchNorm's closed form, the strided-slice max pool."""
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 from jax import lax
 
 from jaxtl.models.batchnorm import batch_norm_train
+from jaxtl.models.resnet import max_pool_taps
 
 
 def _reference(x, scale, bias, epsilon, axis_name):
@@ -86,3 +90,17 @@ def test_bfloat16_input_keeps_float32_statistics():
         x, scale, bias
     )
     assert dx.dtype == jnp.bfloat16 and dscale.dtype == dbias.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pool_taps_equals_reduce_window_bitwise(k, s, p):
+    # ReLU-like input: whole windows of zeros, so the first-maximum tie rule decides where gradients go.
+    rng = np.random.default_rng(k * 10 + s)
+    x = jnp.asarray(np.maximum(rng.standard_normal((2, 9, 8, 3)), 0.0), jnp.float32)
+    ref = functools.partial(nn.max_pool, window_shape=(k, k), strides=(s, s), padding=((p, p), (p, p)))
+    out = max_pool_taps(x, k, s, p)
+    np.testing.assert_array_equal(out, ref(x))
+    w = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    g = jax.grad(lambda x: jnp.sum(max_pool_taps(x, k, s, p) * w))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+    np.testing.assert_array_equal(g, g_ref)
