@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxtl.models.batchnorm import BatchNorm
 from jaxtl.models.registry import ArchSpec, register
-from jaxtl.models.resnet import ConvLayer, _torch_linear_init
+from jaxtl.models.resnet import ConvLayer, pooled_head
 
 Dtype = Any
 
@@ -75,20 +75,7 @@ class ConvNet(nn.Module):
             x = ConvStage(width, dtype=self.dtype, axis_name=self.axis_name, name=f"stage{i + 1}")(x, train)
             feats[f"stage{i + 1}"] = x
         feats["last_map"] = x
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
-        feats["pre_logits"] = x
-        if self.num_classes:
-            k_init, b_init = _torch_linear_init(x.shape[-1])
-            x = nn.Dense(
-                self.num_classes,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=k_init,
-                bias_init=b_init,
-                name="fc",
-            )(x)
-        feats["logits"] = x
-        return feats if return_features else x
+        return pooled_head(x, feats, self.num_classes, self.dtype, return_features)
 
 
 _CONVNET_WIDTHS = (32, 64, 128)

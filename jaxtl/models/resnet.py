@@ -148,6 +148,24 @@ def _max_pool_bwd(kernel: int, stride: int, padding: int, res: tuple[jax.Array, 
 max_pool_taps.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def pooled_head(
+    x: jax.Array, feats: dict[str, jax.Array], num_classes: int, dtype: Dtype, return_features: bool
+) -> Any:
+    """Global average pool of the last map ``[N, h, w, C]`` -> ``pre_logits`` ``[N, C]``, then ``fc`` (torch's
+    Linear init) when ``num_classes`` > 0. Call it inside a compact ``__call__``: ``fc`` belongs to that module.
+
+    Fills ``feats["pre_logits"]`` and ``feats["logits"]``; returns ``feats`` or the logits.
+    """
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)
+    feats["pre_logits"] = x
+    if num_classes:
+        k_init, b_init = _torch_linear_init(x.shape[-1])
+        init = dict(kernel_init=k_init, bias_init=b_init)
+        x = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, **init, name="fc")(x)
+    feats["logits"] = x
+    return feats if return_features else x
+
+
 CONV_IMPLS = ("auto", "xla", "im2col")
 
 
@@ -362,17 +380,4 @@ class ResNet(nn.Module):
             )(x, train)
             in_features = planes * expansion
             feats[f"layer{i + 1}"] = x
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
-        feats["pre_logits"] = x
-        if self.num_classes:
-            k_init, b_init = _torch_linear_init(x.shape[-1])
-            x = nn.Dense(
-                self.num_classes,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=k_init,
-                bias_init=b_init,
-                name="fc",
-            )(x)
-        feats["logits"] = x
-        return feats if return_features else x
+        return pooled_head(x, feats, self.num_classes, self.dtype, return_features)
