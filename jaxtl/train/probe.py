@@ -106,6 +106,48 @@ def _init_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.
     }
 
 
+def _head_step(
+    carry: tuple[dict[str, jax.Array], Any],
+    xy: tuple[jax.Array, jax.Array],
+    *,
+    tx: optax.GradientTransformation,
+    label_smoothing: float,
+) -> tuple[tuple[dict[str, jax.Array], Any], dict[str, jax.Array]]:
+    """One optimizer step of the linear head on a batch of features ``[B, F]`` and labels ``[B]``."""
+    h, opt_state = carry
+    x, y = xy
+
+    def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        logits = x @ h["kernel"] + h["bias"][None, :]
+        return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(h)
+    updates, opt_state = tx.update(grads, opt_state, h)
+    metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))}
+    return (optax.apply_updates(h, updates), opt_state), metrics
+
+
+# Module-level and keyed on the optimizer object (static): probing again with the same ``tx`` (another epoch
+# count, another seed) reuses the compiled code instead of compiling a fresh closure per call.
+_head_step_jit = jax.jit(_head_step, static_argnames=("tx", "label_smoothing"), donate_argnums=(0,))
+
+
+@functools.partial(jax.jit, static_argnames=("tx", "label_smoothing"), donate_argnums=(0,))
+def _head_run(
+    carry: Any,
+    feats: jax.Array,
+    labs: jax.Array,
+    idx: jax.Array,
+    *,
+    tx: optax.GradientTransformation,
+    label_smoothing: float,
+) -> Any:
+    """All steps in one compiled scan; ``idx`` ``[steps, B]`` holds each step's example indices."""
+    return jax.lax.scan(
+        lambda c, i: _head_step(c, (feats[i], labs[i]), tx=tx, label_smoothing=label_smoothing), carry, idx
+    )
+
+
 def fit_linear_probe(
     features: np.ndarray,
     labels: np.ndarray,
@@ -148,21 +190,6 @@ def fit_linear_probe(
     else:
         head = _init_head(f, num_classes, seed)
 
-    def step(
-        carry: tuple[dict[str, jax.Array], Any], xy: tuple[jax.Array, jax.Array]
-    ) -> tuple[tuple[dict[str, jax.Array], Any], dict[str, jax.Array]]:
-        h, opt_state = carry
-        x, y = xy
-
-        def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            logits = x @ h["kernel"] + h["bias"][None, :]
-            return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(h)
-        updates, opt_state = tx.update(grads, opt_state, h)
-        metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))}
-        return (optax.apply_updates(h, updates), opt_state), metrics
-
     # Every step's batch indices, in fit's order: seeded per-epoch permutation, ragged last batch dropped.
     order = [epoch_indices(n, seed, e)[: spe * batch_size].reshape(spe, batch_size) for e in range(-(-total // spe))]
     batch_idx = np.concatenate(order)[:total]
@@ -171,19 +198,15 @@ def fit_linear_probe(
     metrics: dict[str, np.ndarray]
     if not isinstance(features, np.memmap) and features.nbytes <= _SCAN_BYTES:
         # Features fit on the device: the whole run is one compiled scan, no per-step host round trip.
-        @functools.partial(jax.jit, donate_argnums=(0,))
-        def run(carry: Any, feats: jax.Array, labs: jax.Array, idx: jax.Array) -> Any:
-            return jax.lax.scan(lambda c, i: step(c, (feats[i], labs[i])), carry, idx)
-
-        carry, m = run(carry, jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32), batch_idx)
+        feats, labs = jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32)
+        carry, m = _head_run(carry, feats, labs, batch_idx, tx=tx, label_smoothing=label_smoothing)
         metrics = {k: np.asarray(v) for k, v in m.items()}
     else:
         # Memory-mapped (large) features: stream one batch at a time from the host.
-        jstep = jax.jit(step, donate_argnums=(0,))
         per_step = []
         for idx in batch_idx:
             xy = (jnp.asarray(np.asarray(features[idx], np.float32)), jnp.asarray(np.asarray(labels[idx], np.int32)))
-            carry, m = jstep(carry, xy)
+            carry, m = _head_step_jit(carry, xy, tx=tx, label_smoothing=label_smoothing)
             per_step.append(m)
         metrics = {k: np.asarray([float(m[k]) for m in per_step]) for k in ("loss", "top1")}
     head = carry[0]
