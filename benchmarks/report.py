@@ -116,6 +116,16 @@ def _end_to_end(p: dict[str, Any]) -> str:
 
 
 def _scaling(p: dict[str, Any]) -> str:
+    note = ""
+    if p["machine"].get("jax_backend") == "cpu":
+        note = (
+            "On CPU the devices are fake (`--xla_force_host_platform_device_count`) and share the same cores, so this"
+            " measures the data-parallel overhead, not a speed-up.\n\n"
+        )
+    return note + _scaling_table(p)
+
+
+def _scaling_table(p: dict[str, Any]) -> str:
     rows = []
     for r in p["results"]:
         rows.append([r["axis"], str(r["devices"]), str(r["batch_size"]), _f(r["images_per_s"]), _f(r.get("step_s"))])
@@ -123,8 +133,18 @@ def _scaling(p: dict[str, Any]) -> str:
 
 
 def _bridge(p: dict[str, Any]) -> str:
-    rows = [[r["arch"], _f(r["from_torch_s"]), _f(r["to_torch_s"]), f"{r['max_abs_diff']:.2e}"] for r in p["results"]]
-    return _table(["arch", "torch->jaxtl s", "jaxtl->torch s", "max abs diff, eval logits"], rows)
+    rows = [
+        [
+            r["arch"],
+            _f(r["from_torch_s"]),
+            _f(r["to_torch_s"]),
+            f"{r['max_abs_diff']:.2e}",
+            f"{r['max_abs_diff'] / r['max_abs_logit']:.1e}" if r.get("max_abs_logit") else "-",
+        ]
+        for r in p["results"]
+    ]
+    headers = ["arch", "torch->jaxtl s", "jaxtl->torch s", "max abs diff, eval logits", "relative to max abs logit"]
+    return _table(headers, rows)
 
 
 RENDER = {"train_steps": _train_steps, "end_to_end": _end_to_end, "scaling": _scaling, "bridge": _bridge}
