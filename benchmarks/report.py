@@ -16,7 +16,7 @@ from benchmarks.common import RESULTS_DIR
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DEMO_START, DEMO_END = "<!-- demo:start -->", "<!-- demo:end -->"
-ORDER = ("train_steps", "end_to_end", "scaling", "bridge")
+ORDER = ("train_steps", "end_to_end", "scaling", "bridge", "cpu_workarounds")
 
 
 def replace_between_markers(text: str, block: str, start: str = START, end: str = END) -> str:
@@ -147,8 +147,41 @@ def _bridge(p: dict[str, Any]) -> str:
     return _table(headers, rows)
 
 
-RENDER = {"train_steps": _train_steps, "end_to_end": _end_to_end, "scaling": _scaling, "bridge": _bridge}
+def _cpu_workarounds(p: dict[str, Any]) -> str:
+    res, st = p["results"], p["settings"]
+    flag = {r["setting"]: r for r in res["flag"]}
+    default, tuned = flag["XLA default"], flag["jaxtl CPU flag"]
+    rows = [
+        [
+            f"{st['flag_model']}, {mode}",
+            f"{1e3 * default[mode]['step_s']:.0f} ms",
+            f"{1e3 * tuned[mode]['step_s']:.0f} ms",
+            f"{default[mode]['step_s'] / tuned[mode]['step_s']:.2f}x",
+        ]
+        for mode in ("inference", "full")
+    ]
+    conv = {r["impl"]: r for r in res["conv"]}
+    for key, label in (("forward_s", "forward"), ("forward_backward_s", "forward+backward")):
+        rows.append(
+            [
+                f"{st['conv']}, {label}",
+                f"{1e3 * conv['xla'][key]:.1f} ms",
+                f"{1e3 * conv['im2col'][key]:.1f} ms",
+                f"{conv['xla'][key] / conv['im2col'][key]:.1f}x",
+            ]
+        )
+    return _table(["case", "XLA default", "jaxtl workaround", "speed-up"], rows)
+
+
+RENDER = {
+    "train_steps": _train_steps,
+    "end_to_end": _end_to_end,
+    "scaling": _scaling,
+    "bridge": _bridge,
+    "cpu_workarounds": _cpu_workarounds,
+}
 TITLES = {
+    "cpu_workarounds": "jaxtl's XLA:CPU workarounds (CPU flag: YNNPACK convolutions off; im2col for tiny maps)",
     "train_steps": "Step time, jaxtl vs PyTorch (medians of alternated runs; ratio < 1 means jaxtl is faster)",
     "end_to_end": "End to end: frozen-backbone fine-tuning",
     "scaling": "Scaling with devices and batch size (jaxtl)",

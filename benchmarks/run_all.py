@@ -18,12 +18,14 @@ PLAN: list[tuple[str, list[str]]] = [
     ("end_to_end", []),
     ("scaling", []),
     ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]),
+    ("cpu_workarounds", []),
 ]
 QUICK: dict[str, list[str]] = {
     "train_steps": ["--image-size", "64", "--repeats", "3"],
     "end_to_end": ["--examples", "128", "--epochs", "3"],
     "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
     "bridge": ["--archs", "resnet18", "resnet50"],
+    "cpu_workarounds": ["--image-size", "64", "--batch", "32", "--repeats", "3"],
 }
 
 

@@ -133,3 +133,14 @@ def test_report_renders_demo_results(tmp_path: pathlib.Path) -> None:
     path.write_text(json.dumps({"results": []}))
     with pytest.raises(SystemExit, match=r"not a jaxtl demo results\.json"):
         report.main(["--demo", str(path)])
+
+
+def test_cpu_workarounds_smoke(tmp_path: pathlib.Path) -> None:
+    from benchmarks import cpu_workarounds
+
+    out = tmp_path / "cpu_workarounds.json"
+    payload = cpu_workarounds.main(["--smoke", "--out", str(out)])
+    settings = {r["setting"]: r["xla_flags"] for r in payload["results"]["flag"]}
+    assert "ynn_fusion_type" in settings["jaxtl CPU flag"] and "ynn_fusion_type" not in settings["XLA default"]
+    assert {r["impl"] for r in payload["results"]["conv"]} == {"xla", "im2col"}
+    assert "| case |" in report.render(report.load_results(tmp_path))

@@ -1,0 +1,128 @@
+"""What jaxtl's two XLA:CPU workarounds buy, measured: ``python -m benchmarks.cpu_workarounds``.
+
+1. The conv path: a 3x3 convolution on a map smaller than its kernel (ResNet50's layer4 at 64x64 input: 2x2x512,
+   batch 32), forward and forward+backward, through XLA's convolution vs jaxtl's im2col formulation.
+2. The XLA flag: ResNet50 (``--arch``) inference and train step with jaxtl's CPU flag (YNNPACK convs off) vs XLA's
+   default. The flag must be set before the backend starts, so each setting runs in its own subprocess
+   (``JAXTL_CPU_TUNING=0`` for the default). CPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks import common
+
+MARK = "CPU_WORKAROUND_RESULT "
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    fn()
+    return statistics.median(common.time_once(fn) for _ in range(repeats))
+
+
+def conv_paths(batch: int, hw: int, channels: int, repeats: int) -> list[dict[str, Any]]:
+    """The 3x3 conv on an ``hw x hw`` map: XLA vs im2col, forward and forward+backward (w.r.t. input and kernel)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxtl.models.resnet import conv_im2col
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, hw, hw, channels)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, channels, channels)) * 0.01, jnp.float32)
+
+    def xla(x: jax.Array, k: jax.Array) -> jax.Array:
+        return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def im2col(x: jax.Array, k: jax.Array) -> jax.Array:
+        return conv_im2col(x, k, 1, 1)
+
+    rows = []
+    for name, f in (("xla", xla), ("im2col", im2col)):
+        fwd = jax.jit(f)
+        grad = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) ** 2), argnums=(0, 1)))
+        fwd_s = _median_time(lambda fwd=fwd: jax.block_until_ready(fwd(x, k)), repeats)
+        grad_s = _median_time(lambda grad=grad: jax.block_until_ready(grad(x, k)), repeats)
+        rows.append({"impl": name, "forward_s": fwd_s, "forward_backward_s": grad_s})
+    return rows
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One flag setting (chosen by the environment): ResNet50 inference and full train step, one JSON line."""
+    common.prepare_backend("cpu", 1)
+    from benchmarks.train_steps import jaxtl_step_fn
+
+    out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+    for mode in ("inference", "full"):
+        run, compile_s = jaxtl_step_fn(
+            mode, arch=args.arch, batch=args.batch, size=args.image_size, num_classes=10, dtype="float32", devices=1
+        )
+        out[mode] = {"step_s": _median_time(run, args.repeats), "compile_s": compile_s}
+    print(MARK + json.dumps(out))
+
+
+def _flag_run(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAXTL_CPU_TUNING"] = "1" if tuned else "0"
+    cmd = [sys.executable, "-m", "benchmarks.cpu_workarounds", "--worker"]
+    cmd += ["--arch", args.arch, "--batch", str(args.batch), "--image-size", str(args.image_size)]
+    cmd += ["--repeats", str(args.repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len(MARK) :])
+    result["setting"] = "jaxtl CPU flag" if tuned else "XLA default"
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet50", help="model of the flag comparison (default resnet50)")
+    p.add_argument("--batch", type=int, default=8, help="ResNet50 batch for the flag comparison (default 8)")
+    p.add_argument("--image-size", type=int, default=224, help="default 224")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.arch, args.batch, args.image_size, args.repeats = "resnet18", 2, 32, 1
+    if args.worker:
+        worker(args)
+        return {}
+    flags = [_flag_run(args, tuned) for tuned in (False, True)]
+    common.prepare_backend("cpu", 1)
+    conv = conv_paths(2 if args.smoke else 32, 2, 64 if args.smoke else 512, args.repeats)
+    payload = {
+        "benchmark": "cpu_workarounds",
+        "machine": common.machine_info("cpu"),
+        "settings": {
+            "dtype": "float32",
+            "flag_model": f"{args.arch} {args.image_size}x{args.image_size} b{args.batch}",
+            "conv": "3x3 conv, stride 1, on a 2x2 map" + ("" if args.smoke else ", batch 32, 512 -> 512 channels"),
+            "repeats": args.repeats,
+        },
+        "results": {"flag": flags, "conv": conv},
+    }
+    path = common.write_results("cpu_workarounds", payload, None if args.out is None else pathlib.Path(args.out))
+    flag_rows = [[r["setting"], r["inference"]["step_s"], r["full"]["step_s"]] for r in flags]
+    common.print_table(["setting", "inference_s", "full_step_s"], flag_rows)
+    conv_rows = [[r["impl"], r["forward_s"], r["forward_backward_s"]] for r in conv]
+    common.print_table(["impl", "forward_s", "fwd+bwd_s"], conv_rows)
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
