@@ -1,7 +1,8 @@
 """XLA:CPU settings that make convolutional nets faster on this jaxlib, applied before jax starts its backend.
 
 jaxlib 0.10 routes CPU convolutions through YNNPACK by default; for ResNets that is slower than XLA's own
-Eigen path on the CPUs we measured (``python -m benchmarks.cpu_workarounds`` compares both in one run). XLA aborts the process on a flag it does not know, so the flag is only added for jaxlib releases where it was
+Eigen path on the CPUs we measured (``python -m benchmarks.cpu_workarounds`` compares both in one run).
+XLA aborts the process on a flag it does not know, so the flag is only added for jaxlib releases where it was
 checked. Set ``JAXTL_CPU_TUNING=0`` to leave XLA_FLAGS alone. GPU/TPU are unaffected (the flag is CPU-only).
 """
 
