@@ -152,8 +152,7 @@ def jaxtl_probe_fn(
     module = jaxtl.create(arch, num_classes=num_classes, dtype=_jnp_dtype(dtype))
     import jax
 
-    # Host copies: fit_linear_probe donates its head buffers, which must not be the caller's device arrays.
-    variables = jax.device_get(jax.jit(functools.partial(module.init, train=False))(jax.random.PRNGKey(0), images[:1]))
+    variables = jax.jit(functools.partial(module.init, train=False))(jax.random.PRNGKey(0), images[:1])
     backbone = module.clone(num_classes=0)
     ds = ArrayDataset(images, labels, num_classes)
     tx = optax.sgd(0.01, momentum=0.9)  # one optimizer object: its compiled probe is reused, as a user's would be

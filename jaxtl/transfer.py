@@ -306,15 +306,12 @@ def finetune(
         if aug is not None:
             raise ValueError("mode='linear_probe' caches features once and cannot augment; use mode='frozen'")
         feats = extract_features(module, variables, train, batch_size=max(batch_size, 64), parallel=parallel)
-        # fit_linear_probe donates the head it starts from: hand it host copies, never the caller's device arrays.
-        head_copy = {k: np.array(x) for k, x in variables["params"][classifier].items()}
-        start = {**variables, "params": {**variables["params"], classifier: head_copy}}
         probe = fit_linear_probe(
             feats,
             train.labels,
             head_classes,
             _tx(optimizer, lr, weight_decay, total),
-            variables=start,
+            variables=variables,
             classifier=classifier,
             steps=total,
             batch_size=batch_size,
