@@ -213,12 +213,10 @@ def _check_train_args(a: argparse.Namespace) -> None:
 
 
 def _normalization(arch: str, channels: int) -> dict[str, list[float]]:
-    from jaxtl.models import get_spec
+    from jaxtl.transfer import normalization_stats
 
-    spec = get_spec(arch)
-    if channels == 1:
-        return {"mean": [sum(spec.mean) / 3], "std": [sum(spec.std) / 3]}
-    return {"mean": list(spec.mean), "std": list(spec.std)}
+    mean, std = normalization_stats(arch, channels)
+    return {"mean": list(mean), "std": list(std)}
 
 
 def _normalized(ds: ArrayDataset, norm: dict[str, list[float]] | None) -> ArrayDataset:

@@ -54,16 +54,20 @@ Denoise = tuple[Any, ...] | None
 OnStep = Callable[[int, dict[str, float]], None]
 
 
+def normalization_stats(arch: str, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The registry mean/std of ``arch`` for ``channels``-channel input; gray (1 channel) uses their mean."""
+    spec = get_spec(arch)
+    if channels == 1:
+        return (float(np.mean(spec.mean)),), (float(np.mean(spec.std)),)
+    return tuple(spec.mean), tuple(spec.std)
+
+
 def normalize_dataset(data: ArrayDataset, arch: str) -> ArrayDataset:
     """``data`` with images normalised by the registry mean/std of ``arch`` (``[N, H, W, C]``, labels unchanged).
 
     Gray images (``C=1``) use the mean of the three channel statistics.
     """
-    spec = get_spec(arch)
-    mean: tuple[float, ...] = spec.mean
-    std: tuple[float, ...] = spec.std
-    if data.images.shape[-1] == 1:
-        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    mean, std = normalization_stats(arch, data.images.shape[-1])
     return ArrayDataset(normalize(data.images, mean, std), data.labels, data.num_classes, data.class_names)
 
 
