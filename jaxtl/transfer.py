@@ -27,6 +27,7 @@ import optax
 from flax import traverse_util
 
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
+from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.datasets import normalize
 from jaxtl.data.splits import check_num_classes
@@ -296,12 +297,7 @@ def finetune(
     check_num_classes(train, head_classes)
     if not backbone_lr_scale > 0:
         raise ValueError(f"backbone_lr_scale must be > 0 (use mode='frozen' to freeze), got {backbone_lr_scale}")
-    spe = len(train) // batch_size
-    if spe == 0:
-        raise ValueError(f"the train set has {len(train)} examples, fewer than one batch of {batch_size}")
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    total = steps if steps is not None else int(epochs) * spe  # type: ignore[arg-type]
+    _, total = run_length(len(train), batch_size, epochs, steps)
     aug: Augment | None = _default_augment if augment is True else (augment or None)  # type: ignore[assignment]
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     history: list[dict[str, Any]]

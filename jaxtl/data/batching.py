@@ -31,6 +31,22 @@ def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int
     return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
+def run_length(num_examples: int, batch_size: int, epochs: int | None, steps: int | None) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)`` of a run given exactly one of ``epochs`` or ``steps``.
+
+    An epoch is ``N // B`` steps (the ragged last batch is dropped in training).
+    """
+    per_epoch = num_batches(num_examples, batch_size, drop_remainder=True)
+    if per_epoch == 0:
+        raise ValueError(f"{num_examples} training examples are fewer than one batch of {batch_size}")
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    total = steps if steps is not None else int(epochs) * per_epoch  # type: ignore[arg-type]
+    if total <= 0:
+        raise ValueError(f"the run must have at least one step, got {total}")
+    return per_epoch, total
+
+
 def pad_batch(batch: Batch, batch_size: int) -> Batch:
     """Pad every array of ``batch`` along axis 0 to ``batch_size`` and add ``mask`` [B] (1 real, 0 padding).
 

@@ -37,7 +37,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jaxtl.data.batching import iterate_batches, num_batches
+from jaxtl.data.batching import iterate_batches, run_length
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.train.freeze import Trainable
 from jaxtl.train.optim import make_optimizer
@@ -377,14 +377,7 @@ def fit(
     eval_batch_size = eval_batch_size or batch_size
     if eval_batch_size % par.num_devices:
         raise ValueError(f"eval_batch_size={eval_batch_size} is not divisible by the {par.num_devices} devices")
-    steps_per_epoch = num_batches(len(train_data), batch_size, drop_remainder=True)
-    if steps_per_epoch == 0:
-        raise ValueError(f"train_data has {len(train_data)} examples, fewer than one batch of {batch_size}")
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    total_steps = steps if steps is not None else int(epochs) * steps_per_epoch  # type: ignore[arg-type]
-    if total_steps <= 0:
-        raise ValueError(f"the run must have at least one step, got {total_steps}")
+    steps_per_epoch, total_steps = run_length(len(train_data), batch_size, epochs, steps)
     if tx is None:
         tx = make_optimizer(**{"total_steps": total_steps, **(optimizer or {})})
     eval_every = eval_every or steps_per_epoch

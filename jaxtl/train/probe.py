@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtl.data.batching import epoch_indices, num_batches
+from jaxtl.data.batching import epoch_indices, run_length
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.train.losses import cross_entropy, topk_correct
 from jaxtl.train.parallel import Parallel
@@ -172,12 +172,7 @@ def fit_linear_probe(
     if features.ndim != 2 or labels.shape != (len(features),):
         raise ValueError(f"features must be [N, F] and labels [N], got {features.shape} and {labels.shape}")
     n, f = features.shape
-    spe = num_batches(n, batch_size, drop_remainder=True)
-    if spe == 0:
-        raise ValueError(f"{n} examples are fewer than one batch of {batch_size}")
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    total = steps if steps is not None else int(epochs) * spe  # type: ignore[arg-type]
+    spe, total = run_length(n, batch_size, epochs, steps)
     if variables is not None:
         if classifier not in variables["params"]:
             raise KeyError(

@@ -45,3 +45,16 @@ def test_prefetch_keeps_order():
     items = [{"x": np.full(2, i)} for i in range(5)]
     got = [int(b["x"][0]) for b in prefetch_to_device(items, size=2)]
     assert got == list(range(5))
+
+
+def test_run_length_from_epochs_or_steps():
+    from jaxtl.data.batching import run_length
+
+    assert run_length(37, 8, epochs=3, steps=None) == (4, 12)  # ragged last batch dropped
+    assert run_length(37, 8, epochs=None, steps=5) == (4, 5)
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        run_length(37, 8, epochs=1, steps=1)
+    with pytest.raises(ValueError, match="7 training examples are fewer than one batch of 8"):
+        run_length(7, 8, epochs=1, steps=None)
+    with pytest.raises(ValueError, match="at least one step"):
+        run_length(37, 8, epochs=0, steps=None)
