@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtl._trees import tree_mismatch
 from jaxtl.models.batchnorm import BatchNorm
 from jaxtl.models.registry import ArchSpec, register
 from jaxtl.models.resnet import ConvLayer, pooled_head
@@ -211,24 +212,6 @@ def _first_conv_channels(params: Mapping[str, Any]) -> int:
     raise ValueError("the encoder's params hold no 4-D conv kernel; pass input_shape to classifier_from_autoencoder")
 
 
-def _tree_mismatch(mine: Any, theirs: Any, limit: int = 8) -> list[str]:
-    """Missing, unexpected and mis-shaped leaves of ``mine`` against ``theirs`` (at most ``limit`` of each)."""
-
-    def flat(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
-        leaves = jax.tree_util.tree_leaves_with_path(tree)
-        return {jax.tree_util.keystr(p): (tuple(a.shape), jnp.dtype(a.dtype)) for p, a in leaves}
-
-    a, b = flat(mine), flat(theirs)
-    out = []
-    missing = [k for k in b if k not in a]
-    unexpected = [k for k in a if k not in b]
-    shaped = [f"{k} {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k]]
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
-        if items:
-            out.append(f"{len(items)} {label}: {', '.join(items[:limit])}" + (", ..." if len(items) > limit else ""))
-    return out
-
-
 def classifier_from_autoencoder(
     ae_variables: Mapping[str, Any],
     encoder_module: nn.Module,
@@ -268,7 +251,7 @@ def classifier_from_autoencoder(
         ("params", enc_params, fresh_params),
         ("batch_stats", enc_stats, expected.get("batch_stats", {})),
     ):
-        problems = _tree_mismatch(mine, theirs)
+        problems = tree_mismatch(mine, theirs)
         if problems:
             raise ValueError(
                 f"the autoencoder's encoder {what} do not match {type(clf).__name__}(num_classes={num_classes}) "

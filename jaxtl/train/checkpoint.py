@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtl._trees import tree_mismatch
+
 _FORMAT = "jaxtl-variables"
 _META = "jaxtl.json"
 _STATE = "variables"
@@ -136,14 +138,9 @@ def _check_resnet_structure(d: Path, module: nn.Module, variables: dict[str, Any
         jax.random.PRNGKey(0),
         jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
     )
-    want = {jax.tree_util.keystr(k): (v.shape, v.dtype) for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    got = {
-        jax.tree_util.keystr(k): (tuple(v.shape), v.dtype)
-        for k, v in jax.tree_util.tree_flatten_with_path(variables)[0]
-    }
-    if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))[:5]
-        raise CheckpointError(f"{d}: variables do not match the described model; first differences: {diff}")
+    problems = tree_mismatch(variables, abstract)
+    if problems:
+        raise CheckpointError(f"{d}: variables do not match the described model: {'; '.join(problems)}")
 
 
 def load_variables(
