@@ -73,6 +73,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def machine_info(device: str) -> dict[str, Any]:
     import jax
 
+    import jaxtl
+
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -83,6 +85,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "jax_devices": [str(d) for d in jax.devices()],
         "jax_device_kind": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jaxtl_cpu_tuning": dict(jaxtl.CPU_TUNING),
     }
     try:
         import flax

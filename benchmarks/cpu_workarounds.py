@@ -1,10 +1,12 @@
-"""What jaxtl's two XLA:CPU workarounds buy, measured: ``python -m benchmarks.cpu_workarounds``.
+"""What jaxtl's XLA:CPU workarounds buy, measured: ``python -m benchmarks.cpu_workarounds``.
 
 1. The conv path: a 3x3 convolution on a map smaller than its kernel (ResNet50's layer4 at 64x64 input: 2x2x512,
    batch 32), forward and forward+backward, through XLA's convolution vs jaxtl's im2col formulation.
-2. The XLA flag: ResNet50 (``--arch``) inference and train step with jaxtl's CPU flag (YNNPACK convs off) vs XLA's
-   default. The flag must be set before the backend starts, so each setting runs in its own subprocess
-   (``JAXTL_CPU_TUNING=0`` for the default). CPU only.
+2. The process settings ``import jaxtl`` makes (``jaxtl/_cpu_tuning.py``): ResNet50 (``--arch``) inference and full
+   train step under XLA's and glibc's defaults (``JAXTL_CPU_TUNING=0``), with the XLA flag only (YNNPACK convs off,
+   ``JAXTL_CPU_MALLOC=0``), and with the flag plus the malloc settings (jaxtl's default), with the page faults
+   and system time per step. Both must be in place before the backend starts, so each setting runs in its own
+   subprocess. CPU only.
 """
 
 from __future__ import annotations
@@ -60,20 +62,40 @@ def conv_paths(batch: int, hw: int, channels: int, repeats: int) -> list[dict[st
 def worker(args: argparse.Namespace) -> None:
     """One flag setting (chosen by the environment): ResNet50 inference and full train step, one JSON line."""
     common.prepare_backend("cpu", 1)
+    import resource
+
+    import jaxtl
     from benchmarks.train_steps import jaxtl_step_fn
 
-    out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+    out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": dict(jaxtl.CPU_TUNING)}
     for mode in ("inference", "full"):
         run, compile_s = jaxtl_step_fn(
             mode, arch=args.arch, batch=args.batch, size=args.image_size, num_classes=10, dtype="float32", devices=1
         )
-        out[mode] = {"step_s": _median_time(run, args.repeats), "compile_s": compile_s}
+        run()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        step_s = _median_time(run, args.repeats)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        calls = args.repeats + 1  # _median_time runs once more before timing
+        out[mode] = {
+            "step_s": step_s,
+            "compile_s": compile_s,
+            "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / calls,
+            "system_s_per_step": (after.ru_stime - before.ru_stime) / calls,
+        }
     print(MARK + json.dumps(out))
 
 
-def _flag_run(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
+SETTINGS = {
+    "XLA + glibc defaults": {"JAXTL_CPU_TUNING": "0"},
+    "XLA flag only": {"JAXTL_CPU_TUNING": "1", "JAXTL_CPU_MALLOC": "0"},
+    "XLA flag + malloc (jaxtl default)": {"JAXTL_CPU_TUNING": "1", "JAXTL_CPU_MALLOC": "1"},
+}
+
+
+def _flag_run(args: argparse.Namespace, setting: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAXTL_CPU_TUNING"] = "1" if tuned else "0"
+    env.update(SETTINGS[setting])
     cmd = [sys.executable, "-m", "benchmarks.cpu_workarounds", "--worker"]
     cmd += ["--arch", args.arch, "--batch", str(args.batch), "--image-size", str(args.image_size)]
     cmd += ["--repeats", str(args.repeats)]
@@ -82,7 +104,7 @@ def _flag_run(args: argparse.Namespace, tuned: bool) -> dict[str, Any]:
     if proc.returncode or not lines:
         raise SystemExit(f"worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1][len(MARK) :])
-    result["setting"] = "jaxtl CPU flag" if tuned else "XLA default"
+    result["setting"] = setting
     return result
 
 
@@ -101,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.worker:
         worker(args)
         return {}
-    flags = [_flag_run(args, tuned) for tuned in (False, True)]
+    flags = [_flag_run(args, setting) for setting in SETTINGS]
     common.prepare_backend("cpu", 1)
     conv = conv_paths(2 if args.smoke else 32, 2, 64 if args.smoke else 512, args.repeats)
     payload = {
@@ -116,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": {"flag": flags, "conv": conv},
     }
     path = common.write_results("cpu_workarounds", payload, None if args.out is None else pathlib.Path(args.out))
-    flag_rows = [[r["setting"], r["inference"]["step_s"], r["full"]["step_s"]] for r in flags]
-    common.print_table(["setting", "inference_s", "full_step_s"], flag_rows)
+    flag_rows = [
+        [r["setting"], r["inference"]["step_s"], r["full"]["step_s"], r["full"]["page_faults_per_step"]] for r in flags
+    ]
+    common.print_table(["setting", "inference_s", "full_step_s", "full_page_faults"], flag_rows)
     conv_rows = [[r["impl"], r["forward_s"], r["forward_backward_s"]] for r in conv]
     common.print_table(["impl", "forward_s", "fwd+bwd_s"], conv_rows)
     print(f"wrote {path}")

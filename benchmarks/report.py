@@ -147,30 +147,48 @@ def _bridge(p: dict[str, Any]) -> str:
     return _table(headers, rows)
 
 
+def _ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.0f} ms"
+
+
 def _cpu_workarounds(p: dict[str, Any]) -> str:
     res, st = p["results"], p["settings"]
     flag = {r["setting"]: r for r in res["flag"]}
-    default, tuned = flag["XLA default"], flag["jaxtl CPU flag"]
-    rows = [
-        [
-            f"{st['flag_model']}, {mode}",
-            f"{1e3 * default[mode]['step_s']:.0f} ms",
-            f"{1e3 * tuned[mode]['step_s']:.0f} ms",
-            f"{default[mode]['step_s'] / tuned[mode]['step_s']:.2f}x",
-        ]
-        for mode in ("inference", "full")
-    ]
-    conv = {r["impl"]: r for r in res["conv"]}
-    for key, label in (("forward_s", "forward"), ("forward_backward_s", "forward+backward")):
+    names = list(flag)
+    default = flag[names[0]]
+    headers = ["case", *names, "speed-up, last vs first"]
+    rows = []
+    for mode in ("inference", "full"):
         rows.append(
             [
-                f"{st['conv']}, {label}",
-                f"{1e3 * conv['xla'][key]:.1f} ms",
-                f"{1e3 * conv['im2col'][key]:.1f} ms",
-                f"{conv['xla'][key] / conv['im2col'][key]:.1f}x",
+                f"{st['flag_model']}, {mode}",
+                *[f"{1e3 * flag[n][mode]['step_s']:.0f} ms" for n in names],
+                f"{default[mode]['step_s'] / flag[names[-1]][mode]['step_s']:.2f}x",
             ]
         )
-    return _table(["case", "XLA default", "jaxtl workaround", "speed-up"], rows)
+        if "page_faults_per_step" in default[mode]:
+            rows.append(
+                [
+                    f"{mode}: page faults, system time per step",
+                    *[
+                        f"{flag[n][mode]['page_faults_per_step']:.0f}, {_ms(flag[n][mode]['system_s_per_step'])}"
+                        for n in names
+                    ],
+                    "",
+                ]
+            )
+    table = _table(headers, rows)
+    conv = {r["impl"]: r for r in res["conv"]}
+    conv_rows = [
+        [
+            f"{st['conv']}, {label}",
+            f"{1e3 * conv['xla'][key]:.1f} ms",
+            f"{1e3 * conv['im2col'][key]:.1f} ms",
+            f"{conv['xla'][key] / conv['im2col'][key]:.1f}x",
+        ]
+        for key, label in (("forward_s", "forward"), ("forward_backward_s", "forward+backward"))
+    ]
+    return table + "\n\n" + _table(["case", "XLA convolution", "jaxtl im2col", "speed-up"], conv_rows)
 
 
 RENDER = {
@@ -181,7 +199,9 @@ RENDER = {
     "cpu_workarounds": _cpu_workarounds,
 }
 TITLES = {
-    "cpu_workarounds": "jaxtl's XLA:CPU workarounds (CPU flag: YNNPACK convolutions off; im2col for tiny maps)",
+    "cpu_workarounds": (
+        "jaxtl's CPU workarounds (process settings: YNNPACK convolutions off, malloc reuse; im2col for tiny maps)"
+    ),
     "train_steps": "Step time, jaxtl vs PyTorch (medians of alternated runs; ratio < 1 means jaxtl is faster)",
     "end_to_end": "End to end: frozen-backbone fine-tuning",
     "scaling": "Scaling with devices and batch size (jaxtl)",

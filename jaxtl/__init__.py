@@ -4,9 +4,9 @@ Pretrain a backbone without labels or bring a torchvision one through :mod:`jaxt
 data-parallel with the backbone frozen or not. torch is never imported by ``import jaxtl``.
 """
 
-from jaxtl._cpu_tuning import apply_cpu_flags
+from jaxtl._cpu_tuning import apply_cpu_tuning
 
-apply_cpu_flags()  # before anything below imports jax
+CPU_TUNING = apply_cpu_tuning()  # before anything below imports jax: which CPU settings are in effect
 
 from jaxtl import data, models, train  # noqa: E402
 from jaxtl.models import create, list_models  # noqa: E402

@@ -140,7 +140,12 @@ def test_cpu_workarounds_smoke(tmp_path: pathlib.Path) -> None:
 
     out = tmp_path / "cpu_workarounds.json"
     payload = cpu_workarounds.main(["--smoke", "--out", str(out)])
-    settings = {r["setting"]: r["xla_flags"] for r in payload["results"]["flag"]}
-    assert "ynn_fusion_type" in settings["jaxtl CPU flag"] and "ynn_fusion_type" not in settings["XLA default"]
+    runs = {r["setting"]: r for r in payload["results"]["flag"]}
+    default, flag_only, tuned = (runs[name] for name in cpu_workarounds.SETTINGS)
+    assert "ynn_fusion_type" not in default["xla_flags"] and not any(default["cpu_tuning"].values())
+    assert "ynn_fusion_type" in flag_only["xla_flags"]
+    assert flag_only["cpu_tuning"] == {"xla_flag": True, "malloc": False}
+    assert tuned["cpu_tuning"] == {"xla_flag": True, "malloc": True}
+    assert all(r["full"]["page_faults_per_step"] >= 0 for r in runs.values())
     assert {r["impl"] for r in payload["results"]["conv"]} == {"xla", "im2col"}
     assert "| case |" in report.render(report.load_results(tmp_path))

@@ -157,6 +157,31 @@ def test_cpu_flag_applied_on_import_and_opt_out():
     assert "ynn_fusion_type" not in out
 
 
+def test_malloc_tuning_applied_on_import_and_opt_outs():
+    # mallopt(M_MMAP_MAX, 0) shows as glibc's count of mmap'd blocks (mallinfo2().hblks) not growing for a block
+    # far above the mmap threshold.
+    code = (
+        "import ctypes, jaxtl, numpy as np\n"
+        "names = 'arena ordblks smblks hblks hblkhd usmblks fsmblks uord ford keep'.split()\n"
+        "class MI(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in names]\n"
+        "libc = ctypes.CDLL(None); libc.mallinfo2.restype = MI\n"
+        "before = libc.mallinfo2().hblks\n"
+        "a = np.ones(64 << 20, np.uint8)\n"
+        "print(jaxtl.CPU_TUNING['malloc'], libc.mallinfo2().hblks - before)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXTL_CPU_TUNING", "JAXTL_CPU_MALLOC", "JAX_PLATFORMS")}
+
+    def run(**extra: str) -> str:
+        cmd = [sys.executable, "-c", code]
+        return subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert run() == "True 0"  # the 64 MiB block came from the heap, not from mmap
+    assert run(JAXTL_CPU_MALLOC="0") == "False 1"
+    assert run(JAXTL_CPU_TUNING="0") == "False 1"
+    assert run(JAX_PLATFORMS="cuda").startswith("False")  # an accelerator run keeps glibc's defaults
+
+
 def test_cross_device_gradients_equal_single_device_in_float64():
     # In float32 a 1x1 layer4 map (32x32 input) leaves BatchNorm 2 values per channel per device, which amplifies
     # rounding so pmap and one-device gradients differ visibly; in float64 they must agree to rounding.
