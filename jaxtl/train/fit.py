@@ -357,7 +357,9 @@ def fit(
     A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved. A damaged newest
     checkpoint is reported (``RuntimeWarning``), set aside and the previous one used; an unwritable or full
     ``workdir`` raises :class:`WorkdirError` before the first step.
-    ``on_step(step, train_metrics)`` is called after every step (after its checkpoint, if any).
+    ``on_step(step, train_metrics)`` is called for every step, in order, after its checkpoint if it has one. One step
+    stays in flight (its metrics are read once the next one is queued), so the device is not kept waiting for the
+    host: when ``on_step`` runs for a step without a checkpoint, the next step may already be computing.
     """
     if (tx is None) == (optimizer is None):
         raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
@@ -443,6 +445,24 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc="fit", unit="step", dynamic_ncols=True)
+    pending: tuple[int, int, int, Any] | None = None
+    clock = [time.perf_counter()]
+
+    def finish(done: int, epoch: int, b: int, metrics: Any, callback: bool = True) -> dict[str, float]:
+        """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, call ``on_step``."""
+        m = par.get_metrics(metrics)
+        if not math.isfinite(m["loss"]):
+            raise NonFiniteLossError(done, m["loss"], last_ckpt)
+        now = time.perf_counter()
+        dt, clock[0] = now - clock[0], now
+        log({"step": done, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": batch_size / dt})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
+        if callback and on_step is not None:
+            on_step(done, m)
+        return m
+
     try:
         while step < total_steps:
             epoch, start = divmod(step, steps_per_epoch)
@@ -456,29 +476,35 @@ def fit(
                 process_index=par.process_index,
                 process_count=par.process_count,
             )
-            t0 = time.perf_counter()
             for b, batch in zip(range(start, stop), prefetch_to_device(batches, prefetch, par.put_batch)):
                 state, metrics = step_fn(state, batch)
-                m = par.get_metrics(metrics)
                 step += 1
-                if not math.isfinite(m["loss"]):
-                    raise NonFiniteLossError(step, m["loss"], last_ckpt)
-                dt = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                log({"step": step, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": batch_size / dt})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
+                # One step stays in flight: the previous step's metrics are read (a host sync) only once this one
+                # is queued, so the device never waits for the host between steps.
+                if pending is not None:
+                    finish(*pending)
+                pending = (step, epoch, b, metrics)
+                eval_due = eval_data is not None and (step % eval_every == 0 or step == total_steps)
+                ckpt_due = manager is not None and (step % checkpoint_every == 0 or step == total_steps)
+                if not (eval_due or ckpt_due):
+                    continue
+                m = finish(*pending, callback=False)  # its loss is checked before anything of this step is saved
+                pending = None
                 eval_metrics = None
-                if eval_data is not None and (step % eval_every == 0 or step == total_steps):
+                if eval_due:
+                    assert eval_data is not None
                     eval_metrics = evaluate(state, eval_data, eval_batch_size, par=par, loss=loss, eval_fn=eval_fn)
                     log({"step": step, "split": "eval", **eval_metrics})
-                if manager is not None and (step % checkpoint_every == 0 or step == total_steps):
+                if ckpt_due:
+                    assert manager is not None
                     position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
                     save_run(manager, par.get_state(state), position, eval_metrics)
                     last_ckpt = step
                 if on_step is not None:
                     on_step(step, m)
+                clock[0] = time.perf_counter()  # eval and checkpoint time is not the next step's
+        if pending is not None:
+            finish(*pending)
     finally:
         if bar is not None:
             bar.close()

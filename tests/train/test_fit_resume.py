@@ -89,13 +89,15 @@ def test_sigkill_then_resume_finishes_like_uninterrupted(straight, tmp_path):
     _assert_same(straight, _final(tmp_path))
 
 
-def test_nan_stops_with_step_and_previous_checkpoint_restores(tmp_path):
+@pytest.mark.parametrize("bad_step", [3, 4])
+def test_nan_stops_with_step_and_previous_checkpoint_restores(tmp_path, bad_step):
+    # Checkpoints every 2 steps. Step 4 is a checkpoint step; step 3 is not, and fit reads its loss only once step
+    # 4 is queued (one step in flight): the NaN must still stop the run before step 4's checkpoint is written.
     from tiny import Tiny, tiny_variables
 
     from jaxtl.data.batching import epoch_indices
 
-    order = epoch_indices(40, 0, 0)
-    bad_step = 4  # the 4th step (batch index 3) sees a NaN image
+    order = epoch_indices(40, 0, 0)  # the bad_step-th step (batch index bad_step - 1) sees a NaN image
     with pytest.raises(NonFiniteLossError, match=f"at step {bad_step};.*last good checkpoint: step 2") as err:
         run(str(tmp_path), STEPS, nan_example=int(order[8 * (bad_step - 1)]))
     assert err.value.step == bad_step
