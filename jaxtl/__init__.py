@@ -9,6 +9,7 @@ from jaxtl._cpu_tuning import apply_cpu_tuning
 CPU_TUNING = apply_cpu_tuning()  # before anything below imports jax: which CPU settings are in effect
 
 from jaxtl import data, models, train  # noqa: E402
+from jaxtl.compile_cache import enable_compile_cache  # noqa: E402
 from jaxtl.models import create, list_models  # noqa: E402
 from jaxtl.train.freeze import freeze  # noqa: E402
 from jaxtl.transfer import (  # noqa: E402
@@ -26,6 +27,7 @@ __all__ = [
     "build_classifier",
     "create",
     "data",
+    "enable_compile_cache",
     "evaluate_classifier",
     "finetune",
     "freeze",

@@ -178,7 +178,34 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _compile_cache_args(p)
     add_arguments(p)
+
+
+def _compile_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="JAX's persistent compilation cache, reused by later runs (default: one already configured, else "
+        "$JAXTL_COMPILE_CACHE or ~/.cache/jaxtl/xla)",
+    )
+    p.add_argument("--no-compile-cache", action="store_true", help="compile from scratch, store nothing")
+
+
+def _setup_compile_cache(a: argparse.Namespace) -> None:
+    """An explicit --compile-cache must work; the default one is a convenience and only warns when it cannot."""
+    from jaxtl.compile_cache import enable_compile_cache
+
+    if a.no_compile_cache:
+        if a.compile_cache:
+            raise UsageError("give --compile-cache DIR or --no-compile-cache, not both")
+        return
+    try:
+        enable_compile_cache(a.compile_cache, replace=a.compile_cache is not None)  # an explicit DIR wins
+    except OSError as e:
+        if a.compile_cache:
+            raise UsageError(f"--compile-cache: {e}") from None
+        print(f"jaxtl: warning: running without a compile cache ({e})", file=sys.stderr)
 
 
 def _optimizer(a: argparse.Namespace) -> dict[str, Any]:
@@ -250,6 +277,7 @@ def _pretrain(a: argparse.Namespace) -> int:
     from jaxtl.distributed import initialize_from_args, is_main_process
 
     initialize_from_args(a)
+    _setup_compile_cache(a)
     a.parallel = _resolve_parallel(a.parallel)
     import jaxtl
     from jaxtl.models import get_spec
@@ -352,6 +380,7 @@ def _finetune(a: argparse.Namespace) -> int:
     from jaxtl.distributed import initialize_from_args, is_main_process
 
     initialize_from_args(a)
+    _setup_compile_cache(a)
     a.parallel = _resolve_parallel(a.parallel)
     import jax
     import jax.numpy as jnp
@@ -460,6 +489,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=256, help="default 256")
+    _compile_cache_args(p)
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -468,6 +498,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 
     _positive("--batch-size", a.batch_size)
     _positive("--image-size", a.image_size)
+    _setup_compile_cache(a)
     module, variables, meta = _load_init(a.ckpt)
     if int(meta["num_classes"]) < 1:
         raise UsageError(f"{a.ckpt} holds a backbone without classifier head (num_classes=0); fine-tune it first")

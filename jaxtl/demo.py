@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.data.datasets import load_digits
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.models.autoencoder import ConvNet
@@ -98,19 +99,6 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def _cache_dir() -> str | None:
-    return jax.config.values.get("jax_compilation_cache_dir")  # type: ignore[no-any-return]
-
-
-def _enable_compile_cache(path: pathlib.Path) -> bool:
-    # The 30-odd fine-tuning runs trace identical steps; XLA's persistent cache turns each recompile into a lookup.
-    if _cache_dir():
-        return False
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return True
 
 
 def _summary(runs: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, dict[str, dict[str, Any]]]:
@@ -197,7 +185,7 @@ def run_demo(
     cfg.check()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = _enable_compile_cache(out / ".jax_cache")
+    cache = enable_compile_cache(out / ".jax_cache")
     t_start = time.perf_counter()
 
     data = load_digits(size=cfg.image_size, channels=cfg.channels)
@@ -315,7 +303,7 @@ def run_demo(
         "timings": {"total_s": total_s, "pretrain_s": pretrain_s, "finetune_s": sum(r["seconds"] for r in runs)},
         "versions": _versions(),
         "devices": [str(d) for d in jax.devices()],
-        "compile_cache": str(out / ".jax_cache") if cache else _cache_dir(),
+        "compile_cache": cache,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _plot_accuracy(out / "accuracy.png", summary, cfg)

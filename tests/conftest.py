@@ -21,6 +21,8 @@ import jaxtl  # noqa: E402, F401  (adds jaxtl's XLA:CPU flags before the backend
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXTL_TEST_CACHE", str(ROOT / ".jax_cache")))
+# CLI runs in subprocesses use the same cache instead of the user's ~/.cache/jaxtl/xla.
+os.environ.setdefault("JAXTL_COMPILE_CACHE", jax.config.values["jax_compilation_cache_dir"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

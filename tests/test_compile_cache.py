@@ -1,0 +1,76 @@
+"""jaxtl.enable_compile_cache and the CLI's --compile-cache / --no-compile-cache.
+
+The cache is process-global jax config (and the test session has its own), so the library checks run in fresh
+subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxtl.cli import main
+
+PROBE = """
+import sys, jax, jax.numpy as jnp, jaxtl
+from jaxtl.compile_cache import configured_cache_dir
+first = jaxtl.enable_compile_cache({path!r})
+again = jaxtl.enable_compile_cache("/somewhere/else")  # an existing cache is kept
+jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((16, 16))).block_until_ready()
+print(first, again, configured_cache_dir(), sep="\\n")
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("JAXTL_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    return {**env, **extra}
+
+
+def _python(code: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], env=_env(**extra), capture_output=True, text=True, timeout=120)
+
+
+def test_enable_stores_compiled_programs_and_keeps_an_existing_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "xla"  # created on demand
+    proc = _python(PROBE.format(path=str(cache)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(cache)] * 3
+    assert any(cache.iterdir()), "nothing was written to the cache"
+
+
+def test_default_directory_follows_env_then_xdg(tmp_path: Path) -> None:
+    code = "from jaxtl.compile_cache import default_cache_dir; print(default_cache_dir())"
+    assert _python(code, JAXTL_COMPILE_CACHE=str(tmp_path / "a")).stdout.strip() == str(tmp_path / "a")
+    assert _python(code, XDG_CACHE_HOME=str(tmp_path)).stdout.strip() == str(tmp_path / "jaxtl" / "xla")
+
+
+def test_unwritable_directory_is_an_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _python(PROBE.format(path=str(blocker / "cache")))
+    assert proc.returncode != 0
+    assert f"compile cache directory '{blocker / 'cache'}' is not writable" in proc.stderr
+
+
+def test_cli_rejects_a_bad_explicit_cache_and_conflicting_options(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ckpt = tmp_path / "missing_ckpt"
+    assert main(["evaluate", str(ckpt), "--data", "digits", "--compile-cache", str(blocker / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxtl: error: --compile-cache: compile cache directory") and str(blocker) in err
+    args = ["evaluate", str(ckpt), "--data", "digits", "--compile-cache", str(tmp_path), "--no-compile-cache"]
+    assert main(args) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-compile-cache"]])
+def test_cli_cache_options_reach_the_command(tmp_path: Path, capsys, flag: list[str]) -> None:
+    # In this test process a cache is already configured (conftest), so the CLI keeps it either way; the command
+    # then fails on the missing checkpoint, after the cache options were handled.
+    assert main(["evaluate", str(tmp_path / "nothing"), "--data", "digits", *flag]) == 2
+    assert "nothing" in capsys.readouterr().err
