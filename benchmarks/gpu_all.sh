@@ -24,10 +24,12 @@ import jax, torch
 print("jax", jax.__version__, jax.devices()); print("torch", torch.__version__, torch.cuda.get_device_name(0))
 assert jax.default_backend() == "gpu" and torch.cuda.is_available(), "gpu_all.sh needs CUDA jax and torch"
 PY
+# --in-process: a fresh process per case would spend this part's time limit on CUDA start-ups.
 run 150 "train_steps bf16" benchmarks.train_steps --device gpu --dtype bfloat16 --image-size 224 --batch-size 256 \
-  --repeats 10 --threads 8 --out "$OUT/gpu_train_steps_bf16.json" "${peak_arg[@]}"
+  --repeats 10 --threads 8 --in-process --out "$OUT/gpu_train_steps_bf16.json" "${peak_arg[@]}"
 run 100 "train_steps fp32" benchmarks.train_steps --device gpu --dtype float32 --image-size 224 --batch-size 128 \
-  --modes full frozen inference --repeats 10 --threads 8 --out "$OUT/gpu_train_steps_fp32.json" "${peak_arg[@]}"
+  --modes full frozen inference --repeats 10 --threads 8 --in-process --out "$OUT/gpu_train_steps_fp32.json" \
+  "${peak_arg[@]}"
 run 90 "scaling" benchmarks.scaling --device gpu --dtype bfloat16 --arch resnet50 --image-size 224 --devices 1 \
   --base-batch 256 --batch-sizes 64 256 --repeats 10 --out "$OUT/gpu_scaling.json"
 # --no-warm-cache: the re-run row starts two more processes, too long for this part's limit.

@@ -6,12 +6,18 @@ frozen-backbone loop, a backbone forward every batch) and ``autoencoder`` (the C
 jaxtl runs its real code paths (``TrainState.create``, ``train_step`` under ``Parallel``, ``freeze``,
 ``extract_features`` + ``fit_linear_probe``); torch runs ``benchmarks/torch_ref.py``. Timed rounds alternate the
 two sides; medians are reported with compile (first call) time apart. ``ratio`` = jaxtl time / torch time.
+Each case (mode, size) runs in a fresh process of its own, as a user's training or inference job would: measured
+in one long process, a case run after the full step was ~10% slower on the jaxtl side (heap left over from the
+bigger step). ``--in-process`` runs every case in this process instead (quicker; ``--smoke`` implies it).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-image-size", type=int, default=32)
     p.add_argument("--ae-batch-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(repeats=9)  # single steps on a shared CPU: 5 alternated rounds left ratios moving ~10%
     return p
 
 
@@ -292,10 +299,27 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
     return record
 
 
+CASE_MARK = "TRAIN_STEPS_CASE "
+
+
+def _case_in_subprocess(argv: Sequence[str] | None, mode: str, size: int, batch: int) -> dict[str, Any]:
+    """``run_case`` for one case in a fresh ``python -m benchmarks.train_steps --case ...`` process."""
+    cmd = [sys.executable, "-m", "benchmarks.train_steps", *(sys.argv[1:] if argv is None else argv)]
+    cmd += ["--case", mode, str(size), str(batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CASE_MARK)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"case {mode} {size}x{size} b{batch} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    rec: dict[str, Any] = json.loads(lines[-1][len(CASE_MARK) :])
+    return rec
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser()
     p.add_argument("--devices", type=int, default=1, help="JAX devices (fake CPU devices are created if needed)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of one device, for MFU")
+    p.add_argument("--in-process", action="store_true", help="run every case in this process (no fresh processes)")
+    p.add_argument("--case", nargs=3, metavar=("MODE", "SIZE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     common.prepare_backend(args.device, args.devices)
     from benchmarks import torch_ref
@@ -316,9 +340,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cases += [(m, size, batch) for m in args.modes if m != "autoencoder"]
     if "autoencoder" in args.modes:
         cases.append(("autoencoder", args.ae_image_size, args.ae_batch_size))
+    if args.case:
+        mode, size, batch = args.case[0], int(args.case[1]), int(args.case[2])
+        print(CASE_MARK + json.dumps(run_case(args, mode, size, batch, dev)), flush=True)
+        return {}
+    isolate = not (args.in_process or args.smoke)
     for mode, size, batch in cases:
         t0 = time.perf_counter()
-        rec = run_case(args, mode, size, batch, dev)
+        rec = _case_in_subprocess(argv, mode, size, batch) if isolate else run_case(args, mode, size, batch, dev)
         rec["wall_s"] = time.perf_counter() - t0
         records.append(rec)
         arch = "convnet_ae" if mode == "autoencoder" else args.arch

@@ -29,6 +29,18 @@ def test_train_steps_smoke(tmp_path: pathlib.Path) -> None:
     assert saved["machine"]["jax_backend"] == "cpu"
 
 
+def test_train_steps_cases_in_fresh_processes(tmp_path: pathlib.Path) -> None:
+    # Without --smoke/--in-process every case runs in a process of its own and comes back as the same record.
+    args = ["--arch", "convnet_small", "--image-size", "16", "--batch-size", "4", "--repeats", "1"]
+    payload = train_steps.main([*args, "--modes", "frozen", "inference", "--out", str(tmp_path / "ts.json")])
+    assert [r["mode"] for r in payload["results"]] == ["frozen", "inference"]
+    for r in payload["results"]:
+        assert r["jaxtl"]["n"] == 1 and r["torch"]["n"] == 1 and r["ratio"] > 0 and r["wall_s"] > 0
+    # A case that fails in its own process (here: an unknown arch) stops the run, naming the case.
+    with pytest.raises(SystemExit, match="case frozen 16x16 b3 failed"):
+        train_steps.main(["--arch", "no_such_arch", "--image-size", "16", "--batch-size", "3", "--modes", "frozen"])
+
+
 def test_train_steps_autoencoder_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "ts.json"
     payload = train_steps.main(["--smoke", "--modes", "autoencoder", "--no-torch", "--out", str(out)])
