@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--probe-examples", type=int, default=None, help="probe set size (default 2 batches)")
     p.add_argument("--probe-epochs", type=int, default=10)
-    p.add_argument("--probe-repeats", type=int, default=2, help="timed probe runs per side (each is long)")
+    p.add_argument("--probe-repeats", type=int, default=3, help="timed probe runs per side (each is long)")
     p.add_argument("--ae-image-size", type=int, default=32)
     p.add_argument("--ae-batch-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=10)
