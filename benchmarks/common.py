@@ -8,8 +8,10 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -112,6 +114,30 @@ def machine_info(device: str) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+RESULT_MARK = "JAXTL_BENCH_RESULT "
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """A worker's answer to :func:`run_worker`: one marked JSON line on stdout."""
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def run_worker(
+    module: str, args: Sequence[str], *, what: str, env: dict[str, str] | None = None, timeout: float = 3600
+) -> dict[str, Any]:
+    """``python -m module *args`` in a fresh process; the JSON it passed to :func:`emit_result`.
+
+    A failed or silent worker stops the benchmark (SystemExit naming ``what``, with the end of its stderr).
+    """
+    cmd = [sys.executable, "-m", module, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARK) :])
+    return result
 
 
 def block(x: Any) -> Any:

@@ -12,18 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import common
-
-MARK = "CPU_WORKAROUND_RESULT "
 
 
 def _median_time(fn: Any, repeats: int) -> float:
@@ -83,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
             "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / calls,
             "system_s_per_step": (after.ru_stime - before.ru_stime) / calls,
         }
-    print(MARK + json.dumps(out))
+    common.emit_result(out)
 
 
 SETTINGS = {
@@ -96,14 +91,11 @@ SETTINGS = {
 def _flag_run(args: argparse.Namespace, setting: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(SETTINGS[setting])
-    cmd = [sys.executable, "-m", "benchmarks.cpu_workarounds", "--worker"]
-    cmd += ["--arch", args.arch, "--batch", str(args.batch), "--image-size", str(args.image_size)]
-    cmd += ["--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode or not lines:
-        raise SystemExit(f"worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1][len(MARK) :])
+    worker_args = ["--worker", "--arch", args.arch, "--batch", str(args.batch), "--image-size", str(args.image_size)]
+    worker_args += ["--repeats", str(args.repeats)]
+    result = common.run_worker(
+        "benchmarks.cpu_workarounds", worker_args, what=f"worker ({setting})", env=env, timeout=900
+    )
     result["setting"] = setting
     return result
 

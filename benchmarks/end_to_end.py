@@ -11,9 +11,6 @@ from JAX's persistent compilation cache (:func:`jaxtl.enable_compile_cache`; a f
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -23,23 +20,16 @@ import numpy as np
 
 from benchmarks import common
 
-MARK = "END_TO_END_WORKER "
-
 
 def _warm_cache_runs(argv: Sequence[str] | None, repeats: int) -> list[float]:
     """``fit`` wall times of fresh processes whose compilation cache a first (untimed) process filled."""
     base = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-warm-cache"]
-    samples = []
     with tempfile.TemporaryDirectory(prefix="jaxtl-e2e-cache-") as cache:
-        for i in range(repeats + 1):
-            cmd = [sys.executable, "-m", "benchmarks.end_to_end", *base, "--worker-cache", cache]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-            if proc.returncode or not lines:
-                raise SystemExit(f"warm-cache worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-            if i:  # the first process only fills the cache
-                samples.append(float(json.loads(lines[-1][len(MARK) :])["wall_s"]))
-    return samples
+        runs = [
+            common.run_worker("benchmarks.end_to_end", [*base, "--worker-cache", cache], what="warm-cache worker")
+            for _ in range(repeats + 1)
+        ]
+    return [float(r["wall_s"]) for r in runs[1:]]  # the first process only fills the cache
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -103,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.worker_cache:
         jaxtl.enable_compile_cache(args.worker_cache, replace=True)
-        print(MARK + json.dumps({"wall_s": common.time_once(jaxtl_fit)}))
+        common.emit_result({"wall_s": common.time_once(jaxtl_fit)})
         return {}
 
     sides: dict[str, Callable[[], Any]] = {"jaxtl fit": jaxtl_fit, "jaxtl linear probe": jaxtl_probe}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -299,19 +297,10 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
     return record
 
 
-CASE_MARK = "TRAIN_STEPS_CASE "
-
-
 def _case_in_subprocess(argv: Sequence[str] | None, mode: str, size: int, batch: int) -> dict[str, Any]:
     """``run_case`` for one case in a fresh ``python -m benchmarks.train_steps --case ...`` process."""
-    cmd = [sys.executable, "-m", "benchmarks.train_steps", *(sys.argv[1:] if argv is None else argv)]
-    cmd += ["--case", mode, str(size), str(batch)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CASE_MARK)]
-    if proc.returncode or not lines:
-        raise SystemExit(f"case {mode} {size}x{size} b{batch} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    rec: dict[str, Any] = json.loads(lines[-1][len(CASE_MARK) :])
-    return rec
+    args = [*(sys.argv[1:] if argv is None else argv), "--case", mode, str(size), str(batch)]
+    return common.run_worker("benchmarks.train_steps", args, what=f"case {mode} {size}x{size} b{batch}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -342,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cases.append(("autoencoder", args.ae_image_size, args.ae_batch_size))
     if args.case:
         mode, size, batch = args.case[0], int(args.case[1]), int(args.case[2])
-        print(CASE_MARK + json.dumps(run_case(args, mode, size, batch, dev)), flush=True)
+        common.emit_result(run_case(args, mode, size, batch, dev))
         return {}
     isolate = not (args.in_process or args.smoke)
     for mode, size, batch in cases:
