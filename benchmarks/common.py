@@ -132,7 +132,8 @@ def run_worker(
     A failed or silent worker stops the benchmark (SystemExit naming ``what``, with the end of its stderr).
     """
     cmd = [sys.executable, "-m", module, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    root = pathlib.Path(__file__).resolve().parent.parent  # so ``-m benchmarks.*`` resolves from any directory
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
     if proc.returncode or not lines:
         raise SystemExit(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

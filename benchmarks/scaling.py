@@ -9,17 +9,12 @@ its overhead, not a speed-up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import common
-
-MARK = "SCALING_RESULT "
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -39,25 +34,19 @@ def worker(args: argparse.Namespace) -> None:
     run()
     samples = [common.time_once(run) for _ in range(args.repeats)]
     med = statistics.median(samples)
-    print(
-        MARK
-        + json.dumps(
-            {
-                "compile_s": compile_s,
-                "step_s": med,
-                "samples_s": samples,
-                "peak_rss_mib": common.peak_rss_mib(),
-                "peak_device_mib": common.jax_peak_memory_mib(),
-            }
-        )
+    common.emit_result(
+        {
+            "compile_s": compile_s,
+            "step_s": med,
+            "samples_s": samples,
+            "peak_rss_mib": common.peak_rss_mib(),
+            "peak_device_mib": common.jax_peak_memory_mib(),
+        }
     )
 
 
 def _point(args: argparse.Namespace, devices: int, batch: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.scaling",
+    worker_args = [
         "--worker",
         "--devices",
         str(devices),
@@ -86,12 +75,8 @@ def _point(args: argparse.Namespace, devices: int, batch: int) -> dict[str, Any]
             jax.config.values.get("jax_persistent_cache_min_compile_time_secs", 1.0)
         )
     env.pop("XLA_FLAGS", None) if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "") else None
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=args.timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"scaling point devices={devices} batch={batch} failed:\n{proc.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(lines[-1][len(MARK) :])
+    what = f"scaling point devices={devices} batch={batch}"
+    out = common.run_worker("benchmarks.scaling", worker_args, what=what, env=env, timeout=args.timeout)
     out.update(devices=devices, batch_size=batch, images_per_s=batch / out["step_s"])
     return out
 
