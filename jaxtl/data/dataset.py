@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -48,3 +48,43 @@ class ArrayDataset:
     def unlabeled(self) -> ArrayDataset:
         """The same images with labels dropped."""
         return ArrayDataset(self.images, None, self.num_classes, self.class_names)
+
+    # --- the Source protocol (jaxtl.data.source) ---
+
+    @property
+    def normalization(self) -> None:
+        """In-memory images are float32 in the model's input space already: nothing to apply on device."""
+        return None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        train: bool = True,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of batches (see :class:`jaxtl.data.source.Source`); ``train`` changes nothing here."""
+        from jaxtl.data.batching import iterate_batches
+
+        del train
+        return iterate_batches(
+            self,
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            drop_remainder=drop_remainder,
+            start_batch=start_batch,
+            process_index=process_index,
+            process_count=process_count,
+        )

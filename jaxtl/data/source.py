@@ -1,0 +1,68 @@
+"""What every training, evaluation and feature-extraction path consumes: a :class:`Source` of batches.
+
+An in-memory :class:`~jaxtl.data.dataset.ArrayDataset` is one; the streaming image pipeline (grain workers
+decoding files) is another. A source yields host batches ``{"images": [b, H, W, C], "labels": [b], "mask": [b]?}``
+where ``b`` is this process's slice of the global batch. Images are either float32 already in the model's input
+space (normalised), or uint8 pixels: then ``normalization`` holds the ``(mean, std)`` that the compiled step
+applies on the device (``x / 255``, minus mean, over std, cast to the compute dtype), so hosts move 4x fewer bytes.
+
+Batch ``b`` of epoch ``e`` is a function of ``(seed, e, b)`` only (``epoch_indices`` + ``process_slice``), and
+so is any random augmentation of its rows, so results do not depend on worker or process count and a resumed
+run needs nothing but the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A finite, indexable-by-position set of examples that yields deterministic batches."""
+
+    num_classes: int
+    class_names: Sequence[str]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """All labels ``[N]`` (int) in example order, or None for unlabeled data (cheap: no pixels decoded)."""
+        ...
+
+    @property
+    def normalization(self) -> Normalization | None:
+        """``(mean, std)`` the step applies on device when images are uint8; None when images are float32."""
+        ...
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of every image this source yields."""
+        ...
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        train: bool = True,
+    ) -> Iterator[Batch]:
+        """One epoch of batches from ``start_batch`` on: this process's slice of each global batch.
+
+        ``train=True`` applies the source's training augmentation (drawn from ``(seed, epoch, global index)``);
+        ``train=False`` its deterministic eval transform. With ``drop_remainder=False`` the ragged last batch is
+        padded and carries ``mask`` (1 real, 0 padding).
+        """
+        ...
