@@ -29,6 +29,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+class _SubcommandParser(_Parser):
+    """A subcommand's parser: it rejects unknown options itself, so the error names ``jaxtl <command> --help``.
+
+    (argparse otherwise hands them back to the top-level parser, whose error points at ``jaxtl --help``.)
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, []
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     name: str
@@ -570,7 +585,7 @@ COMMANDS: list[Command] = [
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every command in ``COMMANDS`` as a subcommand."""
     parser = _Parser(prog="jaxtl", description="Transfer learning in JAX.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
     for c in COMMANDS:
         sp = sub.add_parser(c.name, help=c.help, description=c.help)
