@@ -16,7 +16,9 @@ import numpy as np
 
 import jaxtl
 from jaxtl.models import get_spec
+from jaxtl.models.card import ModelCard
 
+from .checkpoints import Located
 from .errors import BridgeError, format_problems
 from .infer import FAMILY, describe, infer_arch
 from .io import read_source
@@ -93,6 +95,33 @@ class BridgeReport:
     stat_elements: int = 0
     arch_error: str | None = None
     hint: str | None = None
+    layout: str = "torch"
+    entry: str | None = None
+    alternatives: list[str] = dataclasses.field(default_factory=list)
+    prefix: str | None = None
+    prefix_detected: bool = False
+    outside_prefix: list[str] = dataclasses.field(default_factory=list)
+    cached: str | None = None
+    fc_shape: list[int] | None = None
+    card: dict[str, Any] | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What was done to reach the state dict (entry unwrapped, prefix stripped, keys left out), one line each."""
+        located = Located({}, self.source, self.entry, self.alternatives, self.prefix, self.prefix_detected)
+        located.outside_prefix, located.layout = self.outside_prefix, self.layout
+        notes = located.notes()
+        if self.cached:
+            notes.append(f"loaded the converted variables from the cache {self.cached}")
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BridgeReport:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
     def problems(self) -> list[str]:
@@ -107,13 +136,19 @@ class BridgeReport:
 
 
 class Conversion(tuple):  # type: ignore[type-arg]
-    """``(module, variables)`` that unpacks as a 2-tuple and also carries ``.report`` (a :class:`BridgeReport`)."""
+    """``(module, variables)`` that unpacks as a 2-tuple and also carries ``.report`` (a :class:`BridgeReport`) and
+    ``.card`` (the :class:`~jaxtl.models.card.ModelCard`: architecture, classes, preprocessing, source)."""
 
     report: BridgeReport
+    card: ModelCard
 
-    def __new__(cls, module: nn.Module, variables: dict[str, Any], report: BridgeReport) -> Conversion:
+    def __new__(
+        cls, module: nn.Module, variables: dict[str, Any], report: BridgeReport, card: ModelCard | None = None
+    ) -> Conversion:
         self = super().__new__(cls, (module, variables))
         self.report = report
+        assert report.arch is not None
+        self.card = card or default_card(report.arch, report.num_classes, report.source, module.dtype)
         return self
 
     @property
@@ -125,17 +160,53 @@ class Conversion(tuple):  # type: ignore[type-arg]
         return self[1]  # type: ignore[no-any-return]
 
 
+def dtype_name(dtype: Any) -> str:
+    """The model card's name of a compute dtype: "bfloat16" for bfloat16, else "float32"."""
+    return "bfloat16" if jnp.dtype(dtype) == jnp.bfloat16 else "float32"
+
+
+def default_card(arch: str, num_classes: int, source: str | None, dtype: Any = jnp.float32) -> ModelCard:
+    """The card of weights that say nothing about themselves: the registry's input size and mean/std for ``arch``
+    (Resize 256 / CenterCrop 224 for a 224 model), no class names."""
+    return ModelCard.for_arch(arch, num_classes, source=source, dtype=dtype_name(dtype))
+
+
+def _report_for(located: Located, **fields: Any) -> BridgeReport:
+    return BridgeReport(
+        source=located.origin,
+        layout=located.layout,
+        entry=located.entry,
+        alternatives=list(located.alternatives),
+        prefix=located.prefix,
+        prefix_detected=located.prefix_detected,
+        outside_prefix=list(located.outside_prefix),
+        card=located.card,
+        **fields,
+    )
+
+
 def _check(
-    sd: Mapping[str, np.ndarray], arch: str | None, num_classes: int | None, origin: str, strict: bool = True
+    sd: Mapping[str, np.ndarray], arch: str | None, num_classes: int | None, located: Located, strict: bool = True
 ) -> tuple[BridgeReport, list[tuple[_Entry, np.ndarray]]]:
     """Compare ``sd`` with what ``arch`` needs; collect every problem instead of stopping at the first."""
     seen = describe(sd)
-    report = BridgeReport(arch=arch, source=origin, source_num_classes=seen["num_classes"])
+    fc = sd.get("fc.weight")
+    report = _report_for(
+        located,
+        arch=arch,
+        source_num_classes=seen["num_classes"],
+        fc_shape=[int(d) for d in fc.shape] if fc is not None else None,
+    )
     if arch is None:
         try:
             arch = report.arch = infer_arch(sd)
         except BridgeError as err:
             report.arch_error = str(err)
+            if located.prefix is None and "conv1.weight" not in sd:
+                report.arch_error += (
+                    "; if the ResNet's keys carry a prefix (e.g. 'model.conv1.weight'), name it with prefix= "
+                    "(--prefix), or entry= (--entry) if the checkpoint nests it under an unusual name"
+                )
             return report, []
     elif arch not in jaxtl.models.list_models(FAMILY):
         report.arch_error = (
@@ -215,13 +286,20 @@ def _check(
     return report, pairs
 
 
-def inspect_state_dict(source: Any, arch: str | None = None, num_classes: int | None = None) -> BridgeReport:
+def inspect_state_dict(
+    source: Any,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    prefix: str | None = None,
+    entry: str | None = None,
+) -> BridgeReport:
     """Check ``source`` (as :func:`from_torchvision` takes it) without raising on key/shape/value problems.
 
-    File-reading failures still raise :class:`BridgeError` (there is nothing to inspect).
+    File-reading failures still raise :class:`BridgeError` (there is nothing to inspect). ``report.notes`` says
+    what was unwrapped or stripped to reach the state dict.
     """
-    sd, origin = read_source(source)
-    return _check(sd, arch, num_classes, origin)[0]
+    sd, located = read_source(source, prefix=prefix, entry=entry)
+    return _check(sd, arch, num_classes, located)[0]
 
 
 def _new_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.Array]:
@@ -240,6 +318,35 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def replace_head(variables: dict[str, Any], report: BridgeReport, num_classes: int | None, seed: int) -> dict[str, Any]:
+    """``variables`` converted with the source's own head, adapted to ``num_classes`` (None: kept; 0: fc dropped;
+    another size: a new fc from ``seed``). Updates ``report`` (num_classes, dropped, fc_reinitialized, seed)."""
+    assert report.arch is not None
+    source_classes = report.source_num_classes
+    target = source_classes if num_classes is None else int(num_classes)
+    if target < 0:
+        raise BridgeError(f"num_classes must be >= 0, got {target}")
+    report.num_classes = target
+    if target == source_classes:
+        return variables
+    params = {k: v for k, v in variables["params"].items() if k != "fc"}
+    report.dropped = list(_FC_KEYS) if source_classes > 0 else []
+    report.fc_reinitialized = target > 0
+    if target > 0:
+        report.seed = seed
+        params["fc"] = _new_head(get_spec(report.arch).num_features, target, seed)
+        log.warning(
+            "%s: fc replaced: checkpoint has %d classes, new %d-class head initialised from seed %d",
+            report.source,
+            source_classes,
+            target,
+            seed,
+        )
+    else:
+        log.info("%s: fc dropped (num_classes=0): a backbone without classifier", report.source)
+    return {**variables, "params": params}
+
+
 def from_torchvision(
     source: Any,
     arch: str | None = None,
@@ -247,19 +354,36 @@ def from_torchvision(
     dtype: Any = jnp.float32,
     seed: int = 0,
     strict: bool = True,
+    prefix: str | None = None,
+    entry: str | None = None,
+    trust_pickle: bool = False,
 ) -> Conversion:
     """Convert torchvision ResNet weights to ``(module, variables)``.
 
-    ``source``: a torch ``nn.Module``, a state dict (torch tensors or numpy arrays), or a .pth/.pt/.safetensors path.
-    ``arch``: a registered resnet-family name; inferred from keys and shapes when None. ``num_classes``: None keeps
-    the checkpoint's fc; another value drops it and initialises a new head from ``seed`` (0 = backbone, no fc).
-    ``dtype`` is the module's compute dtype; variables are always float32 (``num_batches_tracked`` int32).
-    ``strict=False`` ignores unexpected keys and fills missing ``num_batches_tracked`` with 0 (as torch does for old
-    checkpoints); everything else is still an error. The result unpacks as ``module, variables`` and has ``.report``.
+    ``source``: a torch ``nn.Module``, a state dict (torch tensors or numpy arrays), a .pth/.pt/.safetensors path
+    (a training checkpoint too: see :func:`~jaxtl.bridge.checkpoints.locate` for ``entry=``/``prefix=``), or a
+    torchvision weights enum such as ``ResNet50_Weights.IMAGENET1K_V2`` (fetched and cached as
+    :func:`~jaxtl.bridge.pretrained` does). ``arch``: a registered resnet-family name; inferred from keys and shapes
+    when None. ``num_classes``: None keeps the checkpoint's fc; another value drops it and initialises a new head
+    from ``seed`` (0 = backbone, no fc). ``dtype`` is the module's compute dtype; variables are always float32
+    (``num_batches_tracked`` int32). ``strict=False`` ignores unexpected keys and fills missing
+    ``num_batches_tracked`` with 0 (as torch does for old checkpoints); everything else is still an error.
+    ``trust_pickle=True`` reads a .pth with ``weights_only=False`` (runs its pickled code; warns).
+    The result unpacks as ``module, variables`` and has ``.report`` and ``.card``.
     Raises BridgeError listing every missing/unexpected/mis-shaped key and every bad value at once.
     """
-    sd, origin = read_source(source)
-    report, pairs = _check(sd, arch, num_classes, origin, strict=strict)
+    from .hub import is_weights_enum
+
+    if is_weights_enum(source):
+        from .hub import pretrained
+
+        if arch is not None or prefix is not None or entry is not None:
+            raise BridgeError("a torchvision weights enum fixes the architecture; arch/prefix/entry do not apply")
+        loaded = pretrained(weights=source, num_classes=num_classes, dtype=dtype, seed=seed)
+        return Conversion(loaded.module, loaded.variables, loaded.report, loaded.card)
+    sd, located = read_source(source, prefix=prefix, entry=entry, trust_pickle=trust_pickle)
+    origin = located.origin
+    report, pairs = _check(sd, arch, num_classes, located, strict=strict)
     if report.problems:
         raise BridgeError(
             format_problems(f"cannot convert {origin} to {report.arch or 'a known architecture'}", report.problems)
@@ -284,8 +408,27 @@ def from_torchvision(
         log.warning("%s: ignored %d unexpected key(s): %s", origin, len(report.ignored), ", ".join(report.ignored[:10]))
     if report.cast_from:
         log.info("%s: cast to float32 from %s", origin, report.cast_from)
+    for note in located.notes():
+        log.info("%s: %s", origin, note)
     module = jaxtl.create(report.arch, num_classes=report.num_classes, dtype=dtype)
-    return Conversion(module, variables, report)
+    return Conversion(module, variables, report, _card_of(report, dtype))
+
+
+def _card_of(report: BridgeReport, dtype: Any) -> ModelCard:
+    """The card a jaxtl Flax-layout file carried (adapted to the head), else :func:`default_card`."""
+    assert report.arch is not None
+    if report.card is None:
+        return default_card(report.arch, report.num_classes, report.source, dtype)
+    try:
+        card = ModelCard.from_dict(report.card, where=report.source)
+    except ValueError as e:
+        raise BridgeError(f"{report.source}: the model card in its metadata is not valid: {e}") from e
+    if card.arch != report.arch:
+        raise BridgeError(f"{report.source}: its model card says {card.arch}, its variables are {report.arch}")
+    if card.num_classes != report.num_classes:
+        kind = "classifier" if report.num_classes else "backbone"
+        card = card.replace(num_classes=report.num_classes, class_names=(), kind=kind)
+    return card.replace(dtype=dtype_name(dtype))
 
 
 def to_torchvision(variables: Mapping[str, Any], arch: str) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""Flax-layout .safetensors files: keys are variable paths such as "params/layer1/0/conv1/kernel"."""
+"""Flax-layout .safetensors files: keys are variable paths such as "params/layer1/0/conv1/kernel".
+
+The metadata says ``format: jaxtl-flax`` and may carry the model card (``card``, JSON) and the conversion report
+(``report``, JSON), so a file the bridge wrote describes itself without a separate JSON.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -11,31 +16,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import BridgeError
+from .names import flax_to_torch_key, rule_for_flax
 from .safetensors_io import load_safetensors, save_safetensors
 
-_FORMAT = "jaxtl-flax"
+FORMAT = "jaxtl-flax"
 
 
-def save_flax_safetensors(variables: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write a Flax variables tree (``{"params": ..., "batch_stats": ...}``) to ``path``, one tensor per leaf."""
+def _flatten(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
         parts = [str(getattr(k, "key", k)) for k in kp]
-        bad = [p for p in parts if "/" in p]
-        if bad:
+        if any("/" in p for p in parts):
             raise BridgeError(f"cannot save {'/'.join(parts)!r}: a path part contains '/'")
         flat["/".join(parts)] = np.asarray(leaf)
-    save_safetensors(flat, path, metadata={"format": _FORMAT})
+    return flat
 
 
-def load_flax_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`save_flax_safetensors` -> the nested variables tree of jnp arrays."""
-    tensors, metadata = load_safetensors(path)
-    if metadata.get("format") != _FORMAT:
-        raise BridgeError(
-            f"{path} is not a jaxtl Flax-layout .safetensors file (metadata format={metadata.get('format')!r}); "
-            "for a torchvision state dict use from_torchvision"
-        )
+def save_flax_safetensors(
+    variables: Mapping[str, Any], path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a Flax variables tree (``{"params": ..., "batch_stats": ...}``) to ``path``, one tensor per leaf.
+
+    ``extra_metadata`` (strings) is stored beside ``format``; the bridge stores ``card`` and ``report`` there.
+    """
+    save_safetensors(_flatten(variables), path, metadata={**(extra_metadata or {}), "format": FORMAT})
+
+
+def _nest(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, a in tensors.items():
         parts = key.split("/")
@@ -49,3 +56,50 @@ def load_flax_safetensors(path: str | os.PathLike) -> dict[str, Any]:
             raise BridgeError(f"{path}: key {key!r} clashes with another entry")
         node[parts[-1]] = jnp.asarray(a)
     return tree
+
+
+def read_flax_safetensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A file written by :func:`save_flax_safetensors` -> (nested variables of jnp arrays, metadata) where the
+    metadata's ``card`` and ``report`` entries, when present, are parsed from JSON."""
+    tensors, metadata = load_safetensors(path)
+    if metadata.get("format") != FORMAT:
+        raise BridgeError(
+            f"{path} is not a jaxtl Flax-layout .safetensors file (metadata format={metadata.get('format')!r}); "
+            "for a torchvision state dict use from_torchvision"
+        )
+    meta: dict[str, Any] = dict(metadata)
+    for k in ("card", "report"):
+        if k in meta:
+            try:
+                meta[k] = json.loads(meta[k])
+            except json.JSONDecodeError as e:
+                raise BridgeError(f"{path}: metadata {k!r} is not JSON ({e})") from e
+    return _nest(path, tensors), meta
+
+
+def load_flax_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_flax_safetensors` -> the nested variables tree of jnp arrays."""
+    return read_flax_safetensors(path)[0]
+
+
+def flax_to_torch_state_dict(tensors: Mapping[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
+    """Flat Flax-layout tensors (``"params/layer1/0/conv1/kernel"``) -> torchvision keys and layouts (numpy only).
+
+    BridgeError naming every key that is not a ResNet variable."""
+    out: dict[str, np.ndarray] = {}
+    bad: list[str] = []
+    for key, a in tensors.items():
+        collection, *path = key.split("/")
+        try:
+            rule = rule_for_flax(collection, tuple(path), a.ndim) if path else None
+        except KeyError:
+            rule = None
+        if rule is None:
+            bad.append(key)
+            continue
+        out[flax_to_torch_key(tuple(path), rule)] = rule.to_torch(a)
+    if bad:
+        from .errors import format_problems
+
+        raise BridgeError(format_problems(f"{origin} holds Flax variables that are not a torchvision ResNet's", bad))
+    return out
