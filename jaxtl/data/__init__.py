@@ -1,4 +1,4 @@
-"""Datasets, splits, augmentation and batching."""
+"""Datasets and sources, streaming image pipelines, transforms, splits, augmentation and batching."""
 
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.dataset import ArrayDataset
@@ -11,21 +11,35 @@ from jaxtl.data.datasets import (
     load_npz,
     normalize,
 )
+from jaxtl.data.pack import pack_image_folder
+from jaxtl.data.pipeline import DATA_SPECS, ImageSource, default_workers, open_source
+from jaxtl.data.source import Source
+from jaxtl.data.sources import list_image_folder, read_csv_list
 from jaxtl.data.splits import check_num_classes, labeled_unlabeled_split, train_test_split
+from jaxtl.data.transforms import ImageTransform
 
 __all__ = [
     "ArrayDataset",
+    "DATA_SPECS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ImageSource",
+    "ImageTransform",
     "SkippedFilesWarning",
+    "Source",
     "add_noise",
     "check_num_classes",
+    "default_workers",
     "labeled_unlabeled_split",
+    "list_image_folder",
     "load_digits",
     "load_image_folder",
     "load_npz",
     "normalize",
+    "open_source",
+    "pack_image_folder",
     "random_crop_flip",
     "random_mask",
+    "read_csv_list",
     "train_test_split",
 ]

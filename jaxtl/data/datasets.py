@@ -67,41 +67,16 @@ def load_digits(size: int = 32, channels: int = 3) -> ArrayDataset:
     return ArrayDataset(images, labels, 10, tuple(str(i) for i in range(10)))
 
 
-def _image_extensions() -> set[str]:
-    return {ext.lower() for ext in Image.registered_extensions()}
+def _decode_eval(path: str, size: int, resize: int, mode: str) -> np.ndarray | None:
+    """One image as uint8 ``[size, size, C]`` (torchvision's eval recipe), or None when it cannot be read."""
+    from jaxtl.data.transforms import decode_image, resize_center_crop
 
-
-def _resize_center_crop(img: Image.Image, size: int, resize: int) -> Image.Image:
-    # torchvision's eval recipe: Resize(resize) scales the shorter side (long side truncated with int()),
-    # then CenterCrop(size) with round() offsets.
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = resize, int(resize * h / w)
-    else:
-        new_w, new_h = int(resize * w / h), resize
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    top = round((new_h - size) / 2.0)
-    left = round((new_w - size) / 2.0)
-    return img.crop((left, top, left + size, top + size))
-
-
-def _decode(path: str, size: int, resize: int, mode: str) -> np.ndarray | None:
-    """One image as uint8 ``[size, size, C]``, or None when the file cannot be read."""
     try:
-        with Image.open(path) as opened:
-            opened.load()  # decode now: truncated files fail here, not later
-            img: Image.Image = opened
-            if img.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
-                # Palette/alpha images go through RGBA so transparency does not become a random palette colour.
-                img = img.convert("RGBA").convert("RGB")
-            elif img.mode != mode:
-                img = img.convert(mode)
-            out = _resize_center_crop(img, size, resize)
-            arr = np.asarray(out, np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        # OSError covers UnidentifiedImageError (empty/corrupt) and "image file is truncated"; some plugins raise
-        # ValueError or SyntaxError on malformed headers.
+        img = decode_image(path, mode)
+        arr = np.asarray(resize_center_crop(img, size, resize), np.uint8)
+    # Pillow raises many types on damaged data (OSError covers unidentified and truncated files; some plugins raise
+    # ValueError, SyntaxError, struct.error, EOFError; DecompressionBombError): any of them makes it unreadable.
+    except Exception:
         return None
     return arr.reshape(size, size, -1)
 
@@ -114,85 +89,91 @@ def load_image_folder(
     class_names: Sequence[str] | None = None,
     num_workers: int = 8,
 ) -> ArrayDataset:
-    """Images in ``root/<class>/...`` (one subfolder per class, searched recursively) as ``[N, size, size, C]``.
+    """Images in ``root/<class>/...`` decoded into memory as ``[N, size, size, C]`` float32 in ``[0, 1]``.
 
-    Labels follow the sorted subfolder names, or ``class_names`` when given (then every subfolder must be one of
-    them). Each image is converted to RGB (or L for ``channels=1``), its shorter side resized to ``resize``
-    (default ``int(size * 256 / 224)``) and center-cropped to ``size``: torchvision's evaluation recipe. Values are
-    float32 in ``[0, 1]``. Unreadable files (corrupt, truncated, empty, decompression bombs) are skipped and
-    reported in one :class:`SkippedFilesWarning`. Files whose extension Pillow does not know are ignored.
+    For small sets; an image folder of any size streams with :func:`jaxtl.data.open_source` (uint8 batches decoded
+    by worker processes, torchvision's training transforms). Files are listed by the same rules
+    (:func:`jaxtl.data.sources.list_image_folder`: torchvision ``ImageFolder``'s classes, extensions and order;
+    symlinks followed once, special files and hidden names skipped, an empty class folder an error), and decoded
+    the same way (:func:`jaxtl.data.transforms.decode_image`: RGB or L, 16-bit and float images scaled by their
+    real range). Labels follow the sorted subfolder names, or ``class_names`` when given (then every subfolder
+    must be one of them). Each image's shorter side is resized to ``resize`` (default ``int(size * 256 / 224)``)
+    and center-cropped to ``size``: torchvision's evaluation recipe. Unreadable files (corrupt, truncated, empty,
+    decompression bombs) are skipped and reported in one :class:`SkippedFilesWarning`.
     """
+    from jaxtl.data.sources import list_image_folder
+
     _check_channels(channels)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     resize = int(size * 256 / 224) if resize is None else resize
     if resize < size:
         raise ValueError(f"resize ({resize}) must be >= size ({size}): the center crop would not fit")
-    root_path = pathlib.Path(root)
-    if not root_path.exists():
-        raise ValueError(f"image folder {str(root_path)!r} does not exist")
-    if not root_path.is_dir():
-        raise ValueError(f"image folder {str(root_path)!r} is not a directory")
-    folders = sorted(p.name for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ValueError(f"image folder {str(root_path)!r} has no class subfolders (expected root/<class>/<image>)")
-    if class_names is None:
-        names = list(folders)
-    else:
-        names = list(class_names)
-        if len(set(names)) != len(names):
-            raise ValueError(f"class_names has duplicates: {names}")
-        unknown = [f for f in folders if f not in names]
-        if unknown:
-            raise ValueError(f"folder(s) {unknown} in {str(root_path)!r} are not in class_names {names}")
-    label_of = {n: i for i, n in enumerate(names)}
-
-    exts = _image_extensions()
-    files: list[tuple[str, int]] = []
-    for folder in folders:
-        for dirpath, dirnames, filenames in os.walk(root_path / folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fn in sorted(filenames):
-                if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in exts:
-                    files.append((os.path.join(dirpath, fn), label_of[folder]))
-    if not files:
-        raise ValueError(f"image folder {str(root_path)!r} contains no image files in its class subfolders")
-
+    listing = list_image_folder(root, class_names)
+    root_s = os.fspath(root)
+    files = list(listing.paths)
     mode = "RGB" if channels == 3 else "L"
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        decoded = list(pool.map(lambda f: _decode(f[0], size, resize, mode), files))
+        decoded = list(pool.map(lambda f: _decode_eval(f, size, resize, mode), files))
 
     keep = [i for i, a in enumerate(decoded) if a is not None]
-    skipped = [files[i][0] for i, a in enumerate(decoded) if a is None]
+    skipped = [files[i] for i, a in enumerate(decoded) if a is None]
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
-            f"skipped {len(skipped)} unreadable image file(s) of {len(files)} in {str(root_path)!r}: {shown}",
+            f"skipped {len(skipped)} unreadable image file(s) of {len(files)} in {root_s!r}: {shown}",
             SkippedFilesWarning,
             stacklevel=2,
         )
     if not keep:
-        raise ValueError(f"image folder {str(root_path)!r}: none of its {len(files)} image files could be read")
+        raise ValueError(f"image folder {root_s!r}: none of its {len(files)} image files could be read")
     images = np.empty((len(keep), size, size, channels), np.float32)
     for j, i in enumerate(keep):
         images[j] = decoded[i]
         decoded[i] = None  # free the uint8 copy as we go
     images /= 255.0
-    labels = np.array([files[i][1] for i in keep], np.int32)
-    return ArrayDataset(images, labels, len(names), tuple(names))
+    labels = listing.labels[keep].astype(np.int32)
+    return ArrayDataset(images, labels, len(listing.class_names), listing.class_names)
 
 
-def _check_npy_size(npz: Any, key: str) -> None:
-    # numpy allocates the shape its header claims before reading any data: refuse a header bigger than the member.
+def _npy_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """``(shape, dtype, uncompressed member size)`` of one member, read from its header without inflating it."""
     name = key if key in npz.zip.namelist() else f"{key}.npy"
     size = npz.zip.getinfo(name).file_size
     with npz.zip.open(name) as f:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f, max_header_size=10_000)
+    return tuple(int(d) for d in shape), dtype, size
+
+
+def _default_max_bytes() -> int:
+    """Half of the machine's physical memory: the most a single npz array may inflate to by default."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def _check_before_inflating(
+    header: tuple[tuple[int, ...], np.dtype[Any], int], max_bytes: int, expected: tuple[int, int, int] | None
+) -> None:
+    # numpy allocates what the header claims and inflates the whole member before any shape check could run: check
+    # the header against the member, the memory limit and the expected shape first (a 0.5 MB zip can claim GBs).
+    shape, dtype, size = header
     claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if claimed > size:
         raise ValueError(f"its header claims shape {shape} of {dtype} ({claimed} bytes), the member holds {size} bytes")
+    inflated = max(size, claimed // dtype.itemsize * 4) if dtype.itemsize else size  # and as float32
+    if inflated > max_bytes:
+        raise ValueError(
+            f"it would inflate to {inflated:,} bytes, more than the limit of {max_bytes:,} (max_bytes); "
+            "stream large sets from a folder or ArrayRecord files instead"
+        )
+    if expected is not None and len(shape) in (3, 4):
+        hwc = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
+        if hwc != expected:
+            raise ValueError(f"images of shape {tuple(hwc)} per example, expected {expected}")
 
 
 def load_npz(
@@ -200,15 +181,21 @@ def load_npz(
     images_key: str = "images",
     labels_key: str | None = "labels",
     num_classes: int | None = None,
+    *,
+    image_shape: tuple[int, int, int] | None = None,
+    max_bytes: int | None = None,
 ) -> ArrayDataset:
     """Images (and labels) from a ``.npz`` file as an :class:`ArrayDataset` in ``[0, 1]``.
 
     ``images``: uint8 in ``[0, 255]`` (divided by 255) or float (kept as is), ``[N, H, W, C]`` or ``[N, H, W]``
     (a channel axis is added). ``labels``: integers ``[N]`` in ``[0, num_classes)``; ``num_classes`` defaults to
     ``max(label) + 1``. ``labels_key=None`` loads unlabeled images (``num_classes`` then defaults to 0).
-    Every problem raises a ValueError naming the file and the key.
+    Before anything is inflated, each member's header is checked: its claimed size against the member, the
+    member's size against ``max_bytes`` (default: half the physical memory) and, when given, the images' per-example
+    ``image_shape`` ``(H, W, C)``. Every problem raises a ValueError naming the file and the key.
     """
     p = pathlib.Path(path)
+    limit = _default_max_bytes() if max_bytes is None else max_bytes
     if not p.is_file():
         raise ValueError(f"npz file {str(p)!r} does not exist or is not a file")
     try:
@@ -219,12 +206,17 @@ def load_npz(
         raise ValueError(f"npz file {str(p)!r} holds a single array (.npy), not named arrays (np.savez)")
     with npz:
         keys = list(npz.files)
-
-        def get(key: str) -> np.ndarray:
+        wanted = [images_key] if labels_key is None else [images_key, labels_key]
+        for key in wanted:
             if key not in keys:
                 raise ValueError(f"npz file {str(p)!r} has no key {key!r}; keys present: {keys}")
             try:
-                _check_npy_size(npz, key)
+                _check_before_inflating(_npy_header(npz, key), limit, image_shape if key == images_key else None)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise ValueError(f"npz file {str(p)!r}, key {key!r}: {e}") from e
+
+        def get(key: str) -> np.ndarray:
+            try:
                 return np.asarray(npz[key])
             # ValueError: object arrays need pickle, which we refuse; the others: a damaged or truncated member.
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -260,6 +252,8 @@ def load_npz(
         lo, hi = int(raw_labels.min()), int(raw_labels.max())
         if lo < 0:
             raise ValueError(f"{lwhere}: labels must be >= 0, found {lo}")
+        if hi >= 2**31:
+            raise ValueError(f"{lwhere}: label {hi} does not fit int32")
         if num_classes is None:
             num_classes = hi + 1
         elif hi >= num_classes:

@@ -74,7 +74,7 @@ def folder(tmp_path_factory):
     rgba = np.concatenate([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), np.full((32, 32, 1), 255, np.uint8)], -1)
     _save(Image.fromarray(rgba, "RGBA"), root / "dog" / "rgba.png", "PNG")
     _save(rgb(20, 28), root / "emu" / "nested" / "d.png", "PNG")
-    _save(rgb(24, 24).convert("P"), root / "emu" / "palette.gif", "GIF")
+    _save(rgb(24, 24).convert("P"), root / "emu" / "palette.png", "PNG")
     # Broken files: random bytes, zero bytes, truncated PNG; plus a non-image that must be ignored silently.
     (root / "dog" / "corrupt.jpg").write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
     (root / "emu" / "empty.jpg").write_bytes(b"")

@@ -75,7 +75,8 @@ def test_image_folder_skips_or_value_error(tmp_path_factory, bad, good):
     ds, record, err = _load_folder(root)
     skipped = [w for w in record if issubclass(w.category, SkippedFilesWarning)]
     if ds is None:
-        assert "could be read" in str(err) and str(root) in str(err)
+        # No readable image at all, or a class folder left without image files (an error naming that folder).
+        assert ("could be read" in str(err) and str(root) in str(err)) or "has no image files" in str(err)
         return
     assert len(ds) >= good
     assert ds.images.shape[1:] == (4, 4, 3) and np.isfinite(ds.images).all()

@@ -1,0 +1,435 @@
+"""The streaming image :class:`~jaxtl.data.source.Source`: grain workers decode files, apply torchvision's
+transforms and batch uint8 pixels; memory does not grow with the dataset.
+
+Order and content are functions of position only. Epoch ``e``'s order is ``epoch_indices(N, seed, e)``; global
+batch ``b`` holds positions ``[b * B, (b + 1) * B)`` of it and process ``p`` of ``P`` takes its
+``process_slice`` rows; example ``i``'s crop and flip come from ``example_rng(seed, e, i)``. Grain's
+``MapDataset`` maps each global index to its pixels, batches this process's rows and (``workers > 0``) spreads
+whole batches over worker processes (``mp_prefetch``), returning them in order. So the batches are bit-identical
+for any number of workers and processes, and a resumed run needs only its step (``start_batch``).
+
+Bad files found mid-stream (corrupt, truncated, zero bytes, gone) never stop a run:
+
+- in batches without a mask (``drop_remainder=True``, training) the example is replaced by the next readable one
+  in index order (``i + 1, i + 2, ...`` wrapping around; its own label, ``i``'s augmentation draws), so the batch
+  keeps its shape and every row is a real image;
+- in batches with a mask (``drop_remainder=False``, evaluation and feature extraction) it becomes a zero image with
+  mask 0, like padding, so no metric counts it.
+
+Either way it is counted: one :class:`~jaxtl.data.datasets.SkippedFilesWarning` per ``batches()`` call (an epoch)
+names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxtl.data.batching import Batch, epoch_indices, num_batches, process_slice
+from jaxtl.data.datasets import SkippedFilesWarning
+from jaxtl.data.transforms import AUGMENTATIONS, Augment, ImageTransform, decode_image, example_rng
+from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DATA_SPECS", "ImageSource", "default_workers", "open_source"]
+
+DATA_SPECS = "digits | folder:DIR | csv:FILE (path,label rows) | npz:FILE (keys images, labels) | arrayrecord:DIR|GLOB"
+
+
+class Reader(Protocol):
+    def __len__(self) -> int: ...
+    def name(self, i: int) -> str: ...
+    def read(self, i: int) -> bytes: ...
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: one per core but one (left for the training loop), at most 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(16, cores - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadExample:
+    """Global index -> one example's arrays; runs in the workers (pickled with everything it needs)."""
+
+    reader: Reader
+    labels: np.ndarray
+    transform: ImageTransform
+    mode: str
+    channels: int
+    seed: int
+    epoch: int
+    train: bool
+    masked: bool
+
+    def _decode(self, i: int) -> Any:
+        try:
+            return decode_image(self.reader.read(i), self.mode)
+        # Pillow raises many types on damaged data (OSError, ValueError, SyntaxError, struct.error, EOFError,
+        # DecompressionBombError, ...): any failure to read or decode one file makes it a bad file, not a crash.
+        except Exception:
+            return None
+
+    def _blank(self, bad: int) -> dict[str, np.ndarray]:
+        s = self.transform.size
+        return {
+            "images": np.zeros((s, s, self.channels), np.uint8),
+            "labels": np.zeros((), np.int32),
+            "mask": np.zeros((), np.float32),
+            "bad": np.asarray(bad, np.int64),
+        }
+
+    def __call__(self, index: Any) -> dict[str, np.ndarray]:
+        i = int(index)
+        if i < 0:  # padding of the ragged last global batch
+            return self._blank(-1)
+        img = self._decode(i)
+        j = i
+        if img is None:
+            if self.masked:
+                return self._blank(i)
+            n = len(self.labels)
+            for step in range(1, n):
+                j = (i + step) % n
+                img = self._decode(j)
+                if img is not None:
+                    break
+            else:
+                raise ValueError(f"none of the {n} images could be read (first: {self.reader.name(i)!r})")
+        pixels = self.transform(img, example_rng(self.seed, self.epoch, i) if self.train else None, self.train)
+        return {
+            "images": pixels,
+            "labels": np.asarray(self.labels[j], np.int32),
+            "mask": np.ones((), np.float32),
+            "bad": np.asarray(i if j != i else -1, np.int64),
+        }
+
+
+def _let_grain_read_its_flags() -> None:
+    """grain 0.2 reads an absl flag when it starts worker processes, which fails unless absl parsed the command
+    line (an ``absl.app`` program). Outside one, mark only that flag as given (its default value): the same thing
+    grain does for its own debug flags in the workers. Nothing else about absl's state changes."""
+    from absl import flags
+
+    name = "grain_enable_multiprocess_worker_profiling"
+    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
+        flags.FLAGS[name].present = 1
+
+
+class ImageSource:
+    """A streaming :class:`~jaxtl.data.source.Source` of encoded images (files or ArrayRecord records).
+
+    ``reader`` fetches example ``i``'s encoded bytes (:class:`~jaxtl.data.sources.FileReader`,
+    :class:`~jaxtl.data.sources.ArrayRecordReader`); ``labels`` int ``[N]``; batches are uint8
+    ``[b, image_size, image_size, channels]`` with ``normalization = (mean, std)`` for the step to apply on device.
+    ``augment`` is the training transform (:class:`~jaxtl.data.transforms.ImageTransform`); eval is
+    Resize(``resize_size``, default ``int(image_size * 256 / 224)``) + CenterCrop(``image_size``).
+    ``workers`` decode in grain worker processes (0: in this process, with ``read_threads`` threads); each
+    worker process also reads with ``read_threads`` threads and keeps ``prefetch`` batches ready.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        *,
+        image_size: int,
+        resize_size: int | None = None,
+        channels: int = 3,
+        augment: Augment = "none",
+        workers: int = 0,
+        read_threads: int = 2,
+        prefetch: int = 2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        origin: str = "image source",
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels}-channel images")
+        if any(not s > 0 for s in std):
+            raise ValueError(f"std must be > 0, got {tuple(std)}")
+        if workers < 0 or read_threads < 1 or prefetch < 1:
+            raise ValueError(
+                f"workers must be >= 0, read_threads and prefetch >= 1; got {workers}, {read_threads}, {prefetch}"
+            )
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError(f"{origin}: labels must be a non-empty [N] array, got shape {labels.shape}")
+        if len(reader) != len(labels):
+            raise ValueError(f"{origin}: {len(reader)} examples but {len(labels)} labels")
+        if labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(f"{origin}: labels must lie in [0, {len(class_names)})")
+        self.reader = reader
+        self._labels = labels.astype(np.int32)
+        self.class_names: Sequence[str] = tuple(class_names)
+        self.num_classes: int = len(self.class_names)
+        resize = int(image_size * 256 / 224) if resize_size is None else resize_size
+        self.transform = ImageTransform(image_size, resize, augment)
+        self.channels = channels
+        self.workers = workers
+        self.read_threads = read_threads
+        self.prefetch = prefetch
+        self._normalization = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        self.origin = origin
+        self.bad_files: set[str] = set()
+        self._labeled = True
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __repr__(self) -> str:
+        t = self.transform
+        return (
+            f"ImageSource({self.origin}, {len(self)} images, {self.num_classes} classes, "
+            f"{t.size}px (resize {t.resize_size}), augment={t.augment!r}, workers={self.workers})"
+        )
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """All labels ``[N]`` int32, in example order (from the listing: nothing is decoded); None if unlabeled."""
+        return self._labels if self._labeled else None
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` per channel, applied on device to ``images / 255``."""
+        return self._normalization
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.transform.size, self.transform.size, self.channels)
+
+    def with_options(self, **changes: Any) -> ImageSource:
+        """The same examples with other options (``image_size``, ``augment``, ``workers``, ``mean``, ...)."""
+        t = self.transform
+        opts: dict[str, Any] = {
+            "image_size": t.size,
+            "resize_size": t.resize_size,
+            "channels": self.channels,
+            "augment": t.augment,
+            "workers": self.workers,
+            "read_threads": self.read_threads,
+            "prefetch": self.prefetch,
+            "mean": self._normalization[0],
+            "std": self._normalization[1],
+            "origin": self.origin,
+        }
+        if "image_size" in changes and "resize_size" not in changes:
+            opts["resize_size"] = None
+        opts.update(changes)
+        src = ImageSource(self.reader, self._labels, self.class_names, **opts)
+        src._labeled = self._labeled
+        return src
+
+    def unlabeled(self) -> ImageSource:
+        """The same images without labels (``labels`` is None, batches carry no ``"labels"``)."""
+        src = self.with_options()
+        src._labeled = False
+        return src
+
+    def subset(self, indices: np.ndarray) -> ImageSource:
+        """The examples at ``indices`` (e.g. a train/test split), same label space and options."""
+        from jaxtl.data.sources import _Subset
+
+        idx = np.asarray(indices, np.int64)
+        src = self.with_options()
+        src.reader = _Subset(self.reader, idx)
+        src._labels = self._labels[idx]
+        if len(idx) == 0:
+            raise ValueError(f"{self.origin}: empty subset")
+        return src
+
+    def _dataset(self, local: np.ndarray, batch_size: int, seed: int, epoch: int, train: bool, masked: bool) -> Any:
+        import grain
+
+        load = _LoadExample(
+            self.reader,
+            self._labels,
+            self.transform,
+            "RGB" if self.channels == 3 else "L",
+            self.channels,
+            seed,
+            epoch,
+            train,
+            masked,
+        )
+        ds = grain.MapDataset.source(local).map(load).batch(batch_size, drop_remainder=True)
+        read = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
+        it = ds.to_iter_dataset(read)
+        if self.workers > 0:
+            _let_grain_read_its_flags()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=1))
+        return it
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        train: bool = True,
+    ) -> Iterator[Batch]:
+        """One epoch from ``start_batch`` on: this process's rows of each global batch (see the module doc).
+
+        Yields ``{"images": uint8 [b, H, W, C], "labels": int32 [b]}`` with ``b = batch_size / process_count``,
+        plus ``"mask"`` float32 ``[b]`` when ``drop_remainder=False`` (0 for padding and unreadable files).
+        """
+        n = len(self)
+        order = epoch_indices(n, seed, epoch, shuffle)
+        total = num_batches(n, batch_size, drop_remainder)
+        if not 0 <= start_batch <= total:
+            raise ValueError(
+                f"start_batch={start_batch} outside [0, {total}] for {n} examples, batch_size={batch_size}"
+            )
+        rows = process_slice(batch_size, process_index, process_count)
+        count = total - start_batch
+        return self._iterate(order, batch_size, rows, start_batch, count, seed, epoch, train, drop_remainder)
+
+    def _iterate(
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        rows: slice,
+        start_batch: int,
+        count: int,
+        seed: int,
+        epoch: int,
+        train: bool,
+        drop_remainder: bool,
+    ) -> Iterator[Batch]:
+        if count == 0:
+            return
+        table = np.full((count, batch_size), -1, np.int64)  # -1: padding of a ragged last batch
+        flat = order[start_batch * batch_size : (start_batch + count) * batch_size]
+        table.reshape(-1)[: len(flat)] = flat
+        local = np.ascontiguousarray(table[:, rows]).reshape(-1)
+        it = iter(self._dataset(local, rows.stop - rows.start, seed, epoch, train, masked=not drop_remainder))
+        bad: set[int] = set()
+        try:
+            for shared in it:
+                # Plain ndarray views of grain's shared-memory arrays: the segment is unlinked when the view dies.
+                batch = {k: np.asarray(v) for k, v in shared.items()}
+                del shared
+                flagged = batch.pop("bad")
+                bad.update(int(i) for i in flagged[flagged >= 0])
+                if drop_remainder:
+                    del batch["mask"]
+                if not self._labeled:
+                    del batch["labels"]
+                yield batch
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            if bad:
+                names = [self.reader.name(i) for i in sorted(bad)]
+                self.bad_files.update(names)
+                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                action = "replaced by the next readable image" if drop_remainder else "masked out"
+                warnings.warn(
+                    f"{self.origin}, epoch {epoch}: {len(names)} unreadable image(s) {action}: {shown}",
+                    SkippedFilesWarning,
+                    stacklevel=2,
+                )
+
+
+# ---- data specs ----------------------------------------------------------------------------------------------------
+
+
+def open_source(
+    spec: str,
+    *,
+    image_size: int,
+    resize_size: int | None = None,
+    channels: int = 3,
+    augment: str = "none",
+    workers: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    labeled: bool = True,
+    class_names: Sequence[str] | None = None,
+) -> Any:
+    """The :class:`~jaxtl.data.source.Source` named by a data spec (see :data:`DATA_SPECS`).
+
+    ``folder:DIR``, ``csv:FILE`` and ``arrayrecord:DIR|GLOB`` stream (:class:`ImageSource`: uint8 batches,
+    ``normalization = (mean, std)``, ``augment`` in ``"none" | "flip" | "rrc"``, ``workers`` grain worker
+    processes, default :func:`default_workers`). ``digits`` and ``npz:FILE`` load in memory as an
+    :class:`~jaxtl.data.dataset.ArrayDataset` normalised with ``(mean, std)`` (``augment`` must be ``"none"``:
+    their augmentation is the training loop's array crop/flip). ``mean``/``std`` default to ImageNet's (grey: their
+    average). ``class_names`` fixes the label order of a folder (e.g. a checkpoint's classes).
+    Raises ValueError naming the spec for a bad spec, path, option or file.
+    """
+    from jaxtl.data import datasets
+
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"data spec {spec!r}: augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if image_size < 1:
+        raise ValueError(f"data spec {spec!r}: image size must be >= 1, got {image_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"data spec {spec!r}: channels must be 1 or 3, got {channels}")
+    if mean is None or std is None:
+        mean_d: tuple[float, ...] = tuple(IMAGENET_MEAN)
+        std_d: tuple[float, ...] = tuple(IMAGENET_STD)
+        if channels == 1:
+            mean_d, std_d = (float(np.mean(IMAGENET_MEAN)),), (float(np.mean(IMAGENET_STD)),)
+        mean = mean_d if mean is None else mean
+        std = std_d if std is None else std
+    kind, _, arg = spec.partition(":")
+    try:
+        if spec in ("digits", "npz") or kind == "npz":
+            if augment != "none":
+                raise ValueError(f"augment={augment!r} needs decoded originals: use folder:, csv: or arrayrecord:")
+            if spec == "digits":
+                ds = datasets.load_digits(size=image_size, channels=channels)
+            elif arg:
+                ds = datasets.load_npz(
+                    arg, labels_key="labels" if labeled else None, image_shape=(image_size, image_size, channels)
+                )
+                if ds.images.shape[1:] != (image_size, image_size, channels):
+                    raise ValueError(
+                        f"npz file {arg!r} holds images of shape {ds.images.shape[1:]}, expected "
+                        f"{(image_size, image_size, channels)} (set the image size to match)"
+                    )
+            else:
+                raise ValueError("npz needs a file: npz:FILE")
+            from jaxtl.data.dataset import ArrayDataset
+
+            images = datasets.normalize(ds.images, mean, std)
+            return ArrayDataset(images, ds.labels, ds.num_classes, ds.class_names)
+        if kind in ("folder", "csv", "arrayrecord") and arg:
+            from jaxtl.data import sources
+
+            listing: sources.ImageList | sources.ArrayRecordList
+            if kind == "folder":
+                listing = sources.list_image_folder(arg, class_names)
+            elif kind == "csv":
+                listing = sources.read_csv_list(arg)
+            else:
+                listing = sources.list_arrayrecord(arg)
+            return ImageSource(
+                listing.reader(),
+                listing.labels,
+                listing.class_names,
+                image_size=image_size,
+                resize_size=resize_size,
+                channels=channels,
+                augment=augment,  # type: ignore[arg-type]
+                workers=default_workers() if workers is None else workers,
+                mean=mean,
+                std=std,
+                origin=listing.origin,
+            )
+    except ValueError as e:
+        raise ValueError(f"data spec {spec!r}: {e}") from None
+    raise ValueError(f"{spec!r} is not a data spec; expected {DATA_SPECS}")
