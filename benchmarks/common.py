@@ -26,22 +26,15 @@ def set_device_count(n: int | None) -> None:
 
 def backend_started() -> bool:
     """True once jax has created its backends (XLA_FLAGS / JAX_PLATFORMS no longer take effect)."""
-    import sys
+    from jaxtl._cpu_tuning import backend_started as started
 
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):  # pragma: no cover - older/newer jax: assume started
-        return True
+    return started()
 
 
 def prepare_backend(device: str, devices: int = 1) -> None:
-    """Before jax starts: jaxtl's CPU flags, the platform, and ``devices`` fake CPU devices when on CPU.
+    """Before jax starts: the platform, ``devices`` fake CPU devices when on CPU, and :func:`jaxtl.tune_cpu`.
 
-    In a process whose backend already runs (tests) this does nothing; ``--devices`` then picks from what exists.
+    In a process whose backend already runs (tests) this changes nothing; ``--devices`` then picks from what exists.
     """
     if not backend_started():
         if device == "cpu":
@@ -50,9 +43,10 @@ def prepare_backend(device: str, devices: int = 1) -> None:
                 set_device_count(devices)
         elif os.environ.get("JAX_PLATFORMS") == "cpu":
             del os.environ["JAX_PLATFORMS"]
-    import jax
+        import jaxtl
 
-    import jaxtl  # noqa: F401  (applies its XLA:CPU flags if the backend has not started)
+        jaxtl.tune_cpu()  # as the CLI runs: benchmarks measure what users get (JAXTL_CPU_TUNING=0 opts out)
+    import jax
 
     platform = jax.default_backend()
     want = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}[device]
@@ -87,7 +81,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "jax_devices": [str(d) for d in jax.devices()],
         "jax_device_kind": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "jaxtl_cpu_tuning": dict(jaxtl.CPU_TUNING),
+        "jaxtl_cpu_tuning": jaxtl.cpu_tuning_status(),
     }
     try:
         import flax

@@ -2,7 +2,7 @@
 
 1. The conv path: a 3x3 convolution on a map smaller than its kernel (ResNet50's layer4 at 64x64 input: 2x2x512,
    batch 32), forward and forward+backward, through XLA's convolution vs jaxtl's im2col formulation.
-2. The process settings ``import jaxtl`` makes (``jaxtl/_cpu_tuning.py``): ResNet50 (``--arch``) inference and full
+2. The process settings of :func:`jaxtl.tune_cpu` (``jaxtl/_cpu_tuning.py``): ResNet50 (``--arch``) inference and full
    train step under XLA's and glibc's defaults (``JAXTL_CPU_TUNING=0``), with the XLA flag only (YNNPACK convs off,
    ``JAXTL_CPU_MALLOC=0``), and with the flag plus the malloc settings (jaxtl's default), with the page faults
    and system time per step. Both must be in place before the backend starts, so each setting runs in its own
@@ -32,7 +32,7 @@ def conv_paths(batch: int, hw: int, channels: int, repeats: int) -> list[dict[st
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxtl.models.resnet import conv_im2col
+    from jaxtl.models.kernels import conv_im2col
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, hw, hw, channels)), jnp.float32)
@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     import jaxtl
     from benchmarks.train_steps import jaxtl_step_fn
 
-    out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": dict(jaxtl.CPU_TUNING)}
+    out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": jaxtl.cpu_tuning_status()}
     for mode in ("inference", "full"):
         run, compile_s = jaxtl_step_fn(
             mode, arch=args.arch, batch=args.batch, size=args.image_size, num_classes=10, dtype="float32", devices=1

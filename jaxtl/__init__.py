@@ -4,15 +4,12 @@ Pretrain a backbone without labels or bring a torchvision one through :mod:`jaxt
 data-parallel with the backbone frozen or not. torch is never imported by ``import jaxtl``.
 """
 
-from jaxtl._cpu_tuning import apply_cpu_tuning
-
-CPU_TUNING = apply_cpu_tuning()  # before anything below imports jax: which CPU settings are in effect
-
-from jaxtl import data, models, train  # noqa: E402
-from jaxtl.compile_cache import enable_compile_cache  # noqa: E402
-from jaxtl.models import create, list_models  # noqa: E402
-from jaxtl.train.freeze import freeze  # noqa: E402
-from jaxtl.transfer import (  # noqa: E402
+from jaxtl import data, models, train
+from jaxtl._cpu_tuning import cpu_tuning_status, tune_cpu  # explicit: importing jaxtl changes no process setting
+from jaxtl.compile_cache import enable_compile_cache
+from jaxtl.models import ModelCard, create, list_models
+from jaxtl.train import ParamGroups, TrainState, fit, load_variables, save_variables
+from jaxtl.transfer import (
     build_classifier,
     evaluate_classifier,
     finetune,
@@ -23,17 +20,24 @@ from jaxtl.transfer import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "ModelCard",
+    "ParamGroups",
+    "TrainState",
     "__version__",
     "build_classifier",
+    "cpu_tuning_status",
     "create",
     "data",
     "enable_compile_cache",
     "evaluate_classifier",
     "finetune",
-    "freeze",
+    "fit",
     "list_models",
+    "load_variables",
     "models",
     "normalize_dataset",
     "pretrain_autoencoder",
+    "save_variables",
     "train",
+    "tune_cpu",
 ]

@@ -65,6 +65,18 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of a new fc head (default 0)")
     p.add_argument("--safetensors", metavar="PATH", help="also write the variables as a Flax-layout .safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _weights_location_args(p)
+
+
+def _weights_location_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prefix",
+        help="key prefix of the ResNet in the state dict, removed (e.g. 'model.'; '' = none; default: detected)",
+    )
+    p.add_argument(
+        "--entry",
+        help="checkpoint entry holding the state dict (e.g. model_ema; default: state_dict, model, ... as found)",
+    )
 
 
 def _convert(a: argparse.Namespace) -> int:
@@ -80,8 +92,12 @@ def _convert(a: argparse.Namespace) -> int:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     if a.safetensors and Path(a.safetensors).exists() and not a.overwrite:
         raise UsageError(f"{a.safetensors} already exists; pass --overwrite to replace it")
-    result = from_torchvision(a.src, arch=a.arch, num_classes=a.num_classes, seed=a.seed)
+    result = from_torchvision(
+        a.src, arch=a.arch, num_classes=a.num_classes, seed=a.seed, prefix=a.prefix, entry=a.entry
+    )
     rep = result.report
+    for note in rep.notes:
+        print(f"{a.src}: {note}")
     assert rep.arch is not None
     meta = {
         "source": str(a.src),
@@ -109,25 +125,91 @@ def _convert(a: argparse.Namespace) -> int:
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", metavar="SRC", help="torchvision weights: .pth/.pt (state dict) or .safetensors")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="weights: .pth/.pt (state dict or training checkpoint), .safetensors (torch or jaxtl)",
+    )
+    _weights_location_args(p)
 
 
 def _inspect(a: argparse.Namespace) -> int:
-    from jaxtl.bridge import inspect_state_dict, load_state_dict
+    from jaxtl.bridge import inspect_state_dict
 
-    sd = load_state_dict(a.src)
-    rep = inspect_state_dict(sd)
-    fc = sd.get("fc.weight")
+    rep = inspect_state_dict(a.src, prefix=a.prefix, entry=a.entry)
+    layout = "jaxtl Flax-layout .safetensors" if rep.layout == "jaxtl-flax" else "torchvision state dict"
     print(f"source:        {a.src}")
+    print(f"layout:        {layout}")
     print(f"architecture:  {rep.arch or 'unknown'}")
+    if rep.entry is not None:
+        also = f" (also in the file: {', '.join(rep.alternatives)}; --entry to choose)" if rep.alternatives else ""
+        print(f"unwrapped:     entry {rep.entry!r}{also}")
+    if rep.prefix:
+        print(f"prefix:        {rep.prefix!r} stripped ({'detected' if rep.prefix_detected else 'given'})")
+    if rep.outside_prefix:
+        print(
+            f"left out:      {len(rep.outside_prefix)} key(s) outside the prefix: {', '.join(rep.outside_prefix[:5])}"
+        )
     print(f"params:        {rep.param_tensors} tensors, {rep.param_elements:,} elements")
     print(f"batch stats:   {rep.stat_tensors} tensors, {rep.stat_elements:,} elements")
-    fc_text = f"{list(fc.shape)} (num_classes={rep.source_num_classes})" if fc is not None else "none (backbone)"
+    fc_text = f"{rep.fc_shape} (num_classes={rep.source_num_classes})" if rep.fc_shape else "none (backbone)"
     print(f"fc:            {fc_text}")
+    if rep.card:
+        pre = rep.card.get("preprocessing", {})
+        names = rep.card.get("class_names") or []
+        card = rep.card
+        print(f"model card:    {card.get('kind')}, {card.get('num_classes')} classes, source {card.get('source')}")
+        print(
+            f"eval input:    resize {pre.get('resize_size')}, crop {pre.get('crop_size')}, {pre.get('interpolation')}, "
+            f"mean {pre.get('mean')}, std {pre.get('std')}"
+        )
+        if names:
+            print(f"classes:       {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
     problems = rep.problems
     print(f"problems:      {len(problems) or 'none'}")
     for p in problems:
         print(f"  - {p}")
+    return 0
+
+
+# ---- predict -------------------------------------------------------------------------------------------------------
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    from jaxtl.models import list_models
+
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--weights",
+        metavar="NAME|PATH",
+        help="torchvision weights: resnet50.IMAGENET1K_V2, ResNet50_Weights.DEFAULT, ... (fetched through torch's "
+        "hub cache, $TORCH_HOME), or a .pth/.safetensors file",
+    )
+    src.add_argument("--checkpoint", metavar="DIR", help="a jaxtl classifier checkpoint (convert/finetune output)")
+    p.add_argument("--arch", choices=list_models("resnet"), help="architecture of --weights (default: from the name)")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
+def _predict(a: argparse.Namespace) -> int:
+    import json
+
+    from jaxtl.predict import load_model, predict
+
+    _positive("--top-k", a.top_k)
+    try:
+        module, variables, card = load_model(weights=a.weights, checkpoint=a.checkpoint, arch=a.arch)
+        preds = predict(a.images, module, variables, card, top_k=a.top_k)
+    except ValueError as e:  # BridgeError and CheckpointError are ValueErrors too
+        raise UsageError(str(e)) from None
+    if a.json:
+        print(json.dumps({"model": card.source or card.arch, "predictions": [p.to_dict() for p in preds]}, indent=2))
+        return 0
+    for p in preds:
+        print(p.source)
+        for name, prob, _ in p.top:
+            print(f"  {prob:8.4f}  {name}")
     return 0
 
 
@@ -568,6 +650,7 @@ def _demo(a: argparse.Namespace) -> int:
 COMMANDS: list[Command] = [
     Command("convert", "convert torchvision weights to a jaxtl checkpoint", _convert_args, _convert),
     Command("inspect", "describe torchvision weights: architecture, sizes, problems", _inspect_args, _inspect),
+    Command("predict", "classify images: top-k class names with probabilities", _predict_args, _predict),
     Command(
         "pretrain",
         "pretrain an autoencoder on unlabeled images; writes an encoder checkpoint",
@@ -596,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``--help`` prints and returns 0)."""
+    import jaxtl
+
+    jaxtl.tune_cpu()  # before anything starts jax's backend: XLA reads its flags once
     from jaxtl.bridge import BridgeError
     from jaxtl.train.checkpoint import CheckpointError
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtl._cpu_tuning import tune_cpu
 from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.data.datasets import load_digits
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
@@ -181,6 +182,7 @@ def run_demo(
 
     Enables JAX's persistent compilation cache in ``out_dir/.jax_cache`` unless one is already configured.
     """
+    tune_cpu()  # XLA:CPU flags and malloc settings; a no-op after the CLI's own call
     cfg = config or DemoConfig()
     cfg.check()
     out = pathlib.Path(out_dir)

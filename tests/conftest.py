@@ -1,7 +1,8 @@
 """Test set-up that catches JAX mistakes on CPU.
 
-Four fake CPU devices (so pmap/shard_map really split work), rank promotion raising, and JAX's persistent
-compilation cache so repeated runs skip most compile time. All of it must happen before jax is first imported.
+Four fake CPU devices (so pmap/shard_map really split work), jaxtl's CPU tuning (as the CLI runs), rank promotion
+raising, and JAX's persistent compilation cache so repeated runs skip most compile time. The device count and the
+tuning must come before jax starts its backend.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (importing jax does not start a backend; the first device query does)
 
-import jaxtl  # noqa: E402, F401  (adds jaxtl's XLA:CPU flags before the backend starts)
+import jaxtl  # noqa: E402
+
+jaxtl.tune_cpu()  # the settings the CLI and benchmarks run with; must come before the backend starts
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 jax.config.update("jax_numpy_rank_promotion", "raise")

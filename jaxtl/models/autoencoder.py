@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxtl._trees import tree_mismatch
+from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
 from jaxtl.models.registry import ArchSpec, register
-from jaxtl.models.resnet import ConvLayer, max_pool_taps, pooled_head
+from jaxtl.models.resnet import ConvLayer, pooled_head
 
 Dtype = Any
 
@@ -38,9 +39,7 @@ class ConvStage(nn.Module):
             x = ConvLayer(self.features, 3, 1, 1, dtype=self.dtype, name=f"conv{i}")(x)
             x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name=f"bn{i}")(x, train)
             x = nn.relu(x)
-        if jax.default_backend() == "cpu":
-            return max_pool_taps(x, 2, 2, 0)  # same numbers; XLA:CPU differentiates reduce_window slowly
-        return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, 0), (0, 0)))
+        return kernels.max_pool(x, 2, 2, 0)
 
 
 class ConvNet(nn.Module):

@@ -7,7 +7,6 @@ max-pooling pads with -inf. Input is NHWC.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
 
 Dtype = Any
@@ -40,112 +40,11 @@ class Downsample(nn.Module):
     stride: int
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = ConvLayer(self.features, 1, self.stride, 0, dtype=self.dtype, conv_impl=self.conv_impl, name="0")(x)
+        x = ConvLayer(self.features, 1, self.stride, 0, dtype=self.dtype, name="0")(x)
         return BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name="1")(x, train)
-
-
-def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int = 1) -> jax.Array:
-    """A convolution as kh*kw shifted strided slices and one (grouped) matmul; same numbers as the conv.
-
-    XLA:CPU runs a conv whose input map is smaller than its kernel (layer4's 3x3 convs on a 2x2 map at 64x64
-    input) through a path about 80x slower than this formulation, forward and backward; likewise the input gradient
-    of a strided conv whose *output* is smaller than the kernel (layer4/0/conv2 at 64x64: 4x4 -> 2x2, stride 2;
-    about 20x slower than this, ``benchmarks/train_steps.py`` full step at 64x64 batch 32).
-    x: ``[N, H, W, Cin]``, kernel: ``[kh, kw, Cin/groups, Cout]`` -> ``[N, Ho, Wo, Cout]``.
-    """
-    kh, kw, cin_g, cout = kernel.shape
-    n, h, w, _ = x.shape
-    p, s = padding, stride
-    ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    taps = [
-        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, xp.shape[3]), (1, s, s, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    cols = jnp.stack(taps, axis=3).reshape(n * ho * wo, kh * kw, groups, cin_g)
-    k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
-    out = jnp.einsum("mtgc,tcgo->mgo", cols, k)
-    return out.reshape(n, ho, wo, cout)
-
-
-def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """A 1x1 convolution (no padding, groups=1) as one matmul over pixels: ``x.reshape(-1, Cin) @ W``.
-
-    On XLA:CPU this is faster to train than the convolution: the weight gradient becomes a plain ``x^T @ dy``
-    matmul instead of a convolution wrapped in layout transposes (ResNet50 train step about 1.3x faster at 224x224
-    batch 8, see ``benchmarks/train_steps.py``); forward speed is the same.
-    x: ``[N, H, W, Cin]``, kernel: ``[1, 1, Cin, Cout]`` -> ``[N, ceil(H/s), ceil(W/s), Cout]``.
-    """
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    n, h, w, cin = x.shape
-    out = x.reshape(n * h * w, cin) @ kernel.reshape(cin, kernel.shape[-1])
-    return out.reshape(n, h, w, kernel.shape[-1])
-
-
-def _pool_taps(x: jax.Array, k: int, s: int, p: int) -> tuple[list[jax.Array], tuple[int, ...]]:
-    n, h, w, c = x.shape
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    taps = [
-        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
-        for i in range(k)
-        for j in range(k)
-    ]
-    return taps, xp.shape
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool_taps(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
-    """torch's ``MaxPool2d(kernel, stride, padding)`` (-inf padding) as the max of kernel**2 strided slices.
-
-    The backward sends each output's gradient to the first maximal element of its window in row-major order, as
-    torch's CPU kernel does (ties are common after a ReLU). On XLA:CPU this is much faster to differentiate
-    than ``reduce_window`` + ``select_and_scatter`` (ResNet stem pool, 112x112x64 batch 8, forward + backward:
-    ~95 ms -> ~11 ms on 2 cores); the gradients are bitwise the same. x: ``[N, H, W, C]`` -> ``[N, Ho, Wo, C]``.
-    """
-    taps, _ = _pool_taps(x, kernel, stride, padding)
-    out = taps[0]
-    for t in taps[1:]:
-        out = jnp.maximum(out, t)
-    return out
-
-
-def _max_pool_fwd(x: jax.Array, kernel: int, stride: int, padding: int) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    out = max_pool_taps(x, kernel, stride, padding)
-    return out, (x, out)
-
-
-def _max_pool_bwd(kernel: int, stride: int, padding: int, res: tuple[jax.Array, ...], g: jax.Array) -> tuple[Any]:
-    x, out = res
-    taps, padded_shape = _pool_taps(x, kernel, stride, padding)
-    _, hp, wp, _ = padded_shape
-    _, ho, wo, _ = out.shape
-    taken = jnp.zeros(out.shape, jnp.bool_)
-    zero = jnp.zeros((), g.dtype)
-    parts = []
-    for idx, t in enumerate(taps):
-        i, j = divmod(idx, kernel)
-        first = (t == out) & ~taken
-        taken = taken | first
-        # The transpose of the strided slice: interior padding puts each value back at its input position.
-        rows = (i, hp - i - stride * (ho - 1) - 1, stride - 1)
-        cols = (j, wp - j - stride * (wo - 1) - 1, stride - 1)
-        parts.append(jax.lax.pad(jnp.where(first, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0))))
-    # Sum in torch's order: it accumulates output by output (row-major), i.e. from the last tap to the first.
-    dxp = None
-    for part in reversed(parts):
-        dxp = part if dxp is None else dxp + part
-    assert dxp is not None
-    return (dxp[:, padding : hp - padding, padding : wp - padding, :],)
-
-
-max_pool_taps.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def pooled_head(
@@ -166,15 +65,10 @@ def pooled_head(
     return feats if return_features else x
 
 
-CONV_IMPLS = ("auto", "xla", "im2col")
-
-
 class ConvLayer(nn.Module):
     """A bias-free 2D convolution with torch's symmetric padding. Kernel ``kernel`` is HWIO (torch: OIHW).
 
-    ``conv_impl``: "xla" (``lax.conv_general_dilated``), "im2col" (:func:`conv_im2col`) or "auto": on the CPU
-    backend, a matmul for 1x1 kernels (:func:`conv1x1_matmul`) and im2col when the input or output map is smaller
-    than the kernel; XLA's convolution everywhere else (GPU/TPU always).
+    The implementation is :func:`jaxtl.models.kernels.conv2d`'s choice for the lowering platform.
     """
 
     features: int
@@ -183,33 +77,13 @@ class ConvLayer(nn.Module):
     padding: int = 0
     groups: int = 1
     dtype: Dtype = jnp.float32
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, p, s = self.kernel_size, self.padding, self.stride
+        k = self.kernel_size
         in_features = x.shape[-1]
         kernel = self.param("kernel", conv_init, (k, k, in_features // self.groups, self.features), jnp.float32)
-        x = x.astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        auto_cpu = self.conv_impl == "auto" and jax.default_backend() == "cpu"
-        if auto_cpu and k == 1 and p == 0 and self.groups == 1:
-            return conv1x1_matmul(x, kernel, s)
-        out_hw = min((x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1)
-        small = min(x.shape[1], x.shape[2]) < k or out_hw < k
-        use_im2col = self.conv_impl == "im2col" or (auto_cpu and k > 1 and small)
-        if use_im2col:
-            return conv_im2col(x, kernel, s, p, self.groups)
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(s, s),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        return kernels.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding, self.groups)
 
 
 class BasicBlock(nn.Module):
@@ -224,7 +98,6 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"
 
     expansion = 1
 
@@ -233,15 +106,14 @@ class BasicBlock(nn.Module):
         if self.groups != 1 or self.base_width != 64:
             raise ValueError("BasicBlock only supports groups=1 and base_width=64 (as torchvision)")
         bn = dict(dtype=self.dtype, axis_name=self.axis_name)
-        ds = dict(bn, conv_impl=self.conv_impl)
         identity = x
-        out = ConvLayer(self.planes, 3, self.stride, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
+        out = ConvLayer(self.planes, 3, self.stride, 1, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(BatchNorm(**bn, name="bn1")(out, train))
-        out = ConvLayer(self.planes, 3, 1, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(out)
+        out = ConvLayer(self.planes, 3, 1, 1, dtype=self.dtype, name="conv2")(out)
         last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         out = BatchNorm(**bn, scale_init=last_init, name="bn2")(out, train)
         if self.downsample:
-            identity = Downsample(self.planes, self.stride, **ds, name="downsample")(x, train)
+            identity = Downsample(self.planes, self.stride, **bn, name="downsample")(x, train)
         return nn.relu(out + identity)
 
 
@@ -257,18 +129,16 @@ class Bottleneck(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"
 
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         bn = dict(dtype=self.dtype, axis_name=self.axis_name)
-        ds = dict(bn, conv_impl=self.conv_impl)
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
         identity = x
-        conv = dict(dtype=self.dtype, conv_impl=self.conv_impl)
+        conv = dict(dtype=self.dtype)
         out = ConvLayer(width, 1, s1, 0, **conv, name="conv1")(x)
         out = nn.relu(BatchNorm(**bn, name="bn1")(out, train))
         out = ConvLayer(width, 3, s3, 1, groups=self.groups, **conv, name="conv2")(out)
@@ -277,7 +147,7 @@ class Bottleneck(nn.Module):
         last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         out = BatchNorm(**bn, scale_init=last_init, name="bn3")(out, train)
         if self.downsample:
-            identity = Downsample(self.planes * self.expansion, self.stride, **ds, name="downsample")(x, train)
+            identity = Downsample(self.planes * self.expansion, self.stride, **bn, name="downsample")(x, train)
         return nn.relu(out + identity)
 
 
@@ -298,7 +168,6 @@ class ResLayer(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -311,7 +180,6 @@ class ResLayer(nn.Module):
             zero_init_residual=self.zero_init_residual,
             dtype=self.dtype,
             axis_name=self.axis_name,
-            conv_impl=self.conv_impl,
         )
         needs_down = self.stride != 1 or self.in_features != self.planes * expansion
         x = cls(self.planes, self.stride, needs_down, name="0", **common)(x, train)  # type: ignore[call-arg]
@@ -340,7 +208,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
-    conv_impl: str = "auto"  # "auto" | "xla" | "im2col": see ConvLayer
+    conv_impl: str = "auto"  # force the kernels (tests, benchmarks): see jaxtl.models.kernels.use
 
     @property
     def num_features(self) -> int:
@@ -350,34 +218,30 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> Any:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"ResNet expects NHWC images [N, H, W, 3], got shape {tuple(x.shape)}")
-        feats: dict[str, jax.Array] = {}
-        x = ConvLayer(64, 7, 2, 3, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
-        x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name="bn1")(x, train)
-        x = nn.relu(x)
-        # Flax's max_pool pads with -inf (the reduce_window init), as torch's MaxPool2d(3, 2, 1).
-        if self.conv_impl == "auto" and jax.default_backend() == "cpu":
-            x = max_pool_taps(x, 3, 2, 1)  # same numbers, much faster backward on XLA:CPU
-        else:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        feats["stem"] = x
-        expansion = _BLOCKS[self.block].expansion  # type: ignore[attr-defined]
-        in_features = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True)):
-            x = ResLayer(
-                self.block,
-                planes,
-                n,
-                stride=1 if i == 0 else 2,
-                in_features=in_features,
-                groups=self.groups,
-                base_width=self.width_per_group,
-                stride_in_1x1=self.stride_in_1x1,
-                zero_init_residual=self.zero_init_residual,
-                dtype=self.dtype,
-                axis_name=self.axis_name,
-                conv_impl=self.conv_impl,
-                name=f"layer{i + 1}",
-            )(x, train)
-            in_features = planes * expansion
-            feats[f"layer{i + 1}"] = x
-        return pooled_head(x, feats, self.num_classes, self.dtype, return_features)
+        with kernels.use(self.conv_impl):  # a forced choice holds for every layer traced below
+            feats: dict[str, jax.Array] = {}
+            x = ConvLayer(64, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+            x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name="bn1")(x, train)
+            x = nn.relu(x)
+            x = kernels.max_pool(x, 3, 2, 1)  # torch's MaxPool2d(3, 2, 1), -inf padding
+            feats["stem"] = x
+            expansion = _BLOCKS[self.block].expansion  # type: ignore[attr-defined]
+            in_features = 64
+            for i, (planes, n) in enumerate(zip((64, 128, 256, 512), self.layers, strict=True)):
+                x = ResLayer(
+                    self.block,
+                    planes,
+                    n,
+                    stride=1 if i == 0 else 2,
+                    in_features=in_features,
+                    groups=self.groups,
+                    base_width=self.width_per_group,
+                    stride_in_1x1=self.stride_in_1x1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    axis_name=self.axis_name,
+                    name=f"layer{i + 1}",
+                )(x, train)
+                in_features = planes * expansion
+                feats[f"layer{i + 1}"] = x
+            return pooled_head(x, feats, self.num_classes, self.dtype, return_features)

@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 from jaxtl.models.batchnorm import batch_norm_train
-from jaxtl.models.resnet import max_pool_taps
+from jaxtl.models.kernels import max_pool_taps
 
 
 def _reference(x, scale, bias, epsilon, axis_name):

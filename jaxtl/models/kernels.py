@@ -1,0 +1,245 @@
+"""Convolution and max-pooling kernels, and the one place that picks an implementation for each platform.
+
+Models call :func:`conv2d` and :func:`max_pool`. On GPU and TPU they are XLA's own ``conv_general_dilated`` and
+``reduce_window``. XLA:CPU runs some shapes much faster written another way, so on the CPU they become:
+
+- a 1x1 convolution: one matmul over pixels (:func:`conv1x1_matmul`);
+- a convolution whose input or output map is smaller than its kernel: im2col (:func:`conv_im2col`);
+- max pooling: the maximum of strided slices with a torch-exact backward (:func:`max_pool_taps`).
+
+The choice is made when the program is *lowered*, for the platform it is lowered for
+(:func:`jax.lax.platform_dependent`), not from ``jax.default_backend()`` while tracing: a step traced on this
+machine and lowered or exported for ``cuda`` or ``tpu`` gets XLA's kernels. All implementations give the same
+numbers up to float rounding (max pooling: bitwise, gradients included).
+
+:func:`use` forces one implementation everywhere, for tests and benchmarks: ``"xla"`` (XLA's kernels on every
+platform), ``"cpu"`` (the CPU kernels on every platform) or ``"im2col"`` (every convolution through im2col, XLA's
+pooling); ``"auto"`` is the per-platform choice above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "cpu", "im2col")
+
+_FORCED: contextvars.ContextVar[str] = contextvars.ContextVar("jaxtl_kernel_impl", default="auto")
+
+
+def check_impl(impl: str) -> str:
+    """``impl`` if it is one of :data:`IMPLS`, else a ValueError naming the choices."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+@contextlib.contextmanager
+def use(impl: str) -> Iterator[None]:
+    """Force the kernels used while tracing inside the ``with`` block (``"auto"``: leave the current choice).
+
+    It acts at trace time: a function already compiled by ``jax.jit`` keeps the kernels it was traced with, so
+    trace (first call) inside the block. ``ResNet(conv_impl=...)`` uses it around its own body.
+    """
+    check_impl(impl)
+    if impl == "auto":
+        yield
+        return
+    token = _FORCED.set(impl)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def current_impl() -> str:
+    """The implementation :func:`use` forces here, or ``"auto"``."""
+    return _FORCED.get()
+
+
+# --- convolution -----------------------------------------------------------------------------------------------
+
+
+def conv_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int = 1) -> jax.Array:
+    """XLA's convolution with torch's symmetric padding. x ``[N, H, W, Cin]``, kernel HWIO -> ``[N, Ho, Wo, Cout]``."""
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int = 1) -> jax.Array:
+    """A convolution as kh*kw shifted strided slices and one (grouped) matmul; same numbers as the conv.
+
+    XLA:CPU runs a conv whose input map is smaller than its kernel (layer4's 3x3 convs on a 2x2 map at 64x64
+    input) through a path about 80x slower than this formulation, forward and backward; likewise the input gradient
+    of a strided conv whose *output* is smaller than the kernel (layer4/0/conv2 at 64x64: 4x4 -> 2x2, stride 2;
+    about 20x slower than this, ``benchmarks/train_steps.py`` full step at 64x64 batch 32).
+    x: ``[N, H, W, Cin]``, kernel: ``[kh, kw, Cin/groups, Cout]`` -> ``[N, Ho, Wo, Cout]``.
+    """
+    kh, kw, cin_g, cout = kernel.shape
+    n, h, w, _ = x.shape
+    p, s = padding, stride
+    ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    taps = [
+        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, xp.shape[3]), (1, s, s, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    cols = jnp.stack(taps, axis=3).reshape(n * ho * wo, kh * kw, groups, cin_g)
+    k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
+    out = jnp.einsum("mtgc,tcgo->mgo", cols, k)
+    return out.reshape(n, ho, wo, cout)
+
+
+def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """A 1x1 convolution (no padding, groups=1) as one matmul over pixels: ``x.reshape(-1, Cin) @ W``.
+
+    On XLA:CPU this is faster to train than the convolution: the weight gradient becomes a plain ``x^T @ dy``
+    matmul instead of a convolution wrapped in layout transposes (ResNet50 train step about 1.3x faster at 224x224
+    batch 8, see ``benchmarks/train_steps.py``); forward speed is the same.
+    x: ``[N, H, W, Cin]``, kernel: ``[1, 1, Cin, Cout]`` -> ``[N, ceil(H/s), ceil(W/s), Cout]``.
+    """
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    n, h, w, cin = x.shape
+    out = x.reshape(n * h * w, cin) @ kernel.reshape(cin, kernel.shape[-1])
+    return out.reshape(n, h, w, kernel.shape[-1])
+
+
+Conv = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def cpu_conv(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: int, groups: int) -> str:
+    """Which formulation XLA:CPU runs fastest for this convolution: ``"matmul"``, ``"im2col"`` or ``"xla"``."""
+    k = kernel_shape[0]
+    if k == 1 and padding == 0 and groups == 1:
+        return "matmul"
+    out_hw = min((x_shape[1] + 2 * padding - k) // stride + 1, (x_shape[2] + 2 * padding - k) // stride + 1)
+    if k > 1 and (min(x_shape[1], x_shape[2]) < k or out_hw < k):
+        return "im2col"
+    return "xla"
+
+
+def _conv_by_name(name: str, stride: int, padding: int, groups: int) -> Conv:
+    if name == "matmul":
+        return functools.partial(conv1x1_matmul, stride=stride)
+    if name == "im2col":
+        return functools.partial(conv_im2col, stride=stride, padding=padding, groups=groups)
+    return functools.partial(conv_xla, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:
+    """A bias-free 2D convolution, torch's symmetric padding, in the implementation chosen for the platform.
+
+    x: ``[N, H, W, Cin]``, kernel: HWIO ``[k, k, Cin/groups, Cout]`` -> ``[N, Ho, Wo, Cout]``.
+    """
+    impl = current_impl()
+    xla = _conv_by_name("xla", stride, padding, groups)
+    if impl == "xla":
+        return xla(x, kernel)
+    if impl == "im2col":
+        return _conv_by_name("im2col", stride, padding, groups)(x, kernel)
+    name = cpu_conv(x.shape, kernel.shape, stride, padding, groups)
+    if name == "xla":
+        return xla(x, kernel)
+    cpu = _conv_by_name(name, stride, padding, groups)
+    if impl == "cpu":
+        return cpu(x, kernel)
+    return jax.lax.platform_dependent(x, kernel, cpu=cpu, default=xla)  # type: ignore[no-any-return]
+
+
+# --- max pooling -----------------------------------------------------------------------------------------------
+
+
+def max_pool_xla(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
+    """torch's ``MaxPool2d`` as XLA's ``reduce_window`` (padding is -inf, the reduction's init). NHWC."""
+    pad = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=pad)
+
+
+def _pool_taps(x: jax.Array, k: int, s: int, p: int) -> tuple[list[jax.Array], tuple[int, ...]]:
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+    taps = [
+        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
+        for i in range(k)
+        for j in range(k)
+    ]
+    return taps, xp.shape
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_taps(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
+    """torch's ``MaxPool2d(kernel, stride, padding)`` (-inf padding) as the max of kernel**2 strided slices.
+
+    The backward sends each output's gradient to the first maximal element of its window in row-major order, as
+    torch's CPU kernel does (ties are common after a ReLU). On XLA:CPU this is much faster to differentiate
+    than ``reduce_window`` + ``select_and_scatter`` (ResNet stem pool, 112x112x64 batch 8, forward + backward:
+    ~95 ms -> ~11 ms on 2 cores); the gradients are bitwise the same. x: ``[N, H, W, C]`` -> ``[N, Ho, Wo, C]``.
+    """
+    taps, _ = _pool_taps(x, kernel, stride, padding)
+    out = taps[0]
+    for t in taps[1:]:
+        out = jnp.maximum(out, t)
+    return out
+
+
+def _max_pool_fwd(x: jax.Array, kernel: int, stride: int, padding: int) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    out = max_pool_taps(x, kernel, stride, padding)
+    return out, (x, out)
+
+
+def _max_pool_bwd(kernel: int, stride: int, padding: int, res: tuple[jax.Array, ...], g: jax.Array) -> tuple[Any]:
+    x, out = res
+    taps, padded_shape = _pool_taps(x, kernel, stride, padding)
+    _, hp, wp, _ = padded_shape
+    _, ho, wo, _ = out.shape
+    taken = jnp.zeros(out.shape, jnp.bool_)
+    zero = jnp.zeros((), g.dtype)
+    parts = []
+    for idx, t in enumerate(taps):
+        i, j = divmod(idx, kernel)
+        first = (t == out) & ~taken
+        taken = taken | first
+        # The transpose of the strided slice: interior padding puts each value back at its input position.
+        rows = (i, hp - i - stride * (ho - 1) - 1, stride - 1)
+        cols = (j, wp - j - stride * (wo - 1) - 1, stride - 1)
+        parts.append(jax.lax.pad(jnp.where(first, g, zero), zero, ((0, 0, 0), rows, cols, (0, 0, 0))))
+    # Sum in torch's order: it accumulates output by output (row-major), i.e. from the last tap to the first.
+    dxp = None
+    for part in reversed(parts):
+        dxp = part if dxp is None else dxp + part
+    assert dxp is not None
+    return (dxp[:, padding : hp - padding, padding : wp - padding, :],)
+
+
+max_pool_taps.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, kernel: int, stride: int, padding: int = 0) -> jax.Array:
+    """torch's ``MaxPool2d(kernel, stride, padding)`` on NHWC ``[N, H, W, C]``, per platform (see the module doc)."""
+    impl = current_impl()
+    xla = functools.partial(max_pool_xla, kernel=kernel, stride=stride, padding=padding)
+    if impl in ("xla", "im2col"):
+        return xla(x)
+
+    def cpu(x: jax.Array) -> jax.Array:
+        return max_pool_taps(x, kernel, stride, padding)
+
+    if impl == "cpu":
+        return cpu(x)
+    return jax.lax.platform_dependent(x, cpu=cpu, default=xla)  # type: ignore[no-any-return]
