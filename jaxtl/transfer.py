@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,20 +24,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import traverse_util
 
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.datasets import normalize
-from jaxtl.data.splits import check_num_classes
+from jaxtl.data.source import Source
 from jaxtl.models.autoencoder import Autoencoder, classifier_from_autoencoder
+from jaxtl.models.heads import head_classes, head_name, strip_head
 from jaxtl.models.registry import get_spec
-from jaxtl.train.fit import evaluate, fit
+from jaxtl.train.fit import Checkpoints, Loop, check_labels, evaluate_variables, fit
+from jaxtl.train.groups import ParamGroups
 from jaxtl.train.optim import make_optimizer
 from jaxtl.train.probe import extract_features, fit_linear_probe
-from jaxtl.train.state import TrainState
 from jaxtl.train.step import Augment
 
 __all__ = [
@@ -124,14 +124,6 @@ def _corrupt_fn(denoise: Denoise) -> Augment | None:
 # --- pretraining -------------------------------------------------------------------------------------------------
 
 
-def _without_head(variables: Mapping[str, Any], classifier: str = "fc") -> dict[str, Any]:
-    out = {k: dict(v) for k, v in variables.items() if k in ("params", "batch_stats")}
-    out["params"].pop(classifier, None)
-    out["batch_stats"] = out.get("batch_stats", {})
-    out["batch_stats"].pop(classifier, None)
-    return out
-
-
 def encoder_variables(ae_variables: Mapping[str, Any]) -> dict[str, Any]:
     """The encoder's own ``{"params", "batch_stats"}`` out of an :class:`Autoencoder`'s variables."""
     out: dict[str, Any] = {"params": ae_variables["params"]["encoder"]}
@@ -157,10 +149,11 @@ def pretrain_autoencoder(
     eval_data: ArrayDataset | None = None,
     workdir: str | pathlib.Path | None = None,
     seed: int = 0,
-    parallel: str = "none",
+    parallel: str = "auto",
     variables: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_step: OnStep | None = None,
+    allow_changed_run: bool = False,
 ) -> tuple[Autoencoder, dict[str, Any], list[dict[str, Any]]]:
     """Train an :class:`Autoencoder` around ``encoder_module`` on ``data`` images ``[N, H, W, C]`` (labels ignored).
 
@@ -187,27 +180,24 @@ def pretrain_autoencoder(
     init_vars = train_module.init(jax.random.PRNGKey(seed), jnp.zeros((1, h, w, c), jnp.float32), train=False)
     init_vars = {k: dict(v) for k, v in init_vars.items()}
     if variables is not None:
-        enc = _without_head(variables)
+        enc = strip_head(variables, head_name(encoder_module))
         init_vars["params"]["encoder"] = enc["params"]
-        if enc["batch_stats"]:
+        if enc.get("batch_stats"):
             init_vars.setdefault("batch_stats", {})["encoder"] = enc["batch_stats"]
     opt = optimizer if isinstance(optimizer, dict) else dict(name=optimizer, lr=lr, weight_decay=weight_decay)
     result = fit(
         train_module,
         init_vars,
-        data.unlabeled() if data.labels is not None else data,
-        eval_data=None if eval_data is None else eval_data.unlabeled(),
+        data,
+        eval_data=eval_data,
         optimizer=opt,
-        batch_size=batch_size,
-        epochs=epochs,
-        steps=steps,
-        seed=seed,
-        workdir=workdir,
-        parallel=parallel,
+        loop=Loop(batch_size=batch_size, epochs=epochs, steps=steps, seed=seed, parallel=parallel),
+        checkpoints=None if workdir is None else Checkpoints(workdir, allow_changes=allow_changed_run),
         corrupt=_corrupt_fn(denoise),
         loss="mse",
         progress=progress,
-        on_step=on_step,
+        callbacks=() if on_step is None else (on_step,),
+        run_info={"denoise": list(denoise) if denoise else None},
     )
     return train_module, result.variables, result.history
 
@@ -234,19 +224,10 @@ def build_classifier(
     if "encoder" in variables["params"] and "decoder" in variables["params"]:
         ae_vars = variables
     else:
-        enc = _without_head(variables)
-        ae_vars = {"params": {"encoder": enc["params"]}, "batch_stats": {"encoder": enc["batch_stats"]}}
+        enc = strip_head(variables, head_name(module))
+        ae_vars = {"params": {"encoder": enc["params"]}, "batch_stats": {"encoder": enc.get("batch_stats", {})}}
     backbone = module.clone(num_classes=0) if getattr(module, "num_classes", 0) else module
     return classifier_from_autoencoder(ae_vars, backbone, num_classes, rng, input_shape)
-
-
-def _tx(
-    optimizer: str | dict[str, Any], lr: float, weight_decay: float, total_steps: int, lr_scale: float = 1.0
-) -> optax.GradientTransformation:
-    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "total_steps": total_steps}
-    kwargs.update(optimizer if isinstance(optimizer, dict) else {"name": optimizer})
-    kwargs["lr"] = kwargs["lr"] * lr_scale  # a dict's own lr is scaled too (smaller backbone lr)
-    return make_optimizer(**kwargs)
 
 
 def _default_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
@@ -258,7 +239,7 @@ def _default_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
 def finetune(
     module: nn.Module,
     variables: Mapping[str, Any],
-    train: ArrayDataset,
+    train: Source,
     *,
     mode: str = "full",
     backbone_lr_scale: float = 1.0,
@@ -269,50 +250,68 @@ def finetune(
     optimizer: str | dict[str, Any] = "adamw",
     weight_decay: float = 0.0,
     augment: bool | Augment = False,
-    eval_data: ArrayDataset | None = None,
+    eval_data: Source | None = None,
     workdir: str | pathlib.Path | None = None,
     seed: int = 0,
-    parallel: str = "none",
+    parallel: str = "auto",
     progress: bool = True,
-    classifier: str = "fc",
     on_step: OnStep | None = None,
+    feature_cache: bool | None = None,
+    allow_changed_run: bool = False,
+    run_info: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train a classifier (``module`` with a ``classifier`` head) on labeled ``train`` images ``[N, H, W, C]``.
+    """Train a classifier (``module`` with a head ``fc``) on labeled ``train`` data (any
+    :class:`~jaxtl.data.source.Source`: an ``ArrayDataset`` ``[N, H, W, C]`` or a streaming image folder).
 
-    ``mode``: ``"linear_probe"`` computes the frozen backbone's pooled features once and trains the head on them;
-    ``"frozen"`` trains the head through :func:`fit` with the backbone frozen (eval-mode BatchNorm; allows
-    ``augment``); ``"full"`` trains everything, the backbone at ``lr * backbone_lr_scale``. Run length is ``steps``
-    or ``epochs`` (``N // batch_size`` steps each); the optimizer (``"adamw"``/``"sgd"`` with a cosine schedule, or
-    :func:`make_optimizer` kwargs) and the batch order are the same in every mode, so the modes get the same budget.
-    ``augment``: True for random crop (1/8 of the side) + flip, or a function ``(rng, images) -> images``.
+    ``mode``: ``"frozen"`` trains the head with the backbone frozen (eval-mode BatchNorm, no backward through it);
+    ``"linear_probe"`` is the same with the backbone's pooled features computed once and the head trained on them;
+    ``"full"`` trains everything, the backbone at ``lr * backbone_lr_scale``. ``mode="frozen"`` without
+    augmentation takes the cached-feature path by itself (``feature_cache=None``; it says so once when ``progress``):
+    the results equal the per-step path to float rounding; ``feature_cache=False`` keeps the per-step path.
+    Run length is ``steps`` or ``epochs`` (``N // batch_size`` steps each); the optimizer (``"adamw"``/``"sgd"``
+    with a cosine schedule, or :func:`make_optimizer` kwargs) and the batch order are the same in every mode, so
+    the modes get the same budget. ``augment``: True for random crop (1/8 of the side) + flip, or a function
+    ``(rng, images) -> images``. ``workdir``: checkpoints and resume (per-step paths), metrics.jsonl (all).
     Returns ``(variables, history)``; with ``eval_data`` the history ends with an ``{"split": "eval", ...}`` record.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if train.labels is None:
         raise ValueError("finetune needs a labeled train set (labels=None)")
-    if classifier not in variables.get("params", {}):
-        raise ValueError(f"the classifier has no head {classifier!r}; params: {sorted(variables.get('params', {}))}")
-    head_classes = int(variables["params"][classifier]["bias"].shape[0])
-    check_num_classes(train, head_classes)
+    head = head_name(module)
+    if head not in variables.get("params", {}):
+        raise ValueError(f"the classifier has no head {head!r}; params: {sorted(variables.get('params', {}))}")
+    num_outputs = head_classes(variables, head)
+    check_labels(train, num_outputs)
     if not backbone_lr_scale > 0:
         raise ValueError(f"backbone_lr_scale must be > 0 (use mode='frozen' to freeze), got {backbone_lr_scale}")
     _, total = run_length(len(train), batch_size, epochs, steps)
     aug: Augment | None = _default_augment if augment is True else (augment or None)  # type: ignore[assignment]
+    if mode == "linear_probe" and aug is not None:
+        raise ValueError("mode='linear_probe' caches features once and cannot augment; use mode='frozen'")
+    if feature_cache and (mode == "full" or aug is not None):
+        raise ValueError("feature_cache=True needs mode='frozen' or 'linear_probe' without augmentation")
+    cached = mode == "linear_probe" or (mode == "frozen" and aug is None and feature_cache is not False)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    opts: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "total_steps": total}
+    opts.update(optimizer if isinstance(optimizer, dict) else {"name": optimizer})
     history: list[dict[str, Any]]
 
-    if mode == "linear_probe":
-        if aug is not None:
-            raise ValueError("mode='linear_probe' caches features once and cannot augment; use mode='frozen'")
+    if cached:
+        if mode == "frozen" and progress and jax.process_index() == 0:
+            print(
+                "finetune: frozen backbone without augmentation -> its features are computed once and the head is "
+                "trained on them (feature_cache=False to run the backbone every step)",
+                file=sys.stderr,
+            )
         feats = extract_features(module, variables, train, batch_size=max(batch_size, 64), parallel=parallel)
         probe = fit_linear_probe(
             feats,
-            train.labels,
-            head_classes,
-            _tx(optimizer, lr, weight_decay, total),
+            np.asarray(train.labels),
+            num_outputs,
+            make_optimizer(**opts),
             variables=variables,
-            classifier=classifier,
+            classifier=head,
             steps=total,
             batch_size=batch_size,
             seed=seed,
@@ -324,60 +323,58 @@ def finetune(
             for rec in probe.history:
                 on_step(int(rec["step"]), rec)
     else:
-        if mode == "full" and backbone_lr_scale != 1.0:
-            labels = traverse_util.unflatten_dict(
-                {
-                    k: "head" if k[0] == classifier else "backbone"
-                    for k in traverse_util.flatten_dict(dict(variables["params"]))
-                }
-            )
-            tx = optax.multi_transform(
-                {
-                    "head": _tx(optimizer, lr, weight_decay, total),
-                    "backbone": _tx(optimizer, lr, weight_decay, total, lr_scale=backbone_lr_scale),
-                },
-                labels,
-            )
-        else:
-            tx = _tx(optimizer, lr, weight_decay, total)
+        groups = ParamGroups.head_only(head) if mode == "frozen" else ParamGroups.finetune(head, backbone_lr_scale)
         result = fit(
             module,
             variables,
             train,
-            tx=tx,
-            batch_size=batch_size,
-            steps=total,
-            seed=seed,
-            workdir=workdir,
-            trainable=f"^{classifier}/" if mode == "frozen" else None,
-            parallel=parallel,
+            optimizer=opts,
+            groups=groups,
+            loop=Loop(batch_size=batch_size, steps=total, seed=seed, parallel=parallel),
+            checkpoints=None if workdir is None else Checkpoints(workdir, allow_changes=allow_changed_run),
             augment=aug,
-            classifier=classifier,
             progress=progress,
-            on_step=on_step,
+            callbacks=() if on_step is None else (on_step,),
+            run_info={"mode": mode, "augment": _describe(augment), **(run_info or {})},
         )
         new_vars = result.variables
         history = list(result.history)
     if eval_data is not None:
         history.append({"step": total, "split": "eval", **evaluate_classifier(module, new_vars, eval_data)})
-    if workdir is not None and mode == "linear_probe":
+    if workdir is not None and cached and jax.process_index() == 0:
         path = pathlib.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return new_vars, history
 
 
+def _describe(augment: Any) -> Any:
+    if augment is True or augment is False or augment is None:
+        return bool(augment)
+    return getattr(augment, "__qualname__", type(augment).__name__)
+
+
 def evaluate_classifier(
-    module: nn.Module, variables: Mapping[str, Any], data: ArrayDataset, batch_size: int = 256
+    module: nn.Module, variables: Mapping[str, Any], data: Source, batch_size: int = 256, parallel: str = "none"
 ) -> dict[str, float]:
     """Exact ``top1``, ``top5``, mean cross-entropy ``loss`` and ``n`` over every example of labeled ``data``.
 
-    Eval-mode BatchNorm, one device; the ragged last batch is padded and masked, never dropped.
+    Eval-mode BatchNorm, no optimizer state; one device of this process by default (``parallel="auto"`` to use
+    all); the ragged last batch is padded and masked, never dropped. Labels outside the head are an error.
     """
     if data.labels is None:
         raise ValueError("evaluate_classifier needs labeled data (labels=None)")
-    state = TrainState.create(
-        module, {k: v for k, v in variables.items() if k in ("params", "batch_stats")}, optax.identity()
+    check_labels(data, head_classes(variables, head_name(module)), "eval data")
+    from jaxtl.train.parallel import Parallel
+
+    par = None if parallel == "none" else Parallel(parallel)
+    placed = (
+        dict(variables)
+        if par is None
+        else par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     )
-    m = evaluate(state, data, max(1, min(batch_size, len(data))), loss="ce")
+    bs = max(1, min(batch_size, len(data)))
+    if par is not None:
+        bs = -(-bs // par.num_devices) * par.num_devices
+    m = evaluate_variables(module, placed, data, bs, par=par, loss="ce")
     return {"top1": float(m["top1"]), "top5": float(m["top5"]), "loss": float(m["loss"]), "n": int(m["count"])}

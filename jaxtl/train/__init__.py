@@ -1,37 +1,73 @@
-"""Training: TrainState, per-device steps, parallel wrappers, freezing, the fit loop and linear probes."""
+"""Training: TrainState, parameter groups, per-device steps, parallel wrappers, the fit loop, checkpoints, probes."""
 
-from jaxtl.train.fit import FitResult, NonFiniteLossError, evaluate, fit, restore_run, save_run
-from jaxtl.train.freeze import freeze, trainable_mask, trainable_paths
-from jaxtl.train.losses import cross_entropy, mse, topk_correct
+from jaxtl.train.checkpoint import (
+    CheckpointDamagedError,
+    CheckpointError,
+    RunMismatchError,
+    RunStore,
+    WorkdirError,
+    load_variables,
+    read_card,
+    save_variables,
+)
+from jaxtl.train.fit import (
+    Checkpoints,
+    FitResult,
+    Loop,
+    NonFiniteLossError,
+    RunInterrupted,
+    evaluate,
+    evaluate_variables,
+    fit,
+)
+from jaxtl.train.groups import FROZEN, TRAINABLE, Group, ParamGroups
+from jaxtl.train.losses import CrossEntropy, Loss, Reconstruction, cross_entropy, mse, topk_correct
 from jaxtl.train.optim import make_optimizer, make_schedule
 from jaxtl.train.parallel import Parallel, pmap_step, prefetch_to_device, shard_map_step
 from jaxtl.train.probe import LinearProbe, extract_features, fit_linear_probe
+from jaxtl.train.progress import Progress
 from jaxtl.train.state import TrainState
-from jaxtl.train.step import eval_step, train_step
+from jaxtl.train.step import eval_step, prepare_images, train_step
 
 __all__ = [
+    "FROZEN",
+    "TRAINABLE",
+    "CheckpointDamagedError",
+    "CheckpointError",
+    "Checkpoints",
+    "CrossEntropy",
     "FitResult",
+    "Group",
     "LinearProbe",
+    "Loop",
+    "Loss",
     "NonFiniteLossError",
     "Parallel",
+    "ParamGroups",
+    "Progress",
+    "Reconstruction",
+    "RunInterrupted",
+    "RunMismatchError",
+    "RunStore",
     "TrainState",
+    "WorkdirError",
     "cross_entropy",
     "eval_step",
     "evaluate",
+    "evaluate_variables",
     "extract_features",
     "fit",
     "fit_linear_probe",
-    "freeze",
+    "load_variables",
     "make_optimizer",
     "make_schedule",
     "mse",
     "pmap_step",
     "prefetch_to_device",
-    "restore_run",
-    "save_run",
+    "prepare_images",
+    "read_card",
+    "save_variables",
     "shard_map_step",
     "topk_correct",
     "train_step",
-    "trainable_mask",
-    "trainable_paths",
 ]

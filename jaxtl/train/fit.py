@@ -1,49 +1,49 @@
-"""The fit loop: data-parallel steps, periodic eval, JSON-lines metrics, Orbax checkpoints and exact resume.
+"""The fit loop: data-parallel steps, periodic eval, JSON-lines metrics, checkpoints and exact resume.
 
 A run is fully determined by its arguments: the data order of epoch ``e`` is ``default_rng([seed, e])``, the ragged
 last train batch is dropped, and the state (params, batch_stats, opt_state, step, rng) is checkpointed together with
-the data position (epoch, batch). Restarting ``fit`` with the same arguments and ``workdir`` restores the latest
-complete checkpoint, skips the batches already consumed, and finishes bit-identical (on CPU) to an uninterrupted run.
+the data position (epoch, batch). Restarting ``fit`` with the same arguments and work directory restores the latest
+complete checkpoint, skips the batches already consumed, and finishes bit-identical (on CPU) to an uninterrupted
+run. The work directory belongs to one run (:class:`~jaxtl.train.checkpoint.RunStore`: lock + fingerprint).
 
-Faults: a checkpoint carries a SHA-256 of its arrays; a newest checkpoint that cannot be read or does not match
-(truncated or corrupted files, missing metadata) is reported with a warning, moved to ``workdir/damaged_checkpoints``
-and the previous one is used. An unwritable work directory or one without room for a checkpoint is an error
-(:class:`WorkdirError`) before training starts.
-
-Multi-process (``jax.distributed``): every process runs ``fit`` with the same arguments and a shared ``workdir``;
-each feeds its slice of every global batch, all of them call the Orbax save/restore (Orbax coordinates the
-writes), and only process 0 writes ``metrics.jsonl`` and shows progress.
+Multi-process (``jax.distributed``): every process runs ``fit`` with the same arguments and a shared work
+directory; each feeds its slice of every global batch, all of them call the Orbax save/restore (Orbax coordinates
+the writes), and only process 0 writes ``metrics.jsonl`` and shows progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
 import pathlib
-import shutil
+import signal
+import threading
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
-from jaxtl.data.batching import iterate_batches, run_length
-from jaxtl.data.dataset import ArrayDataset
-from jaxtl.train.freeze import Trainable
+from jaxtl.data.batching import run_length
+from jaxtl.data.source import Source
+from jaxtl.models.heads import head_classes, head_name
+from jaxtl.train.checkpoint import RunStore, check_workdir, checkpoint_bytes, data_digest
+from jaxtl.train.groups import ParamGroups, TxFactory
+from jaxtl.train.losses import Loss, get_loss
 from jaxtl.train.optim import make_optimizer
 from jaxtl.train.parallel import Parallel, prefetch_to_device
+from jaxtl.train.progress import Progress
 from jaxtl.train.state import TrainState
-from jaxtl.train.step import Augment, eval_step, train_step
+from jaxtl.train.step import Augment, eval_metrics, train_step
+
+OnStep = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,15 +52,53 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float, last_checkpoint: int | None):
         self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
         where = f"last good checkpoint: step {last_checkpoint}" if last_checkpoint is not None else "no checkpoint"
-        super().__init__(f"non-finite loss {loss} at step {step}; stopped ({where})")
+        super().__init__(
+            f"non-finite loss {loss} at step {step}; stopped ({where}). Lower the learning rate or check the data"
+        )
 
 
-class WorkdirError(OSError):
-    """The work directory cannot hold this run's checkpoints (not writable, or too little free space)."""
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped the run after a step; ``checkpoint`` is the step saved (None without a workdir)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: int | None, workdir: pathlib.Path | None):
+        self.signum, self.step, self.checkpoint, self.workdir = signum, step, checkpoint, workdir
+        name = signal.Signals(signum).name
+        if checkpoint is not None:
+            what = f"checkpoint of step {checkpoint} saved in {workdir}; run the same command again to resume"
+        else:
+            what = "nothing saved (no work directory)"
+        super().__init__(f"{name} received: stopped after step {step}; {what}")
 
 
-class CheckpointDamagedError(RuntimeError):
-    """A checkpoint could not be read back, or its arrays do not match the digest written with it."""
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """How long and in what order a run trains. ``batch_size`` is the global batch; run length is ``steps`` or
+    ``epochs`` (``N // batch_size`` steps each: the ragged last batch is dropped). Eval runs every ``eval_every``
+    steps (default: every epoch) and at the end, in batches of ``eval_batch_size`` (default ``batch_size``).
+    ``parallel``: ``"auto"`` (pmap over several devices, else one device), ``"pmap"``, ``"shard_map"`` or
+    ``"none"``; ``prefetch`` batches are kept on the devices ahead of the step."""
+
+    batch_size: int = 32
+    epochs: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    eval_every: int | None = None
+    eval_batch_size: int | None = None
+    parallel: str = "auto"
+    prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """Where and how often a run is saved: ``workdir/checkpoints`` every ``every`` steps (default: every epoch) and
+    at the end, the latest ``keep`` plus the best by eval ``best_metric`` (``"top1"``, or ``"loss"`` minimised;
+    default by the loss). ``allow_changes`` resumes a work directory that holds a run with another fingerprint."""
+
+    workdir: str | os.PathLike
+    every: int | None = None
+    keep: int = 3
+    best_metric: str | None = None
+    allow_changes: bool = False
 
 
 @dataclasses.dataclass
@@ -70,216 +108,56 @@ class FitResult:
     state: TrainState
     variables: dict[str, Any]
     history: list[dict[str, Any]]
-
-
-# --- run checkpoints -------------------------------------------------------------------------------------------
-
-
-def _leaves_dict(state: TrainState) -> dict[str, np.ndarray]:
-    # Flat leaves keep Orbax away from optax's empty MaskedNode/NamedTuple nodes; the tree comes from a fresh state.
-    return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
-
-
-def _digest(leaves: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(leaves):
-        arr = np.ascontiguousarray(np.asarray(leaves[key]))
-        h.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _from_leaves(template: TrainState, leaves: dict[str, Any], where: str) -> TrainState:
-    expected = jax.tree.leaves(template)
-    if len(leaves) != len(expected):
-        raise ValueError(f"checkpoint {where} holds {len(leaves)} arrays, this run's state has {len(expected)}")
-    ordered = [np.asarray(leaves[f"{i:05d}"]) for i in range(len(expected))]
-    for i, (got, want) in enumerate(zip(ordered, expected)):
-        if got.shape != np.shape(want):
-            raise ValueError(f"checkpoint {where}: array {i} has shape {got.shape}, this run expects {np.shape(want)}")
-    return jax.tree.unflatten(jax.tree.structure(template), ordered)  # type: ignore[no-any-return]
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def checkpoint_bytes(state: TrainState) -> int:
-    """The bytes of one run checkpoint's arrays (params, batch_stats, optimizer state, step, rng)."""
-    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
-
-
-def check_workdir(workdir: str | pathlib.Path, need_bytes: int = 0) -> pathlib.Path:
-    """Create ``workdir`` and prove it writable (a probe file) with ``need_bytes`` free; raise :class:`WorkdirError`.
-
-    Run before training so a bad directory fails in seconds, not at the first checkpoint.
-    """
-    path = pathlib.Path(workdir)
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"work directory {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WorkdirError(f"cannot create work directory {path}: {e.strerror or e}") from e
-    probe = path / f".jaxtl-write-probe-{os.getpid()}-{jax.process_index()}"
-    try:
-        with probe.open("wb") as f:
-            f.write(b"jaxtl")
-        probe.unlink()
-    except OSError as e:
-        raise WorkdirError(f"work directory {path} is not writable: {e.strerror or e}") from e
-    free = shutil.disk_usage(path).free
-    if free < need_bytes:
-        raise WorkdirError(
-            f"work directory {path} has {free / 2**20:.1f} MiB free; one checkpoint needs about "
-            f"{need_bytes / 2**20:.1f} MiB"
-        )
-    return path
-
-
-def checkpoint_manager(
-    directory: str | pathlib.Path, keep: int = 3, best_metric: str | None = None, best_mode: str = "max"
-) -> ocp.CheckpointManager:
-    """An Orbax manager keeping the latest ``keep`` checkpoints and the best one by eval ``best_metric``."""
-    policies: list[Any] = [ocp.checkpoint_managers.LatestN(keep)]
-    if best_metric is not None:
-        policies.append(
-            ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m[best_metric],
-                reverse=best_mode == "min",
-                n=1,
-                keep_checkpoints_without_metrics=False,
-            )
-        )
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        cleanup_tmp_directories=True,
-        enable_async_checkpointing=False,
-    )
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
-
-
-def save_run(
-    manager: ocp.CheckpointManager,
-    state: TrainState,
-    position: dict[str, int],
-    metrics: dict[str, float] | None = None,
-) -> None:
-    """Write one complete checkpoint (state leaves + data position) at ``position["step"]``; blocks until done.
-
-    In a multi-process run every process calls this with the same (replicated) state; Orbax coordinates.
-    """
-    leaves = _leaves_dict(state)
-    meta = {**position, "sha256": _digest(leaves)}
-    args = ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
-    manager.save(position["step"], args=args, metrics=metrics, force=True)
-    manager.wait_until_finished()
-
-
-def _step_dirs(manager: ocp.CheckpointManager) -> list[int]:
-    # Orbax lists only steps it considers complete; a step folder missing its metadata must still be reported.
-    directory = pathlib.Path(manager.directory)
-    found = (
-        {int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()} if directory.exists() else set()
-    )
-    return sorted(found | set(manager.all_steps()), reverse=True)
-
-
-def _restore_step(manager: ocp.CheckpointManager, template: TrainState, step: int) -> tuple[TrainState, dict[str, int]]:
-    where = str(pathlib.Path(manager.directory) / str(step))
-    target = _leaves_dict(template)
-    # Orbax writes this file as part of the commit and restores without it (only logging); its absence means the
-    # folder was not written by a finished save, so its contents are not trusted.
-    if not (pathlib.Path(where) / "_CHECKPOINT_METADATA").is_file():
-        raise CheckpointDamagedError(f"checkpoint step {step} at {where} lacks its _CHECKPOINT_METADATA file")
-    try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        )
-        meta = dict(restored["meta"])
-        leaves = {k: np.asarray(v) for k, v in restored["state"].items()}
-    except Exception as e:  # Orbax/tensorstore raise many types for unreadable files; all mean "damaged" here.
-        raise CheckpointDamagedError(
-            f"checkpoint step {step} at {where} cannot be read: {type(e).__name__}: {e}"
-        ) from e
-    want = meta.pop("sha256", None)
-    if want is not None and set(leaves) == set(target) and _digest(leaves) != want:
-        raise CheckpointDamagedError(f"checkpoint step {step} at {where}: arrays do not match their SHA-256")
-    for key in ("step", "epoch", "batch"):
-        if not isinstance(meta.get(key), int):
-            raise CheckpointDamagedError(f"checkpoint step {step} at {where}: metadata lacks an integer {key!r}")
-    return _from_leaves(template, leaves, where), meta
-
-
-def _restore_latest_good(
-    manager: ocp.CheckpointManager, template: TrainState
-) -> tuple[tuple[TrainState, dict[str, int]] | None, list[int]]:
-    damaged: list[int] = []
-    steps = _step_dirs(manager)
-    for step in steps:
-        try:
-            return _restore_step(manager, template, step), damaged
-        except CheckpointDamagedError as e:
-            damaged.append(step)
-            warnings.warn(f"{e}; falling back to the previous checkpoint", RuntimeWarning, stacklevel=3)
-    if damaged:
-        raise CheckpointDamagedError(
-            f"every checkpoint in {manager.directory} is damaged (steps {damaged}); move them away to start afresh"
-        )
-    return None, damaged
-
-
-def restore_run(
-    manager: ocp.CheckpointManager, template: TrainState, step: int | None = None
-) -> tuple[TrainState, dict[str, int]] | None:
-    """The state and data position of checkpoint ``step``, or None when there is none.
-
-    By default the latest readable one: a damaged newer checkpoint is reported with a ``RuntimeWarning`` naming
-    its step and path, and the previous one is tried. An explicit ``step`` that is damaged raises
-    :class:`CheckpointDamagedError`.
-    """
-    if step is not None:
-        return _restore_step(manager, template, step)
-    return _restore_latest_good(manager, template)[0]
-
-
-def _set_aside(directory: pathlib.Path, steps: list[int]) -> None:
-    # Out of Orbax's folder, so it neither lists them nor refuses to write those steps again; kept for inspection.
-    aside = directory.parent / "damaged_checkpoints"
-    aside.mkdir(exist_ok=True)
-    for step in steps:
-        src = directory / str(step)
-        if src.exists():
-            dst = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-            shutil.move(str(src), str(dst))
-            warnings.warn(f"damaged checkpoint step {step} moved from {src} to {dst}", RuntimeWarning, stacklevel=3)
-
-
-# --- evaluation -------------------------------------------------------------------------------------------------
+    resumed_from: int = 0
 
 
 def evaluate(
     state: TrainState,
-    dataset: ArrayDataset,
+    data: Source,
     batch_size: int,
     *,
     par: Parallel | None = None,
-    loss: str = "ce",
+    loss: Loss | str = "ce",
     eval_fn: Callable[..., Any] | None = None,
 ) -> dict[str, float]:
-    """Exact ``loss``, ``top1``, ``top5`` (for ``"ce"``) over every example of ``dataset``.
+    """Exact ``loss``, ``top1``, ``top5`` (for a labeled loss) over every example of ``data``.
 
     ``state`` is on the devices of ``par`` (as ``fit`` keeps it) or, when ``par`` is None, a host state that is put
     on one device. The ragged last batch is padded to ``batch_size`` and masked, never dropped.
     """
+    return evaluate_variables(
+        state.module, state.variables, data, batch_size, par=par, loss=loss, eval_fn=eval_fn, norm=state.normalization
+    )
+
+
+def _eval_fn(module: nn.Module, loss: Loss, norm: Any, par: Parallel) -> Callable[..., Any]:
+    def per_device(variables: Any, batch: Any, *, axis_name: str | None) -> Any:
+        return eval_metrics(module, variables, batch, loss, norm, axis_name)
+
+    return par.map(per_device, donate=False, n_out=1)  # type: ignore[no-any-return]
+
+
+def evaluate_variables(
+    module: nn.Module,
+    variables: Mapping[str, Any],
+    data: Source,
+    batch_size: int,
+    *,
+    par: Parallel | None = None,
+    loss: Loss | str = "ce",
+    eval_fn: Callable[..., Any] | None = None,
+    norm: Any = None,
+) -> dict[str, float]:
+    """:func:`evaluate` from a module and its variables (no optimizer state); variables already placed by ``par``
+    when ``par`` is given, else host arrays evaluated on one device of this process."""
+    loss = get_loss(loss)
     if par is None:
         par = Parallel("none")  # process-local: each process of a multi-process run evaluates everything
-        state = par.put_state(state)
-    fn = eval_fn or par.map(functools.partial(eval_step, loss=loss), donate=False, n_out=1)
+        variables = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+    fn = eval_fn or _eval_fn(module, loss, norm if norm is not None else data.normalization, par)
     totals: dict[str, float] = {}
-    for batch in par.full_pass(dataset, batch_size):
-        for k, v in par.get_metrics(fn(state, batch)).items():
+    for batch in par.full_pass(data, batch_size):
+        for k, v in par.get_metrics(fn(variables, batch)).items():
             totals[k] = totals.get(k, 0.0) + v
     count = totals["count"]
     out = {"loss": totals["loss_sum"] / count, "count": count}
@@ -289,144 +167,185 @@ def evaluate(
     return out
 
 
-# --- the loop ---------------------------------------------------------------------------------------------------
+def check_labels(data: Source, num_outputs: int, what: str = "train data") -> None:
+    """Every label of ``data`` must index an output of the model's head (``[0, num_outputs)``)."""
+    labels = data.labels
+    if labels is None or num_outputs <= 0 or len(labels) == 0:
+        return
+    lo, hi = int(np.min(labels)), int(np.max(labels))
+    if lo < 0 or hi >= num_outputs:
+        raise ValueError(
+            f"{what} has labels in [{lo}, {hi}], but the model's head has {num_outputs} outputs (labels must lie in "
+            f"[0, {num_outputs})): give the model a head of at least {hi + 1} classes"
+        )
 
 
-def _metrics_log(path: pathlib.Path, restored_step: int) -> None:
+def _metrics_log(path: pathlib.Path, restored_step: int) -> list[dict[str, Any]]:
     # A killed run may have logged steps past its last checkpoint; the resumed run logs them again.
     if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        return []
     keep = []
-    for ln in lines:
+    for ln in path.read_text().splitlines():
         try:
             rec = json.loads(ln)
         except json.JSONDecodeError:
             continue  # a line cut by the kill
         if rec.get("step", 0) <= restored_step:
-            keep.append(ln)
-    path.write_text("".join(k + "\n" for k in keep))
+            keep.append(rec)
+    if jax.process_index() == 0:
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return keep
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM set a flag that the loop reads after each step (a second SIGINT interrupts at once)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _fingerprint(
+    module: nn.Module, state: TrainState, data: Source, loop: Loop, loss: Loss, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    # The run's length is not in it (a finished run may be extended); a schedule that depends on it is, through
+    # the optimizer's kwargs (fit(optimizer=...) records them with total_steps).
+    return {
+        "model": repr(module),
+        "groups": repr(state.groups),
+        "optimizer_state": str(jax.tree.structure(state.opt_state)),
+        "loss": repr(loss),
+        "batch_size": loop.batch_size,
+        "seed": loop.seed,
+        "data": data_digest(data),
+        "num_examples": len(data),
+        **dict(extra),
+    }
 
 
 def fit(
     module: nn.Module,
-    variables: dict[str, Any],
-    train_data: ArrayDataset,
+    variables: Mapping[str, Any],
+    data: Source,
     *,
-    eval_data: ArrayDataset | None = None,
-    tx: optax.GradientTransformation | None = None,
-    optimizer: dict[str, Any] | None = None,
-    batch_size: int = 32,
-    epochs: int | None = None,
-    steps: int | None = None,
-    eval_every: int | None = None,
-    eval_batch_size: int | None = None,
-    seed: int = 0,
-    workdir: str | pathlib.Path | None = None,
-    trainable: Trainable = None,
-    parallel: str = "pmap",
+    tx: optax.GradientTransformation | TxFactory | None = None,
+    optimizer: Mapping[str, Any] | None = None,
+    groups: ParamGroups | str | Sequence[str] | None = None,
+    loop: Loop = Loop(),
+    checkpoints: Checkpoints | None = None,
+    loss: Loss | str = "ce",
     augment: Augment | None = None,
     corrupt: Augment | None = None,
-    loss: str = "ce",
-    label_smoothing: float = 0.0,
-    checkpoint_every: int | None = None,
-    keep: int = 3,
-    best_metric: str | None = None,
-    classifier: str = "fc",
+    eval_data: Source | None = None,
+    callbacks: Sequence[OnStep] = (),
     progress: bool = True,
-    prefetch: int = 2,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    run_info: Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``module`` from ``variables`` on ``train_data`` (images ``[N,H,W,C]``) data-parallel; returns a FitResult.
+    """Train ``module`` from ``variables`` on ``data`` (a :class:`~jaxtl.data.source.Source`, e.g. an
+    ``ArrayDataset`` ``[N,H,W,C]`` or a streaming image folder), data-parallel; returns a :class:`FitResult`.
 
-    Give ``tx`` (a plain optax optimizer) or ``optimizer`` (kwargs of :func:`make_optimizer`; ``total_steps`` is
-    filled in). Run length is ``steps`` or ``epochs`` (epochs of ``N // batch_size`` steps; the ragged last batch
-    is dropped). ``trainable`` freezes the rest (see :func:`jaxtl.freeze`); ``"^fc/"`` freezes the whole backbone,
-    BatchNorm included. ``loss="mse"`` trains an autoencoder (target = input, no labels needed); ``corrupt(rng,
-    images)`` (e.g. noise) changes only the model's input, so the target stays clean (denoising). ``augment`` runs
-    first and changes both.
+    ``tx`` is a plain optax optimizer (or a factory ``Group -> optimizer``), or ``optimizer`` the keyword
+    arguments of :func:`make_optimizer` (``total_steps`` filled in; groups' ``lr_scale``/``weight_decay_scale``
+    applied). ``groups`` (:class:`ParamGroups`, or regexes of the trainable paths) says what trains: e.g.
+    ``ParamGroups.head_only()`` freezes the backbone, BatchNorm included. ``loss``: ``"ce"``/``CrossEntropy(...)``
+    or ``"mse"``/``Reconstruction()`` (an autoencoder: the target is the clean input). ``augment(rng, images)`` runs
+    on device first; ``corrupt(rng, images)`` then changes only the model's input (denoising).
 
-    Multi-process (``jax.distributed`` initialised): call it in every process with the same arguments;
-    ``batch_size`` is the global batch, each process feeds its ``batch_size / num_processes`` slice, ``workdir``
-    must be shared, and only process 0 writes metrics and shows progress.
-
-    With ``workdir``: metrics as JSON lines in ``workdir/metrics.jsonl``, checkpoints in ``workdir/checkpoints``
-    every ``checkpoint_every`` steps (default: every epoch) and at the end, keeping ``keep`` latest plus the best by
-    eval ``best_metric`` ("top1", or "loss" which is minimised), and automatic resume from the latest one.
-    Eval runs every ``eval_every`` steps (default: every epoch) and at the end.
-    A NaN/inf loss raises :class:`NonFiniteLossError` before anything of that step is saved. A damaged newest
-    checkpoint is reported (``RuntimeWarning``), set aside and the previous one used; an unwritable or full
-    ``workdir`` raises :class:`WorkdirError` before the first step.
-    ``on_step(step, train_metrics)`` is called for every step, in order, after its checkpoint if it has one. One step
-    stays in flight (its metrics are read once the next one is queued), so the device is not kept waiting for the
-    host: when ``on_step`` runs for a step without a checkpoint, the next step may already be computing.
+    ``checkpoints`` (:class:`Checkpoints`): metrics as JSON lines in ``workdir/metrics.jsonl``, resumable
+    checkpoints, automatic resume, the workdir locked and its run fingerprint checked (``run_info`` adds fields
+    that the arguments cannot show, e.g. an optimizer's learning rate when ``tx`` is given). A NaN/inf loss raises
+    :class:`NonFiniteLossError` before anything of that step is saved; SIGINT/SIGTERM stop the run after the
+    current step with a checkpoint (:class:`RunInterrupted`). ``callbacks``: ``fn(step, train_metrics)`` for every
+    step in order (after its checkpoint if it has one; the next step may already be computing).
     """
     if (tx is None) == (optimizer is None):
         raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
-    if loss == "ce" and train_data.labels is None:
-        raise ValueError("loss='ce' needs a labeled train_data; use loss='mse' for unlabeled data")
-    if parallel == "none" and jax.process_count() > 1:
+    loss = get_loss(loss)
+    if loss.needs_labels and data.labels is None:
+        raise ValueError(f"loss {loss!r} needs labeled data; use loss='mse' for unlabeled data")
+    par = Parallel(loop.parallel)
+    if par.kind == "none" and jax.process_count() > 1:
         raise ValueError(
             f"parallel='none' trains on one device; this is a {jax.process_count()}-process run (jax.distributed): "
             "use parallel='pmap' or 'shard_map' (CLI: --parallel pmap)"
         )
-    par = Parallel(parallel)
+    batch_size = loop.batch_size
     if batch_size % par.num_devices:
         raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({parallel}); "
+            f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({par.kind}); "
             f"use a multiple of {par.num_devices}"
         )
-    eval_batch_size = eval_batch_size or batch_size
+    eval_batch_size = loop.eval_batch_size or batch_size
     if eval_batch_size % par.num_devices:
         raise ValueError(f"eval_batch_size={eval_batch_size} is not divisible by the {par.num_devices} devices")
-    steps_per_epoch, total_steps = run_length(len(train_data), batch_size, epochs, steps)
+    if loss.needs_labels:
+        check_labels(data, head_classes(variables, head_name(module)))
+        if eval_data is not None:
+            check_labels(eval_data, head_classes(variables, head_name(module)), "eval data")
+    steps_per_epoch, total = run_length(len(data), batch_size, loop.epochs, loop.steps)
     if tx is None:
-        tx = make_optimizer(**{"total_steps": total_steps, **(optimizer or {})})
-    eval_every = eval_every or steps_per_epoch
-    checkpoint_every = checkpoint_every or steps_per_epoch
-    if best_metric is None and eval_data is not None:
-        best_metric = "top1" if loss == "ce" else "loss"
-
-    host_state = TrainState.create(module, variables, tx, jax.random.PRNGKey(seed), trainable, classifier)
-    step = 0
-    manager = None
-    metrics_path = None
-    last_ckpt: int | None = None
+        opts = {"total_steps": total, **(optimizer or {})}
+        tx = functools.partial(_group_optimizer, opts)
+        run_info = {"optimizer": dict(opts), **(run_info or {})}
+    eval_every = loop.eval_every or steps_per_epoch
+    host_state = TrainState.create(
+        module, dict(variables), tx, jax.random.PRNGKey(loop.seed), groups, data.normalization
+    )
     main = jax.process_index() == 0
-    if workdir is not None:
+    notices: list[tuple[str, Any]] = []
+    store: RunStore | None = None
+    step, last_ckpt = 0, None
+    history: list[dict[str, Any]] = []
+    metrics_path = None
+    if checkpoints is not None:
         # Room for one more checkpoint plus Orbax's metadata; the older ones already occupy their space.
-        workdir = check_workdir(workdir, int(checkpoint_bytes(host_state) * 1.1) + 2**20)
+        workdir = check_workdir(checkpoints.workdir, int(checkpoint_bytes(host_state) * 1.1) + 2**20)
+        best = checkpoints.best_metric
+        if best is None and eval_data is not None:
+            best = "top1" if loss.needs_labels else "loss"
+        store = RunStore(
+            workdir,
+            _fingerprint(module, host_state, data, loop, loss, run_info or {}),
+            keep=checkpoints.keep,
+            best_metric=best,
+            best_mode="min" if best == "loss" else "max",
+            allow_changes=checkpoints.allow_changes,
+        )
         metrics_path = workdir / "metrics.jsonl"
-        best_mode = "min" if best_metric == "loss" else "max"
-        ckpt_dir = workdir / "checkpoints"
-        manager = checkpoint_manager(ckpt_dir, keep, best_metric, best_mode)
         try:
-            restored, damaged = _restore_latest_good(manager, host_state)
+            restored = store.restore_latest(host_state)
         except BaseException:
-            manager.close()
+            store.close()
             raise
-        if damaged:
-            manager.close()
-            if main:
-                _set_aside(ckpt_dir, damaged)
-            _sync("jaxtl_fit_set_aside_damaged")
-            manager = checkpoint_manager(ckpt_dir, keep, best_metric, best_mode)
         if restored is not None:
             host_state, position = restored
-            step = int(position["step"])
+            step = last_ckpt = int(position["step"])
             if (position["epoch"], position["batch"]) != divmod(step, steps_per_epoch):
+                store.close()
                 raise ValueError(
                     f"checkpoint at step {step} was written with epoch/batch {position['epoch']}/{position['batch']}, "
                     f"inconsistent with {steps_per_epoch} batches per epoch: was batch_size or the dataset changed?"
                 )
-            last_ckpt = step
-            if main:
-                _metrics_log(metrics_path, step)
-        _sync("jaxtl_fit_metrics_log")
+            history = _metrics_log(metrics_path, step)
+            notices.append(("finished", None) if step >= total else ("resuming", workdir))
+        from jaxtl.train.checkpoint import _sync
 
-    history: list[dict[str, Any]] = []
-    if metrics_path is not None and metrics_path.exists():
-        history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+        _sync("jaxtl_fit_metrics_log")
+    checkpoint_every = (checkpoints.every if checkpoints is not None else None) or steps_per_epoch
+    resumed_from = step
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)
@@ -434,82 +353,96 @@ def fit(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    step_fn = par.map(
-        functools.partial(train_step, loss=loss, label_smoothing=label_smoothing, augment=augment, corrupt=corrupt)
-    )
-    eval_fn = par.map(functools.partial(eval_step, loss=loss, label_smoothing=label_smoothing), donate=False, n_out=1)
+    step_fn = par.map(functools.partial(train_step, loss=loss, augment=augment, corrupt=corrupt))
+    eval_fn = _eval_fn(module, loss, host_state.normalization, par)
     state = par.put_state(host_state)
-
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=step, desc="fit", unit="step", dynamic_ncols=True)
-    pending: tuple[int, int, int, Any] | None = None
+    bar = Progress(total, initial=step, desc="fit", enabled=progress and main)
+    for kind, where in notices:
+        if kind == "finished":
+            bar.already_finished()
+        else:
+            bar.resuming(step, where)
+    bar.start()
     clock = [time.perf_counter()]
+    pending: tuple[int, int, int, Any] | None = None
 
     def finish(done: int, epoch: int, b: int, metrics: Any, callback: bool = True) -> dict[str, float]:
-        """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, call ``on_step``."""
+        """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, run the callbacks."""
         m = par.get_metrics(metrics)
         if not math.isfinite(m["loss"]):
             raise NonFiniteLossError(done, m["loss"], last_ckpt)
         now = time.perf_counter()
         dt, clock[0] = now - clock[0], now
+        bar.update(1, loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
         log({"step": done, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": batch_size / dt})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
-        if callback and on_step is not None:
-            on_step(done, m)
+        if callback:
+            for cb in callbacks:
+                cb(done, m)
         return m
 
     try:
-        while step < total_steps:
-            epoch, start = divmod(step, steps_per_epoch)
-            stop = min(steps_per_epoch, start + total_steps - step)
-            batches = iterate_batches(
-                train_data,
-                batch_size,
-                seed=seed,
-                epoch=epoch,
-                start_batch=start,
-                process_index=par.process_index,
-                process_count=par.process_count,
-            )
-            for b, batch in zip(range(start, stop), prefetch_to_device(batches, prefetch, par.put_batch)):
-                state, metrics = step_fn(state, batch)
-                step += 1
-                # One step stays in flight: the previous step's metrics are read (a host sync) only once this one
-                # is queued, so the device never waits for the host between steps.
-                if pending is not None:
-                    finish(*pending)
-                pending = (step, epoch, b, metrics)
-                eval_due = eval_data is not None and (step % eval_every == 0 or step == total_steps)
-                ckpt_due = manager is not None and (step % checkpoint_every == 0 or step == total_steps)
-                if not (eval_due or ckpt_due):
-                    continue
-                m = finish(*pending, callback=False)  # its loss is checked before anything of this step is saved
+        with _stop_on_signals() as received:
+            while step < total and not received:
+                epoch, start = divmod(step, steps_per_epoch)
+                stop = min(steps_per_epoch, start + total - step)
+                batches = data.batches(
+                    batch_size,
+                    seed=loop.seed,
+                    epoch=epoch,
+                    start_batch=start,
+                    process_index=par.process_index,
+                    process_count=par.process_count,
+                    train=True,
+                )
+                for b, batch in zip(range(start, stop), prefetch_to_device(batches, loop.prefetch, par.put_batch)):
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    # One step stays in flight: the previous step's metrics are read (a host sync) only once this
+                    # one is queued, so the device never waits for the host between steps.
+                    if pending is not None:
+                        finish(*pending)
+                    pending = (step, epoch, b, metrics)
+                    eval_due = eval_data is not None and (step % eval_every == 0 or step == total)
+                    ckpt_due = store is not None and (step % checkpoint_every == 0 or step == total or bool(received))
+                    if not (eval_due or ckpt_due or received):
+                        continue
+                    m = finish(*pending, callback=False)  # its loss is checked before anything of it is saved
+                    pending = None
+                    eval_metrics_ = None
+                    if eval_due:
+                        assert eval_data is not None
+                        eval_metrics_ = evaluate_variables(
+                            module, state.variables, eval_data, eval_batch_size, par=par, loss=loss, eval_fn=eval_fn
+                        )
+                        log({"step": step, "split": "eval", **eval_metrics_})
+                    if ckpt_due:
+                        assert store is not None
+                        position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
+                        store.save(par.get_state(state), position, eval_metrics_)
+                        last_ckpt = step
+                    for cb in callbacks:
+                        cb(step, m)
+                    clock[0] = time.perf_counter()  # eval and checkpoint time is not the next step's
+                    if received:
+                        break
+            if pending is not None:
+                finish(*pending)
                 pending = None
-                eval_metrics = None
-                if eval_due:
-                    assert eval_data is not None
-                    eval_metrics = evaluate(state, eval_data, eval_batch_size, par=par, loss=loss, eval_fn=eval_fn)
-                    log({"step": step, "split": "eval", **eval_metrics})
-                if ckpt_due:
-                    assert manager is not None
-                    position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
-                    save_run(manager, par.get_state(state), position, eval_metrics)
-                    last_ckpt = step
-                if on_step is not None:
-                    on_step(step, m)
-                clock[0] = time.perf_counter()  # eval and checkpoint time is not the next step's
-        if pending is not None:
-            finish(*pending)
+            if received and step < total:
+                raise RunInterrupted(
+                    received[0], step, last_ckpt if store is not None else None, store and store.workdir
+                )
     finally:
-        if bar is not None:
-            bar.close()
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+        bar.close()
+        if store is not None:
+            store.close()
     final = par.get_state(state)
-    return FitResult(final, final.variables, history)
+    return FitResult(final, final.variables, history, resumed_from)
+
+
+def _group_optimizer(opts: Mapping[str, Any], group: Any) -> optax.GradientTransformation:
+    """:func:`make_optimizer` for one parameter group: its learning rate and weight decay scaled."""
+    kwargs = dict(opts)
+    kwargs["lr"] = kwargs.get("lr", 0.01) * group.lr_scale
+    kwargs["weight_decay"] = kwargs.get("weight_decay", 0.0) * group.weight_decay_scale
+    return make_optimizer(**kwargs)

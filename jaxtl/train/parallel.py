@@ -25,8 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxtl.data.batching import iterate_batches, shard_for_devices
-from jaxtl.data.dataset import ArrayDataset
+from jaxtl.data.batching import shard_for_devices
+from jaxtl.data.source import Source
 
 PARALLEL = ("pmap", "shard_map", "none")
 
@@ -67,17 +67,28 @@ def _first_replica(x: Any, stacked: bool) -> np.ndarray:
     return local.reshape(x.shape[1:]) if stacked else local
 
 
+def resolve_parallel(parallel: str, devices: Sequence[Any] | None = None) -> str:
+    """``"auto"`` -> ``"pmap"`` when there are several devices (all processes), else ``"none"``; others unchanged."""
+    if parallel not in (*PARALLEL, "auto"):
+        raise ValueError(f"parallel must be one of {('auto', *PARALLEL)}, got {parallel!r}")
+    if parallel != "auto":
+        return parallel
+    n = len(devices) if devices is not None else jax.device_count()
+    return "pmap" if n > 1 else "none"
+
+
 class Parallel:
-    """How state and batches go to devices and how steps are mapped, for one ``parallel`` option.
+    """How state and batches go to devices and how steps are mapped, for one ``parallel`` option
+    (``"auto"``, the default everywhere in jaxtl: ``"pmap"`` over all devices when there are several, else
+    ``"none"``).
 
     ``devices`` defaults to ``jax.devices()`` (all devices of all processes, ordered by process, for
     "pmap"/"shard_map") or this process's first device (for "none", which stays within its process).
     Batches given to :meth:`put_batch` are this process's slice of the global batch (all of it in one process).
     """
 
-    def __init__(self, parallel: str = "pmap", axis_name: str = "data", devices: Sequence[Any] | None = None):
-        if parallel not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+    def __init__(self, parallel: str = "auto", axis_name: str = "data", devices: Sequence[Any] | None = None):
+        parallel = resolve_parallel(parallel, devices)
         self.kind = parallel
         # The slice of every global batch this process feeds. "none" is process-local: it takes whole batches and
         # runs no collective, so in a multi-process run each process computes the same result on its own.
@@ -147,7 +158,7 @@ class Parallel:
         """One copy of a replicated state, as host numpy arrays (read from this process's first device)."""
         return jax.tree.map(lambda x: _first_replica(x, self.kind == "pmap"), state)
 
-    def full_pass(self, dataset: ArrayDataset, batch_size: int, prefetch: int = 2) -> Iterator[dict[str, Any]]:
+    def full_pass(self, dataset: Source, batch_size: int, prefetch: int = 2) -> Iterator[dict[str, Any]]:
         """Every example of ``dataset`` once, in order, as device batches of the global ``batch_size``.
 
         The ragged last batch is padded and masked (``batch["mask"]``), never dropped; each process feeds its
@@ -155,13 +166,13 @@ class Parallel:
         """
         if batch_size % self.num_devices:
             raise ValueError(f"batch_size={batch_size} is not divisible by the {self.num_devices} devices")
-        batches = iterate_batches(
-            dataset,
+        batches = dataset.batches(
             batch_size,
             shuffle=False,
             drop_remainder=False,
             process_index=self.process_index,
             process_count=self.process_count,
+            train=False,
         )
         return prefetch_to_device(batches, prefetch, self.put_batch)
 

@@ -19,28 +19,42 @@ import numpy as np
 import optax
 
 from jaxtl.data.batching import epoch_indices, run_length
-from jaxtl.data.dataset import ArrayDataset
+from jaxtl.data.source import Normalization, Source
+from jaxtl.models.heads import HEAD, new_head
 from jaxtl.train.losses import cross_entropy, topk_correct
 from jaxtl.train.parallel import Parallel
+from jaxtl.train.step import prepare_images
 
 
 def _features_step(
-    variables: Any, batch: dict[str, jax.Array], *, module: nn.Module, feature: str, axis_name: Any
+    variables: Any,
+    batch: dict[str, jax.Array],
+    *,
+    module: nn.Module,
+    feature: str,
+    normalization: Normalization | None,
+    axis_name: Any,
 ) -> Any:
     del axis_name  # eval mode: no cross-device statistics
-    out: Any = module.apply(variables, batch["images"], train=False, return_features=True)
+    images = prepare_images(batch["images"], normalization)
+    out: Any = module.apply(variables, images, train=False, return_features=True)
     if feature not in out:
         raise KeyError(f"model has no feature {feature!r}; it returns {sorted(out)}")
     return out[feature].astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=32)
-def _feature_fn(module: nn.Module, feature: str, parallel: str) -> tuple[Parallel, Any]:
+def _feature_fn(
+    module: nn.Module, feature: str, parallel: str, normalization: Normalization | None
+) -> tuple[Parallel, Any]:
     # One compiled feature function per (module, feature, wrapper): repeated extraction (every epoch of a sweep,
     # every seed of the demo) must not retrace and recompile. Keyed on the global device set too, via Parallel.
     par = Parallel(parallel)
     fn = par.map(
-        functools.partial(_features_step, module=module, feature=feature), donate=False, n_out=1, batch_out=True
+        functools.partial(_features_step, module=module, feature=feature, normalization=normalization),
+        donate=False,
+        n_out=1,
+        batch_out=True,
     )
     return par, fn
 
@@ -48,20 +62,21 @@ def _feature_fn(module: nn.Module, feature: str, parallel: str) -> tuple[Paralle
 def extract_features(
     module: nn.Module,
     variables: dict[str, Any],
-    dataset: ArrayDataset,
+    dataset: Source,
     batch_size: int = 256,
     *,
-    parallel: str = "pmap",
+    parallel: str = "auto",
     feature: str = "pre_logits",
     out_path: str | pathlib.Path | None = None,
 ) -> np.ndarray:
-    """Features ``[N, F]`` (float32) of every example, in dataset order; eval-mode BatchNorm, ragged tail kept.
+    """Features ``[N, F]`` (float32) of every example of ``dataset`` (any :class:`~jaxtl.data.source.Source`,
+    streamed once through its eval transform), in order; eval-mode BatchNorm, ragged tail kept.
 
     With ``out_path`` the features are written into a ``.npy`` memory map there (for sets too large for memory)
     and the returned array is that memmap. Multi-process: every process returns all ``[N, F]`` features; only
     process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
     """
-    par, fn = _feature_fn(module, feature, parallel)
+    par, fn = _feature_fn(module, feature, parallel, dataset.normalization)
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
@@ -94,16 +109,6 @@ class LinearProbe:
 
 
 _SCAN_BYTES = 1 << 30  # features up to 1 GiB are trained on in one compiled scan
-
-
-def _init_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.Array]:
-    # torch.nn.Linear's default init, as the ResNet's fc.
-    bound = 1.0 / num_features**0.5
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    return {
-        "kernel": jax.random.uniform(k1, (num_features, num_classes), jnp.float32, -bound, bound),
-        "bias": jax.random.uniform(k2, (num_classes,), jnp.float32, -bound, bound),
-    }
 
 
 def _head_step(
@@ -155,7 +160,7 @@ def fit_linear_probe(
     tx: optax.GradientTransformation,
     *,
     variables: dict[str, Any] | None = None,
-    classifier: str = "fc",
+    classifier: str = HEAD,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 64,
@@ -167,10 +172,18 @@ def fit_linear_probe(
     The head starts from ``variables["params"][classifier]`` when given (the same start as frozen-backbone
     ``fit``), else from torch's Linear init. Batches follow ``fit``'s order (seeded per-epoch permutation, ragged
     last batch dropped), so the same ``seed``, ``batch_size`` and ``tx`` give the head ``fit`` would train.
+    Labels outside ``[0, num_classes)`` are an error; a NaN/inf loss raises ``NonFiniteLossError`` naming the first
+    bad step, and no head is returned.
     """
     features = np.asarray(features) if not isinstance(features, np.memmap) else features
+    labels = np.asarray(labels)
     if features.ndim != 2 or labels.shape != (len(features),):
         raise ValueError(f"features must be [N, F] and labels [N], got {features.shape} and {labels.shape}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels lie in [{int(labels.min())}, {int(labels.max())}], but the head has {num_classes} outputs "
+            f"(labels must lie in [0, {num_classes}))"
+        )
     n, f = features.shape
     spe, total = run_length(n, batch_size, epochs, steps)
     if variables is not None:
@@ -183,7 +196,7 @@ def fit_linear_probe(
         if head["kernel"].shape != (f, num_classes):
             raise ValueError(f"{classifier}/kernel has shape {head['kernel'].shape}, expected {(f, num_classes)}")
     else:
-        head = _init_head(f, num_classes, seed)
+        head = new_head(f, num_classes, seed)
 
     # Every step's batch indices, in fit's order: seeded per-epoch permutation, ragged last batch dropped.
     order = [epoch_indices(n, seed, e)[: spe * batch_size].reshape(spe, batch_size) for e in range(-(-total // spe))]
@@ -205,6 +218,11 @@ def fit_linear_probe(
             per_step.append(m)
         metrics = {k: np.asarray([float(m[k]) for m in per_step]) for k in ("loss", "top1")}
     head = carry[0]
+    bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+    if len(bad):
+        from jaxtl.train.fit import NonFiniteLossError
+
+        raise NonFiniteLossError(int(bad[0]) + 1, float(metrics["loss"][bad[0]]), None)
     history = [
         {
             "step": i + 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -10,23 +11,27 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxtl.train.freeze import (
-    Trainable,
-    freeze,
+from jaxtl.models.heads import head_name
+from jaxtl.train.groups import (
+    ParamGroups,
+    TxFactory,
+    check_optimizer_respects,
     frozen_stat_paths,
     is_backbone_frozen,
     param_paths,
-    trainable_paths,
 )
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 class TrainState(struct.PyTreeNode):
-    """params, batch_stats, opt_state, step and rng; the module, optimizer and freezing labels are static.
+    """params, batch_stats, opt_state, step and rng; the module, optimizer and parameter groups are static.
 
-    ``trainable`` holds the trainable parameter paths (all of them when nothing is frozen); ``frozen_stats``
-    the batch_stats paths of modules with no trainable parameter, which a step leaves untouched.
-    ``backbone_frozen`` is True when only the classifier head trains: the step then runs the model in eval mode
-    (BatchNorm on running averages) and differentiates the head only.
+    ``groups`` (:class:`~jaxtl.train.groups.ParamGroups`) is the single source of truth for freezing: ``tx`` is the
+    optimizer it built, ``trainable`` the paths it lets train, ``frozen_stats`` the batch_stats of modules with no
+    trainable parameter (a step leaves them untouched), and ``backbone_frozen`` is True when only the classifier
+    head trains: the step then runs the model in eval mode (BatchNorm on running averages) and differentiates the
+    head only. ``normalization`` is the ``(mean, std)`` a step applies on device to uint8 input batches.
     """
 
     params: Any
@@ -36,9 +41,11 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
     module: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    trainable: tuple[str, ...] = struct.field(pytree_node=False)
+    groups: ParamGroups = struct.field(pytree_node=False, default_factory=ParamGroups)
+    trainable: tuple[str, ...] = struct.field(pytree_node=False, default=())
     frozen_stats: tuple[str, ...] = struct.field(pytree_node=False, default=())
     backbone_frozen: bool = struct.field(pytree_node=False, default=False)
+    normalization: Normalization | None = struct.field(pytree_node=False, default=None)
 
     @property
     def apply_fn(self) -> Any:
@@ -61,34 +68,42 @@ class TrainState(struct.PyTreeNode):
         cls,
         module: nn.Module,
         variables: dict[str, Any],
-        tx: optax.GradientTransformation,
+        tx: optax.GradientTransformation | TxFactory,
         rng: jax.Array | int = 0,
-        trainable: Trainable = None,
-        classifier: str = "fc",
+        groups: ParamGroups | str | Sequence[str] | None = None,
+        normalization: Normalization | None = None,
     ) -> TrainState:
-        """A fresh state. ``tx`` is a plain optimizer: with ``trainable`` set it is wrapped by :func:`freeze`.
+        """A fresh state training ``module`` from ``variables`` with ``tx`` under ``groups``.
 
-        ``rng`` is a ``jax.random.PRNGKey`` (uint32 ``[2]``) or an int seed; it drives on-device augmentation.
+        ``tx`` is a *plain* optax optimizer (or a factory ``Group -> optimizer``): the state wraps it for the groups
+        itself, so a frozen group gets exact zero updates whichever route built the state. ``groups`` is a
+        :class:`~jaxtl.train.groups.ParamGroups`, a regex or list of regexes of the trainable paths (the rest is
+        frozen), or None (everything trains); e.g. ``ParamGroups.head_only()`` = ``"^fc/"``. An optimizer that
+        freezes trainable leaves on its own is refused. ``rng`` is a ``jax.random.PRNGKey`` or an int seed; it
+        drives on-device augmentation.
         """
         if "params" not in variables:
             raise ValueError(f"variables must hold 'params', got keys {sorted(variables)}")
         params = variables["params"]
         batch_stats = variables.get("batch_stats", {})
-        paths = trainable_paths(params, trainable)
+        spec = ParamGroups.of(groups)
+        paths = spec.trainable_paths(params)
         all_paths = param_paths(params)
-        if trainable is not None:
-            tx = freeze(tx, params, trainable)
+        full_tx = spec.optimizer(tx, params)
+        check_optimizer_respects(full_tx, params, paths)
         if isinstance(rng, int):
             rng = jax.random.PRNGKey(rng)
         return cls(
             params=params,
             batch_stats=batch_stats,
-            opt_state=tx.init(params),
+            opt_state=full_tx.init(params),
             step=jnp.zeros((), jnp.int32),
             rng=jnp.asarray(rng, jnp.uint32),
             module=module,
-            tx=tx,
+            tx=full_tx,
+            groups=spec,
             trainable=paths,
             frozen_stats=frozen_stat_paths(batch_stats, paths) if len(paths) < len(all_paths) else (),
-            backbone_frozen=is_backbone_frozen(paths, all_paths, classifier),
+            backbone_frozen=is_backbone_frozen(paths, all_paths, head_name(module)),
+            normalization=None if normalization is None else (tuple(normalization[0]), tuple(normalization[1])),
         )

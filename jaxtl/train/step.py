@@ -29,14 +29,13 @@ import optax
 from flax import traverse_util
 from jax import lax
 
-from jaxtl.train.freeze import merge_params, split_params
-from jaxtl.train.losses import cross_entropy, mse, topk_correct
-from jaxtl.train.state import TrainState
+from jaxtl.train.groups import merge_params, split_params
+from jaxtl.train.losses import CrossEntropy, Loss, get_loss, topk_correct
+from jaxtl.train.state import Normalization, TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
-LOSSES = ("ce", "mse")
 
 
 def _psum(x: Any, axis_name: str | None) -> Any:
@@ -58,11 +57,22 @@ def with_axis(module: nn.Module, axis_name: str | None) -> nn.Module:
     return module.clone(**updates) if updates else module
 
 
-def _check_loss(loss: str, batch: Batch) -> None:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "ce" and "labels" not in batch:
-        raise ValueError("loss='ce' needs batch['labels']; use loss='mse' for unlabeled (autoencoder) data")
+def _check_loss(loss: Loss | str, batch: Batch) -> Loss:
+    loss = get_loss(loss)
+    if loss.needs_labels and "labels" not in batch:
+        raise ValueError(f"loss {loss!r} needs batch['labels']; use Reconstruction() for unlabeled (autoencoder) data")
+    return loss
+
+
+def prepare_images(images: jax.Array, normalization: Normalization | None) -> jax.Array:
+    """Model input from a batch's images: uint8 pixels ``[n, H, W, C]`` become ``(x / 255 - mean) / std`` in float32
+    on the device (``normalization`` = ``(mean, std)``, per channel); float images pass unchanged."""
+    if images.dtype != jnp.uint8:
+        return images
+    if normalization is None:
+        raise ValueError("uint8 images need the state's normalization (mean, std); the data source gives it")
+    mean, std = (jnp.asarray(v, jnp.float32) for v in normalization)
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def _mask(batch: Batch) -> jax.Array:
@@ -75,22 +85,21 @@ def train_step(
     batch: Batch,
     *,
     axis_name: str | None = "data",
-    loss: str = "ce",
-    label_smoothing: float = 0.0,
+    loss: Loss | str = CrossEntropy(),  # noqa: B008  (immutable)
     augment: Augment | None = None,
     corrupt: Augment | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
 
     ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
-    ``corrupt(rng, images) -> images`` (denoising) changes only what the model sees: for ``loss="mse"`` the target
-    is the (augmented) clean input. Returns the new state and global metrics
-    ``loss``, ``grad_norm``, ``count`` and, for ``"ce"``, ``top1``.
+    ``corrupt(rng, images) -> images`` (denoising) changes only what the model sees: a reconstruction loss compares
+    with the (augmented) clean input. uint8 images are normalised on device (:func:`prepare_images`). Returns the new
+    state and global metrics ``loss``, ``grad_norm``, ``count`` and, for a labeled loss, ``top1``.
     """
-    _check_loss(loss, batch)
+    loss = _check_loss(loss, batch)
     module = with_axis(state.module, axis_name)
     rng, step_rng = jax.random.split(state.rng)
-    images = batch["images"]
+    images = prepare_images(batch["images"], state.normalization)
     if augment is not None:
         aug_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, lax.axis_index(axis_name))
         images = augment(aug_rng, images)
@@ -116,12 +125,12 @@ def train_step(
         else:
             out = module.apply(variables, inputs, train=train_bn)
             new_stats = state.batch_stats
-        per_example = cross_entropy(out, batch["labels"], label_smoothing) if loss == "ce" else mse(out, images)
+        per_example = loss.per_example(out, batch, images)
         return jnp.sum(per_example * mask) / count, (out, new_stats)
 
     (local_loss, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
     grads = _psum(grads, axis_name)
-    # Zeros for the frozen leaves only give tx its full-tree signature; freeze() maps them to zero updates.
+    # Zeros for the frozen leaves only give tx its full-tree signature; the groups' optimizer maps them to zero.
     full_grads = merge_params(grads, jax.tree.map(jnp.zeros_like, fixed))
     updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
     stepped, _ = split_params(optax.apply_updates(state.params, updates), state.trainable)
@@ -138,25 +147,42 @@ def train_step(
         "grad_norm": optax.tree.norm(grads),
         "count": count,
     }
-    if loss == "ce":
+    if loss.needs_labels:
         metrics["top1"] = _psum(jnp.sum(topk_correct(out, batch["labels"], 1) * mask), axis_name) / count
     new_state = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state, step=state.step + 1, rng=rng)
     return new_state, metrics
 
 
 def eval_step(
-    state: TrainState, batch: Batch, *, axis_name: str | None = "data", loss: str = "ce", label_smoothing: float = 0.0
+    state: TrainState,
+    batch: Batch,
+    *,
+    axis_name: str | None = "data",
+    loss: Loss | str = CrossEntropy(),  # noqa: B008  (immutable)
 ) -> Metrics:
-    """Global *sums* over the real (mask=1) examples of this batch: ``loss_sum``, ``count`` and, for ``"ce"``,
+    """Global *sums* over the real (mask=1) examples of this batch: ``loss_sum``, ``count`` and, for a labeled loss,
     ``top1_correct``/``top5_correct``. The host adds them over batches, so a padded ragged batch stays exact.
     """
-    _check_loss(loss, batch)
-    module = with_axis(state.module, axis_name)
+    loss = _check_loss(loss, batch)
+    return eval_metrics(state.module, state.variables, batch, loss, state.normalization, axis_name)
+
+
+def eval_metrics(
+    module: nn.Module,
+    variables: dict[str, Any],
+    batch: Batch,
+    loss: Loss,
+    normalization: Normalization | None,
+    axis_name: str | None,
+) -> Metrics:
+    """What :func:`eval_step` computes, from a module and its variables alone (evaluation needs no optimizer)."""
+    module = with_axis(module, axis_name)
     mask = _mask(batch)
-    out: jax.Array = module.apply(state.variables, batch["images"], train=False)  # type: ignore[assignment]
-    per_example = cross_entropy(out, batch["labels"], label_smoothing) if loss == "ce" else mse(out, batch["images"])
+    images = prepare_images(batch["images"], normalization)
+    out: jax.Array = module.apply(variables, images, train=False)  # type: ignore[assignment]
+    per_example = loss.per_example(out, batch, images)
     metrics: Metrics = {"loss_sum": jnp.sum(per_example * mask), "count": jnp.sum(mask)}
-    if loss == "ce":
+    if loss.needs_labels:
         metrics["top1_correct"] = jnp.sum(topk_correct(out, batch["labels"], 1) * mask)
         metrics["top5_correct"] = jnp.sum(topk_correct(out, batch["labels"], 5) * mask)
     return _psum(metrics, axis_name)  # type: ignore[no-any-return]

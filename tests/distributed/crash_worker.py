@@ -19,12 +19,14 @@ import numpy as np
 import optax
 from orbax.checkpoint._src.path import atomicity
 
-import jaxtl  # noqa: F401  (sets XLA:CPU flags before the backend starts)
+import jaxtl
+
+jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "train"))
 from tiny import Tiny, tiny_dataset, tiny_variables
 
-from jaxtl.train import fit
+from jaxtl.train import Checkpoints, Loop, fit
 
 
 def pause_before_commit(workdir: pathlib.Path, step: int) -> None:
@@ -42,20 +44,17 @@ def pause_before_commit(workdir: pathlib.Path, step: int) -> None:
         cls.finalize = finalize  # type: ignore[method-assign]
 
 
-def run(workdir: str | pathlib.Path, steps: int, **kwargs):  # type: ignore[no-untyped-def]
+def run(workdir: str | pathlib.Path, steps: int, on_step=None):  # type: ignore[no-untyped-def]
     module = Tiny()
     return fit(
         module,
         jax.device_get(tiny_variables(module)),
         tiny_dataset(40),
         tx=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
-        steps=steps,
-        batch_size=8,
-        checkpoint_every=2,
-        workdir=workdir,
-        parallel="pmap",
+        loop=Loop(steps=steps, batch_size=8, parallel="pmap"),
+        checkpoints=Checkpoints(workdir, every=2),
         progress=False,
-        **kwargs,
+        callbacks=() if on_step is None else (on_step,),
     )
 
 

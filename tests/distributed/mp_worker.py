@@ -17,14 +17,16 @@ import jax
 import numpy as np
 import optax
 
-import jaxtl  # noqa: F401  (sets XLA:CPU flags before the backend starts)
+import jaxtl  # noqa: E402
+
+jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "train"))
 from tiny import Tiny, tiny_dataset, tiny_variables  # noqa: E402
 
 from jaxtl.distributed import initialize  # noqa: E402
-from jaxtl.train import Parallel, evaluate, extract_features, fit  # noqa: E402
+from jaxtl.train import Checkpoints, Loop, Parallel, evaluate, extract_features, fit  # noqa: E402
 
 BATCH = 8
 
@@ -38,12 +40,8 @@ def train(out: pathlib.Path, parallel: str, steps: int) -> dict[str, np.ndarray]
         tiny_dataset(40),
         eval_data=tiny_dataset(13, seed=5),
         tx=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
-        steps=steps,
-        batch_size=BATCH,
-        checkpoint_every=3,
-        eval_every=3,
-        workdir=out / "work",
-        parallel=parallel,
+        loop=Loop(steps=steps, batch_size=BATCH, eval_every=3, parallel=parallel),
+        checkpoints=Checkpoints(out / "work", every=3),
         progress=False,
     )
     par = Parallel(parallel)

@@ -18,7 +18,7 @@ import pytest
 from conftest import HERE, TIMEOUT_S, child_env, python
 from crash_worker import run
 
-from jaxtl.train.fit import CheckpointDamagedError, WorkdirError, checkpoint_manager, restore_run
+from jaxtl.train import CheckpointDamagedError, RunStore, WorkdirError
 
 STEPS = 6  # checkpoints at 2, 4, 6
 WORKER = HERE / "crash_worker.py"
@@ -155,14 +155,11 @@ def test_restore_of_an_explicit_damaged_step_raises(at_four, tmp_path):
     _corrupt(workdir / "checkpoints" / "4")
     module = Tiny()
     template = TrainState.create(module, jax.device_get(tiny_variables(module)), _tx())
-    manager = checkpoint_manager(workdir / "checkpoints")
-    try:
+    with RunStore(workdir, readonly=True) as store:
         with pytest.raises(CheckpointDamagedError, match="step 4"):
-            restore_run(manager, template, step=4)
-        _, position = restore_run(manager, template, step=2)
+            store.restore_step(template, 4)
+        _, position = store.restore_step(template, 2)
         assert position == {"step": 2, "epoch": 0, "batch": 2}
-    finally:
-        manager.close()
 
 
 def _tx():
@@ -181,9 +178,9 @@ def test_workdir_under_a_file_is_an_error_before_training(tmp_path):
 
 
 def test_full_disk_is_an_error_before_training(tmp_path, monkeypatch):
-    fit_module = sys.modules["jaxtl.train.fit"]  # jaxtl.train's `fit` function shadows the module's name
+    ckpt_module = sys.modules["jaxtl.train.checkpoint"]
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(fit_module.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: usage._replace(free=4096))
     with pytest.raises(WorkdirError, match=r"0\.0 MiB free; one checkpoint needs about 1\.\d MiB"):
         run(tmp_path / "work", STEPS, on_step=lambda *_: pytest.fail("trained"))
     assert not (tmp_path / "work" / "checkpoints").exists()

@@ -11,12 +11,14 @@ import jax
 import numpy as np
 import optax
 
-import jaxtl  # noqa: F401  (sets XLA:CPU flags before the backend starts)
+import jaxtl
+
+jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny import Tiny, tiny_dataset, tiny_variables
 
-from jaxtl.train import fit
+from jaxtl.train import Checkpoints, Loop, fit
 
 
 def run(workdir: str, steps: int, sleep_s: float = 0.0, nan_example: int | None = None):
@@ -31,14 +33,10 @@ def run(workdir: str, steps: int, sleep_s: float = 0.0, nan_example: int | None 
         data,
         eval_data=tiny_dataset(13, seed=5),
         tx=make_tx(),
-        steps=steps,
-        batch_size=8,
-        checkpoint_every=2,
-        eval_every=5,
-        workdir=workdir,
-        parallel="pmap",
+        loop=Loop(steps=steps, batch_size=8, eval_every=5, parallel="pmap"),
+        checkpoints=Checkpoints(workdir, every=2),
         progress=False,
-        on_step=on_step,
+        callbacks=() if on_step is None else (on_step,),
     )
 
 

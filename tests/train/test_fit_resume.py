@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from run_fit import make_tx, run
 
-from jaxtl.train import NonFiniteLossError, TrainState, restore_run
-from jaxtl.train.fit import checkpoint_manager
+from jaxtl.train import NonFiniteLossError, RunStore, TrainState
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -103,10 +102,9 @@ def test_nan_stops_with_step_and_previous_checkpoint_restores(tmp_path, bad_step
     assert err.value.step == bad_step
     module = Tiny()
     template = TrainState.create(module, jax.device_get(tiny_variables(module)), make_tx())
-    manager = checkpoint_manager(tmp_path / "checkpoints")
-    assert manager.latest_step() == 2
-    state, position = restore_run(manager, template)
-    manager.close()
+    with RunStore(tmp_path, readonly=True) as store:
+        assert store.manager.latest_step() == 2
+        state, position = store.restore_latest(template)
     assert position == {"step": 2, "epoch": 0, "batch": 2}
     clean = run(str(tmp_path / "clean"), 2)
     _assert_same(jax.tree.leaves(clean.state), jax.tree.leaves(state))
@@ -121,7 +119,7 @@ def test_keeps_latest_and_the_best_checkpoint(tmp_path):
     import optax
     from tiny import Tiny, tiny_dataset, tiny_variables
 
-    from jaxtl.train import fit
+    from jaxtl.train import Checkpoints, Loop, fit
 
     module = Tiny()
     data = tiny_dataset(40)
@@ -131,14 +129,8 @@ def test_keeps_latest_and_the_best_checkpoint(tmp_path):
         data,
         eval_data=tiny_dataset(24, seed=1),
         tx=optax.sgd(0.5),  # large steps: eval accuracy moves around, so the best is rarely the last
-        batch_size=8,
-        steps=12,
-        eval_every=1,
-        checkpoint_every=1,
-        keep=1,
-        best_metric="top1",
-        workdir=tmp_path,
-        parallel="none",
+        loop=Loop(batch_size=8, steps=12, eval_every=1, parallel="none"),
+        checkpoints=Checkpoints(tmp_path, every=1, keep=1, best_metric="top1"),
         progress=False,
     )
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["split"] == "eval"]

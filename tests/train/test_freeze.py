@@ -1,5 +1,6 @@
-"""Freezing: labels by regex, zero updates and no optimizer state for frozen leaves, a frozen backbone that is
-bit-identical after training (BatchNorm included) and never differentiated, and the linear-probe fast path."""
+"""Freezing through parameter groups: labels by regex, zero updates and no optimizer state for frozen leaves, a
+frozen backbone that is bit-identical after training (BatchNorm included) and never differentiated, per-group
+learning rates, refusal of optimizers that freeze on their own, and the linear-probe fast path."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from tiny import Tiny, tiny_dataset, tiny_variables
 
 import jaxtl
 from jaxtl.train import (
+    Group,
+    Loop,
     Parallel,
+    ParamGroups,
     TrainState,
     extract_features,
     fit,
     fit_linear_probe,
     train_step,
-    trainable_mask,
 )
 
 
@@ -34,24 +37,31 @@ def resnet():
 
 
 def test_pattern_matching_nothing_raises(resnet):
-    _, variables = resnet
-    with pytest.raises(ValueError, match="'\\^head/' matches no parameter path"):
-        jaxtl.freeze(optax.sgd(0.1), variables["params"], "^head/")
-    with pytest.raises(ValueError, match="'nope' matches no parameter path"):
-        jaxtl.freeze(optax.sgd(0.1), variables["params"], ["^fc/", "nope"])
-    with pytest.raises(ValueError, match="leaves no parameter trainable"):
-        jaxtl.freeze(optax.sgd(0.1), variables["params"], lambda path: False)
+    module, variables = resnet
+    with pytest.raises(ValueError, match="\\['\\^head/'\\] match no parameter path"):
+        TrainState.create(module, variables, optax.sgd(0.1), groups="^head/")
+    with pytest.raises(ValueError, match="\\['nope'\\] match no parameter path"):
+        ParamGroups.trainable(["^fc/", "nope"]).labels(variables["params"])
+    with pytest.raises(ValueError, match="leave no parameter trainable"):
+        ParamGroups(groups={"all": Group(frozen=True)}).labels(variables["params"])
     with pytest.raises(ValueError, match="not a valid regex"):
-        jaxtl.freeze(optax.sgd(0.1), variables["params"], "fc/(")
+        ParamGroups.trainable("fc/(")
+    with pytest.raises(ValueError, match="not defined"):
+        ParamGroups(rules=(("^fc/", "head"),))
+    with pytest.raises(TypeError, match="not a predicate"):
+        ParamGroups.of(lambda path: True)
 
 
-def test_trainable_mask_and_opt_state_holds_trainable_leaves_only(resnet):
-    _, variables = resnet
+def test_group_labels_and_opt_state_holds_trainable_leaves_only(resnet):
+    module, variables = resnet
     params = variables["params"]
-    mask = _flat(trainable_mask(params, ["^fc/", "layer4/1/bn2/"]))
-    assert {p for p, t in mask.items() if t} == {"fc/kernel", "fc/bias", "layer4/1/bn2/scale", "layer4/1/bn2/bias"}
-    tx = jaxtl.freeze(optax.adam(1e-3), params, ["^fc/", "layer4/1/bn2/"])
-    shapes = sorted(np.shape(x) for x in jax.tree.leaves(tx.init(params)) if np.ndim(x))
+    groups = ParamGroups.trainable(["^fc/", "layer4/1/bn2/"])
+    labels = _flat(groups.labels(params))
+    trainable = {p for p, g in labels.items() if g == "trainable"}
+    assert trainable == {"fc/kernel", "fc/bias", "layer4/1/bn2/scale", "layer4/1/bn2/bias"}
+    state = TrainState.create(module, variables, optax.adam(1e-3), groups=groups)
+    assert set(state.trainable) == trainable
+    shapes = sorted(np.shape(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x))
     trainable_shapes = sorted([(512, 10), (10,), (512,), (512,)] * 2)  # adam's mu and nu
     assert shapes == trainable_shapes
 
@@ -61,7 +71,7 @@ def frozen_run(resnet):
     module, variables = resnet
     rng = np.random.default_rng(0)
     par = Parallel("pmap")
-    state = TrainState.create(module, variables, optax.adamw(1e-2, weight_decay=0.1), rng=0, trainable="^fc/")
+    state = TrainState.create(module, variables, optax.adamw(1e-2, weight_decay=0.1), rng=0, groups="^fc/")
     placed = par.put_state(state)
     step = par.map(train_step)
     for _ in range(5):
@@ -92,12 +102,12 @@ def test_frozen_backbone_is_bit_identical_after_five_steps(resnet, frozen_run):
 
 
 def test_naive_optax_masked_moves_the_frozen_backbone():
-    """The trap freeze() avoids: optax.masked passes raw gradients through as updates of masked-out leaves."""
+    """The trap parameter groups avoid: optax.masked passes raw gradients through as updates of masked-out leaves."""
     module = Tiny()
     variables = jax.device_get(tiny_variables(module))
     data = tiny_dataset(8)
     params = variables["params"]
-    mask = trainable_mask(params, "^fc/")
+    mask = jax.tree.map(lambda g: g == "trainable", ParamGroups.trainable("^fc/").labels(params))
 
     def loss(p):
         logits = module.apply({"params": p, "batch_stats": variables["batch_stats"]}, data.images, train=False)
@@ -106,7 +116,7 @@ def test_naive_optax_masked_moves_the_frozen_backbone():
     grads = jax.grad(loss)(params)
     for name, tx in [
         ("masked", optax.masked(optax.adamw(1e-2), mask)),
-        ("freeze", jaxtl.freeze(optax.adamw(1e-2), params, "^fc/")),
+        ("groups", ParamGroups.trainable("^fc/").optimizer(optax.adamw(1e-2), params)),
     ]:
         updates, _ = tx.update(grads, tx.init(params), params)
         moved = np.abs(np.asarray(updates["conv1"]["kernel"])).max()
@@ -138,7 +148,7 @@ def test_frozen_step_has_no_backward_convolutions(resnet):
     )
     counts = {}
     for trainable in (None, "^fc/"):
-        state = TrainState.create(module, variables, optax.sgd(0.1), rng=0, trainable=trainable)
+        state = TrainState.create(module, variables, optax.sgd(0.1), rng=0, groups=trainable)
         jaxpr = jax.make_jaxpr(lambda s, b: train_step(s, b, axis_name=None))(state, batch).jaxpr
         counts[trainable] = _count_convs(jaxpr)
     assert forward == 20  # resnet18: stem + 16 block convs + 3 downsample convs
@@ -150,7 +160,7 @@ def test_partly_frozen_backbone_keeps_frozen_statistics():
     module = Tiny()
     variables = jax.device_get(tiny_variables(module))
     data = tiny_dataset(8)
-    state = TrainState.create(module, variables, optax.sgd(0.1), rng=0, trainable="^(bn2|fc)/")
+    state = TrainState.create(module, variables, optax.sgd(0.1), rng=0, groups="^(bn2|fc)/")
     assert not state.backbone_frozen
     par = Parallel("shard_map")
     new = par.get_state(
@@ -171,7 +181,13 @@ def test_linear_probe_matches_frozen_backbone_fit(tmp_path):
     data = tiny_dataset(44)
     tx = optax.adam(5e-2)
     frozen = fit(
-        module, variables, data, tx=tx, steps=10, batch_size=8, trainable="^fc/", parallel="pmap", progress=False
+        module,
+        variables,
+        data,
+        tx=tx,
+        groups=ParamGroups.head_only(),
+        loop=Loop(steps=10, batch_size=8, parallel="pmap"),
+        progress=False,
     )
     feats = extract_features(module, variables, data, batch_size=8, parallel="shard_map", out_path=tmp_path / "f.npy")
     assert isinstance(feats, np.memmap) and feats.shape == (44, 8)
@@ -198,3 +214,41 @@ def test_linear_probe_leaves_the_callers_head_alive():
     probe = fit_linear_probe(feats, labels, 3, optax.sgd(0.1), variables=variables, steps=3, batch_size=8)
     assert float(np.abs(head["kernel"]).sum()) == 0.0  # still readable, unchanged
     assert float(np.abs(probe.head["kernel"]).sum()) > 0.0
+
+
+def test_optimizer_that_freezes_on_its_own_is_refused():
+    """One meaning of frozen: an optimizer already partitioned with set_to_zero would keep leaves fixed that the
+    state's groups call trainable (BatchNorm in train mode, a backward pass through them): refused, naming them."""
+    module = Tiny()
+    variables = jax.device_get(tiny_variables(module))
+    params = variables["params"]
+    labels = jax.tree.map(lambda g: "t" if g == "trainable" else "f", ParamGroups.trainable("^fc/").labels(params))
+    own = optax.partition({"t": optax.sgd(0.1), "f": optax.set_to_zero()}, labels)
+    with pytest.raises(ValueError, match=r"zero updates to trainable parameters \(bn1/bias"):
+        TrainState.create(module, variables, own)
+    TrainState.create(module, variables, own, groups=ParamGroups.head_only())  # agrees with the groups: fine
+    warmup = optax.sgd(optax.linear_schedule(0.0, 0.1, 10))  # every first update is zero: cannot be judged
+    TrainState.create(module, variables, warmup)
+
+
+def test_group_learning_rates_scale_updates():
+    module = Tiny()
+    variables = jax.device_get(tiny_variables(module))
+    data = tiny_dataset(8)
+    batch = {"images": data.images, "labels": data.labels.astype(np.int32)}
+    moves = {}
+    for scale in (1.0, 0.25):
+        state = TrainState.create(module, variables, optax.sgd(0.1), groups=ParamGroups.finetune("fc", scale))
+        new, _ = train_step(state, batch, axis_name=None)
+        moves[scale] = {
+            k: np.asarray(new.params[k]["kernel"]) - variables["params"][k]["kernel"] for k in ("conv1", "fc")
+        }
+    np.testing.assert_allclose(
+        moves[0.25]["conv1"], 0.25 * moves[1.0]["conv1"], rtol=1e-4, atol=5e-8
+    )  # differences of float32 params
+    np.testing.assert_array_equal(moves[0.25]["fc"], moves[1.0]["fc"])
+    with pytest.raises(ValueError, match="weight_decay_scale, which needs an optimizer factory"):
+        groups = ParamGroups(
+            rules=(("^fc/", "h"),), groups={"h": Group(), "b": Group(weight_decay_scale=0.0)}, default="b"
+        )
+        TrainState.create(module, variables, optax.adamw(0.1, weight_decay=0.1), groups=groups)
