@@ -81,7 +81,7 @@ class Preprocessing:
     def with_size(self, crop_size: int, resize_size: int | None = None) -> Preprocessing:
         """The same transform at another crop size; the resize keeps the crop/resize ratio (224/256 by default)."""
         if resize_size is None:
-            resize_size = max(crop_size, int(round(crop_size * self.resize_size / self.crop_size)))
+            resize_size = max(crop_size, round(crop_size * self.resize_size / self.crop_size))
         return dataclasses.replace(self, crop_size=crop_size, resize_size=resize_size)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class ModelCard:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)
         pre = fields.pop("preprocessing", None) or Preprocessing(
             crop_size=spec.input_size,
-            resize_size=max(spec.input_size, int(round(spec.input_size * 256 / 224))),
+            resize_size=max(spec.input_size, round(spec.input_size * 256 / 224)),
             mean=mean,
             std=std,
             channels=channels,
