@@ -83,6 +83,9 @@ def machine_info(device: str) -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jaxtl_cpu_tuning": jaxtl.cpu_tuning_status(),
     }
+    from jaxtl._provenance import source_revision
+
+    info.update(source_revision())  # commit, commit_dirty: the report prints them next to the tables
     try:
         import flax
         import optax
