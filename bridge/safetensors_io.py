@@ -35,6 +35,10 @@ _NAMES: dict[np.dtype, str] = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100_000_000
 
 
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _dtype_name(a: np.ndarray, key: str) -> str:
     dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
     name = _NAMES.get(np.dtype(dt))
@@ -88,6 +92,8 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         header = json.loads(blob[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"header is not JSON ({e})") from e
+    except RecursionError as e:
+        raise bad("header nests JSON too deeply (a crafted file?)") from e
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -99,14 +105,14 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
             raise bad(f"entry {name!r} lacks dtype/shape/data_offsets")
-        dt = _DTYPES.get(info["dtype"])
+        dt = _DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dt is None:
-            raise bad(f"entry {name!r} has unsupported dtype {info['dtype']!r}")
+            raise bad(f"entry {name!r} has unsupported dtype {info['dtype']!r}; supported: {', '.join(_DTYPES)}")
         shape, offs = info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise bad(f"entry {name!r} has a bad shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
-            raise bad(f"entry {name!r} has bad data_offsets {offs!r}")
+        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise bad(f"entry {name!r} has a bad shape {shape!r} (a list of integers >= 0)")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_count(o) for o in offs)):
+            raise bad(f"entry {name!r} has bad data_offsets {offs!r} (two integers >= 0)")
         begin, end = offs
         if not 0 <= begin <= end <= len(buffer):
             raise bad(f"entry {name!r} data_offsets {offs} outside the {len(buffer)}-byte buffer (truncated?)")

@@ -6,8 +6,10 @@ partial one; a pickle that would run code is refused before it runs (its marker 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 import zipfile
 
 import jax
@@ -20,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxtl
-from jaxtl.bridge import BridgeError, from_torchvision, load_state_dict, save_safetensors
+from jaxtl.bridge import BridgeError, from_torchvision, load_safetensors, load_state_dict, save_safetensors
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ARCH, CLASSES = "resnet18", 3
@@ -207,3 +209,69 @@ def test_random_bytes(tmp_path_factory, blob, suffix):
     path.write_bytes(blob)
     with pytest.raises(BridgeError):
         load_state_dict(path)
+
+
+def _crafted(header: object, payload: bytes = b"\0" * 16) -> bytes:
+    raw = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+_ENTRY = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nests JSON too deeply"),
+        ({"w": {**_ENTRY, "dtype": ["F32"]}}, r"unsupported dtype \['F32'\]"),
+        ({"w": {**_ENTRY, "dtype": {"a": 1}}}, "unsupported dtype"),
+        ({"w": {**_ENTRY, "shape": [True]}}, r"bad shape \[true\]|bad shape \[True\]"),
+        ({"w": {**_ENTRY, "shape": [4.0]}}, "bad shape"),
+        ({"w": {**_ENTRY, "shape": "4"}}, "bad shape"),
+        ({"w": {**_ENTRY, "data_offsets": [False, 16]}}, "bad data_offsets"),
+        ({"w": {**_ENTRY, "data_offsets": [0, 16, 32]}}, "bad data_offsets"),
+        ({"w": [1, 2]}, "lacks dtype/shape/data_offsets"),
+        ({"__metadata__": [1], "w": _ENTRY}, "__metadata__ is not an object"),
+    ],
+    ids=[
+        "deep",
+        "dtype-list",
+        "dtype-dict",
+        "shape-true",
+        "shape-float",
+        "shape-str",
+        "offs-bool",
+        "offs-3",
+        "entry",
+        "meta",
+    ],
+)
+def test_crafted_safetensors_headers(tmp_path, header, match):
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(_crafted(header))
+    with pytest.raises(BridgeError, match=match) as e:
+        load_state_dict(path)
+    assert str(path) in str(e.value)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 40) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@FUZZ
+@given(
+    dtype=st.one_of(st.sampled_from(["F32", "F16", "I64", "BOOL", "F8_E4M3"]), JSON_VALUES),
+    shape=st.one_of(st.lists(st.integers(0, 4), max_size=2), JSON_VALUES),
+    offsets=st.one_of(st.just([0, 16]), st.lists(st.integers(-1, 20), max_size=3), JSON_VALUES),
+)
+def test_random_safetensors_entries(tmp_path_factory, dtype, shape, offsets):
+    path = tmp_path_factory.mktemp("crafted") / "w.safetensors"
+    path.write_bytes(_crafted({"w": {"dtype": dtype, "shape": shape, "data_offsets": offsets}}))
+    try:
+        tensors, _ = load_safetensors(path)
+    except BridgeError:
+        return
+    assert tensors["w"].nbytes == 16
