@@ -213,3 +213,55 @@ def test_normalize_numpy_and_jax():
     np.testing.assert_allclose(np.asarray(out_j), out, rtol=1e-6)
     with pytest.raises(ValueError, match="3 channels"):
         normalize(x, (0.5,), (0.5,))
+
+
+def test_image_folder_scales_16bit_and_float_images_by_their_range(tmp_path):
+    # Pillow's convert("RGB") (torchvision's loader) would give 1.0 for the 16-bit mid-grey and 0.0 for the float.
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.full((10, 10), 32768, np.uint16)).save(tmp_path / "a" / "grey16.png")
+    Image.fromarray(np.full((10, 10), 0.5, np.float32)).save(tmp_path / "a" / "half.tiff")
+    ds = load_image_folder(tmp_path, size=8, resize=8)
+    np.testing.assert_allclose(ds.images, 128 / 255, atol=1e-6)
+
+
+def _zip_bomb(path: pathlib.Path, n: int) -> None:
+    """An npz whose images member is n zero bytes, deflated (a few hundred KB for 100 MB)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "|u1", "fortran_order": False, "shape": (n // (32 * 32 * 3), 32, 32, 3)}
+    )
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("images.npy", "w", force_zip64=True) as f:
+            f.write(buf.getvalue())
+            chunk = b"\0" * (1 << 20)
+            for _ in range(n // len(chunk)):
+                f.write(chunk)
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(n // (32 * 32 * 3), np.int64))
+        z.writestr("labels.npy", buf.getvalue())
+
+
+def test_npz_sizes_are_checked_before_inflating(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    _zip_bomb(path, 96 << 20)
+    assert path.stat().st_size < (2 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb\.npz.*'images'.*inflate to .* more than the limit"):
+            load_npz(path, max_bytes=50 << 20)
+        with pytest.raises(ValueError, match=r"bomb\.npz.*'images'.*\(32, 32, 3\) per example, expected \(8, 8, 3\)"):
+            load_npz(path, image_shape=(8, 8, 3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < (8 << 20), f"{peak} bytes allocated: the member was inflated before the checks"
+
+
+def test_npz_labels_beyond_int32_are_an_error(tmp_path):
+    np.savez(tmp_path / "big.npz", images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.array([0, 2**31], np.int64))
+    with pytest.raises(ValueError, match=r"big\.npz.*'labels'.*does not fit int32"):
+        load_npz(tmp_path / "big.npz")

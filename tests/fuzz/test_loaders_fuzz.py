@@ -1,5 +1,6 @@
 """The data loaders fed hostile files: load_image_folder skips unreadable images with one SkippedFilesWarning
-(or raises ValueError when none is readable); load_npz raises ValueError naming the file. Never another exception.
+(or raises ValueError when none is readable); the streaming source replaces (training) or masks (evaluation) them
+with one warning; load_npz raises ValueError naming the file. Never another exception.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from jaxtl.data import load_image_folder, load_npz
+from jaxtl.data import load_image_folder, load_npz, open_source
 from jaxtl.data.datasets import SkippedFilesWarning
+from jaxtl.data.transforms import decode_image, example_rng
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -83,6 +85,44 @@ def test_image_folder_skips_or_value_error(tmp_path_factory, bad, good):
     assert ds.images.min() >= 0.0 and ds.images.max() <= 1.0
     if len(ds) < good + len(bad):
         assert len(skipped) == 1 and "skipped" in str(skipped[0].message)
+
+
+@FUZZ
+@given(bad=st.lists(HOSTILE, min_size=1, max_size=3), good=st.integers(1, 3), train=st.booleans())
+def test_streaming_source_replaces_or_masks_hostile_files(tmp_path_factory, bad, good, train):
+    """Mid-stream, a hostile file never raises: in training it is replaced by the next readable image (with its
+    own draws), in evaluation masked out; one SkippedFilesWarning names exactly the unreadable files."""
+    root = tmp_path_factory.mktemp("stream")
+    (root / "a").mkdir()
+    for i, (_, blob) in enumerate(bad):
+        (root / "a" / f"bad{i}.png").write_bytes(blob)
+    for i in range(good):
+        (root / "a" / f"good{i}.png").write_bytes(_png())
+    src = open_source(f"folder:{root}", image_size=4, augment="rrc", workers=0)
+    paths = list(src.reader.paths)
+    readable = []
+    for p in paths:
+        try:
+            readable.append(decode_image(p))
+        except Exception:
+            readable.append(None)
+    n = len(paths)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        (batch,) = list(src.batches(n, shuffle=False, drop_remainder=train, train=train))
+    skipped = [w for w in record if issubclass(w.category, SkippedFilesWarning)]
+    unreadable = [p for p, img in zip(paths, readable) if img is None]
+    assert len(skipped) == (1 if unreadable else 0)
+    if unreadable:
+        assert all(p in str(skipped[0].message) for p in unreadable)
+    assert batch["images"].shape == (n, 4, 4, 3) and batch["images"].dtype == np.uint8
+    for i in range(n):
+        if not train:
+            assert batch["mask"][i] == (readable[i] is not None)
+            continue
+        j = next(k % n for k in range(i, i + n) if readable[k % n] is not None)
+        want = src.transform(readable[j], example_rng(0, 0, i), train=True)
+        np.testing.assert_array_equal(batch["images"][i], want)
 
 
 def test_decompression_bomb_is_skipped_with_warning(tmp_path):
