@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtl.models.card import ModelCard
+
 from .errors import BridgeError
 from .names import flax_to_torch_key, rule_for_flax
 from .safetensors_io import load_safetensors, save_safetensors
@@ -33,13 +35,20 @@ def _flatten(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def save_flax_safetensors(
-    variables: Mapping[str, Any], path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None
+    variables: Mapping[str, Any],
+    path: str | os.PathLike,
+    card: ModelCard | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write a Flax variables tree (``{"params": ..., "batch_stats": ...}``) to ``path``, one tensor per leaf.
 
-    ``extra_metadata`` (strings) is stored beside ``format``; the bridge stores ``card`` and ``report`` there.
+    ``card`` (the model card) is stored as JSON in the metadata, so ``jaxtl inspect`` and the bridge read it back;
+    ``extra_metadata`` (strings) is stored beside it.
     """
-    save_safetensors(_flatten(variables), path, metadata={**(extra_metadata or {}), "format": FORMAT})
+    metadata = {**(extra_metadata or {}), "format": FORMAT}
+    if card is not None:
+        metadata["card"] = json.dumps(card.to_dict())
+    save_safetensors(_flatten(variables), path, metadata=metadata)
 
 
 def _nest(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
