@@ -2,11 +2,20 @@
 
 For each resnet-family architecture: a randomly initialised torchvision model (``weights=None``) with randomised
 BatchNorm running statistics (so eval-mode BN is not the identity), ``from_torchvision`` and ``to_torchvision``
-timed, and max|diff| of eval logits on a small float32 input ``[2, 3, S, S]``.
+timed, and max|diff| of eval logits on a small float32 input ``[2, 3, S, S]``. Then the one-line route,
+``jaxtl.bridge.pretrained(arch, weights="DEFAULT")``, on that model saved under torchvision's file name in a
+temporary ``TORCH_HOME``: the first load (read the .pth with torch, convert, write the jaxtl cache), the second
+load in the same process (from the cache), and the second load in a fresh process (interpreter start and imports
+included; it must not import torch).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +62,9 @@ def one_arch(arch: str, size: int) -> dict[str, Any]:
     back = to_torchvision(variables, arch)
     to_s = time.perf_counter() - t0
     model.load_state_dict(back, strict=True)  # raises on any missing/unexpected/mis-shaped key
+    loads = pretrained_loads(arch, model)
     return {
+        **loads,
         "arch": arch,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "from_torch_s": from_s,
@@ -61,6 +72,63 @@ def one_arch(arch: str, size: int) -> dict[str, Any]:
         "max_abs_diff": float(np.max(np.abs(out - ref))),
         "max_abs_logit": float(np.max(np.abs(ref))),
         "image_size": size,
+    }
+
+
+_CACHED_LOAD = """
+import sys, time, json
+t0 = time.perf_counter()
+from jaxtl.bridge import pretrained
+import jax
+loaded = pretrained({arch!r}, weights="DEFAULT")
+jax.block_until_ready(loaded.variables)
+seconds = time.perf_counter() - t0
+print(json.dumps({{"s": seconds, "cached": bool(loaded.report.cached), "torch": "torch" in sys.modules}}))
+"""
+
+
+def pretrained_loads(arch: str, model: Any) -> dict[str, Any]:
+    """Seconds for ``pretrained(arch)``: first (convert + cache), cached in-process, cached in a fresh process."""
+    import jax
+    import torch
+
+    from jaxtl.bridge import cached_weights_file, pretrained, resolve_name
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TORCH_HOME": os.path.join(tmp, "torch"), "JAXTL_WEIGHTS_CACHE": os.path.join(tmp, "cache")}
+        saved = {k: os.environ.get(k) for k in (*env, "JAXTL_OFFLINE")}
+        os.environ.update(env, JAXTL_OFFLINE="1")
+        try:
+            path = cached_weights_file(resolve_name(arch, "DEFAULT"))
+            path.parent.mkdir(parents=True)
+            torch.save(model.state_dict(), path)
+            times = {}
+            for name in ("first", "cached"):
+                t0 = time.perf_counter()
+                loaded = pretrained(arch, weights="DEFAULT")
+                jax.block_until_ready(loaded.variables)
+                times[name] = time.perf_counter() - t0
+            assert loaded.report.cached, "the second load did not come from the cache"
+            run = subprocess.run(
+                [sys.executable, "-c", _CACHED_LOAD.format(arch=arch)],
+                env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            fresh = json.loads(run.stdout.strip().splitlines()[-1])
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if not fresh["cached"] or fresh["torch"]:
+        raise RuntimeError(f"fresh-process load: from cache {fresh['cached']}, torch imported {fresh['torch']}")
+    return {
+        "pretrained_first_s": times["first"],
+        "pretrained_cached_s": times["cached"],
+        "pretrained_cached_fresh_process_s": fresh["s"],
     }
 
 
@@ -85,12 +153,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.append(one_arch(arch, args.image_size))
         r = results[-1]
         print(
-            f"{arch}: from {r['from_torch_s']:.2f}s to {r['to_torch_s']:.2f}s max|diff| {r['max_abs_diff']:.2e}",
+            f"{arch}: from {r['from_torch_s']:.2f}s to {r['to_torch_s']:.2f}s max|diff| {r['max_abs_diff']:.2e}; "
+            f"pretrained() first {r['pretrained_first_s']:.2f}s, cached {r['pretrained_cached_s']:.2f}s, "
+            f"cached in a fresh process {r['pretrained_cached_fresh_process_s']:.2f}s",
             flush=True,
         )
     common.print_table(
-        ["arch", "params_M", "from_torch_s", "to_torch_s", "max_abs_diff"],
-        [[r["arch"], r["params_m"], r["from_torch_s"], r["to_torch_s"], r["max_abs_diff"]] for r in results],
+        ["arch", "params_M", "from_torch_s", "to_torch_s", "max_abs_diff", "first_load_s", "cached_s", "fresh_proc_s"],
+        [
+            [
+                r["arch"],
+                r["params_m"],
+                r["from_torch_s"],
+                r["to_torch_s"],
+                r["max_abs_diff"],
+                r["pretrained_first_s"],
+                r["pretrained_cached_s"],
+                r["pretrained_cached_fresh_process_s"],
+            ]
+            for r in results
+        ],
     )
     payload = {
         "benchmark": "bridge",

@@ -95,7 +95,11 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = min(top_k, card.num_classes)
     names = card.class_names or tuple(f"class {i}" for i in range(card.num_classes))
-    apply = jax.jit(lambda v, x: jax.nn.softmax(module.apply(v, x, train=False).astype(jnp.float32), axis=-1))
+    def probabilities(v: dict[str, Any], x: jax.Array) -> jax.Array:
+        logits = jnp.asarray(module.apply(v, x, train=False), jnp.float32)
+        return jax.nn.softmax(logits, axis=-1)
+
+    apply = jax.jit(probabilities)
     out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
