@@ -31,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl._cpu_tuning import tune_cpu
+from jaxtl._provenance import machine, source_revision
 from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.data.datasets import load_digits
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.models.autoencoder import ConvNet
+from jaxtl.train.progress import Progress
 from jaxtl.transfer import build_classifier, evaluate_classifier, finetune, parse_denoise, pretrain_autoencoder
 
 __all__ = ["ARMS", "DemoConfig", "run_demo"]
@@ -124,13 +126,20 @@ def format_table(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig)
     return "\n".join(lines)
 
 
-def _plot_reconstructions(path: pathlib.Path, images: np.ndarray, recon: np.ndarray, noisy: np.ndarray | None) -> None:
+def _reconstruction_figure(
+    images: np.ndarray, recon: np.ndarray, noisy: np.ndarray | None, recon_noisy: np.ndarray | None
+) -> Any:
+    """Rows of ``[n, H, W, C]`` images: the inputs, their corrupted versions and the reconstruction of those (what a
+    denoising autoencoder is trained to do), and the reconstruction of the clean inputs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("input", images)] + ([("corrupted", noisy)] if noisy is not None else []) + [("recon. of input", recon)]
+    rows = [("input", images)]
+    if noisy is not None and recon_noisy is not None:
+        rows += [("corrupted", noisy), ("recon. of\ncorrupted", recon_noisy)]
+    rows += [("recon. of\ninput", recon)]
     n = images.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
     for r, (name, arr) in enumerate(rows):
@@ -141,26 +150,46 @@ def _plot_reconstructions(path: pathlib.Path, images: np.ndarray, recon: np.ndar
             ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle("held-out digits: autoencoder inputs and reconstructions", fontsize=9)
+    fig.suptitle("held-out digits: inputs, corrupted inputs and the autoencoder's reconstructions", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def _plot_accuracy(path: pathlib.Path, summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig) -> None:
+def _accuracy_figure(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig) -> Any:
+    """Mean +/- std test accuracy per arm against labels per class; every arm visible even where two coincide."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.4))
     x = list(cfg.labels_per_class)
-    for i, (arm, cols) in enumerate(summary.items()):
-        means = [100 * cols[str(k)]["mean"] for k in x]
-        stds = [100 * cols[str(k)]["std"] for k in x]
-        # frozen coincides with linear_probe without augmentation: dashed and hollow so both stay visible.
-        style = dict(linestyle="--", mfc="none") if arm == "frozen" else {}
-        ax.errorbar(x, means, yerr=stds, marker="osD^v"[i % 5], capsize=3, label=arm, **style)  # type: ignore[arg-type]
+    arms = list(summary)
+    means = {arm: [100 * summary[arm][str(k)]["mean"] for k in x] for arm in arms}
+    for i, arm in enumerate(arms):
+        stds = [100 * summary[arm][str(k)]["std"] for k in x]
+        # Each arm a little apart on the (log) x axis, with its own marker and line style, so arms with equal
+        # numbers (frozen and linear_probe train the same head on the same features) are side by side, not hidden.
+        shift = 1.04 ** (i - (len(arms) - 1) / 2)
+        ax.errorbar(
+            [k * shift for k in x],
+            means[arm],
+            yerr=stds,
+            marker="osD^v"[i % 5],
+            linestyle=("-", "--", ":", "-.")[i % 4],
+            mfc="none" if i % 2 else None,
+            capsize=3,
+            label=arm,
+        )
+    same = _coinciding(means)
+    if same:
+        note = "; ".join(" = ".join(group) for group in same)
+        ax.annotate(
+            f"equal at every point: {note} (drawn side by side)",
+            xy=(0.01, 0.01),
+            xycoords="axes fraction",
+            fontsize=7,
+        )
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([str(k) for k in x])
@@ -170,8 +199,27 @@ def _plot_accuracy(path: pathlib.Path, summary: dict[str, dict[str, dict[str, An
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def _save(fig: Any, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _coinciding(means: dict[str, list[float]], tol: float = 0.05) -> list[list[str]]:
+    """Groups of arms whose mean accuracies (in %) agree within ``tol`` at every label count."""
+    groups: list[list[str]] = []
+    for arm, values in means.items():
+        for group in groups:
+            if all(abs(a - b) <= tol for a, b in zip(means[group[0]], values)):
+                group.append(arm)
+                break
+        else:
+            groups.append([arm])
+    return [g for g in groups if len(g) > 1]
 
 
 def run_demo(
@@ -195,18 +243,14 @@ def run_demo(
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
     n_runs = len(cfg.labels_per_class) * cfg.seeds * len(cfg.arms)
 
-    from tqdm.auto import tqdm
+    # One reporter over every step of the demo: a bar on a terminal, a line every 30 s or 10% otherwise.
+    bar = Progress(cfg.pretrain_steps + n_runs * cfg.steps, desc="pretrain", enabled=progress)
 
-    bar = tqdm(
-        total=cfg.pretrain_steps + n_runs * cfg.steps,
-        desc="pretrain",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    def tick(_step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("loss")
+        bar.update(1, **({} if loss is None else {"loss": f"{loss:.4f}"}))
 
-    def tick(_step: int, _metrics: dict[str, float]) -> None:
-        bar.update(1)
+    bar.start()
 
     t0 = time.perf_counter()
     encoder = ConvNet(num_classes=0, widths=cfg.widths)
@@ -229,15 +273,17 @@ def run_demo(
     show = test.images[:10]
     recon = np.asarray(ae.apply(ae_vars, jnp.asarray(show), train=False))
     test_mse = float(np.mean((np.asarray(ae.apply(ae_vars, jnp.asarray(test.images), train=False)) - test.images) ** 2))
-    noisy = None
+    noisy = recon_noisy = None
     denoise = parse_denoise(cfg.denoise)
     if denoise is not None:
         from jaxtl.transfer import _corrupt_fn
 
         corrupt = _corrupt_fn(denoise)
         assert corrupt is not None
-        noisy = np.asarray(corrupt(jax.random.PRNGKey(0), jnp.asarray(show)))[..., : cfg.channels]
-    _plot_reconstructions(out / "reconstructions.png", show, recon, noisy)
+        corrupted = corrupt(jax.random.PRNGKey(0), jnp.asarray(show))  # the model's input during pretraining
+        recon_noisy = np.asarray(ae.apply(ae_vars, corrupted, train=False))
+        noisy = np.asarray(corrupted)[..., : cfg.channels]
+    _save(_reconstruction_figure(show, recon, noisy, recon_noisy), out / "reconstructions.png")
 
     runs: list[dict[str, Any]] = []
     for lpc in cfg.labels_per_class:
@@ -267,6 +313,8 @@ def run_demo(
                     parallel=cfg.parallel,
                     progress=False,
                     on_step=tick,
+                    # frozen runs the backbone every step, so its agreement with linear_probe checks the fast path
+                    feature_cache=False if arm == "frozen" else None,
                 )
                 metrics = evaluate_classifier(module, variables, test)
                 runs.append(
@@ -304,11 +352,13 @@ def run_demo(
         "summary": summary,
         "timings": {"total_s": total_s, "pretrain_s": pretrain_s, "finetune_s": sum(r["seconds"] for r in runs)},
         "versions": _versions(),
+        "machine": machine(),
+        **source_revision(),  # commit, commit_dirty: shown with the README table
         "devices": [str(d) for d in jax.devices()],
         "compile_cache": cache,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    _plot_accuracy(out / "accuracy.png", summary, cfg)
+    _save(_accuracy_figure(summary, cfg), out / "accuracy.png")
     if verbose:
         print(f"test accuracy (%) on {len(test)} held-out digits, mean +/- std over {cfg.seeds} seed(s):")
         print(format_table(summary, cfg))
