@@ -11,12 +11,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
-
-if TYPE_CHECKING:
-    import flax.linen as nn
-
-    from jaxtl.data.dataset import ArrayDataset
+from typing import Any, NoReturn
 
 
 class UsageError(Exception):
@@ -83,15 +78,16 @@ def _convert(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jaxtl.bridge import from_torchvision, save_flax_safetensors
-    from jaxtl.train.checkpoint import save_variables
+    from jaxtl.train.checkpoint import check_overwritable, save_variables
 
     if a.num_classes is not None and a.num_classes < 0:
         raise UsageError(f"--num-classes must be >= 0, got {a.num_classes}")
     out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    check_overwritable(out, a.overwrite, "OUT")
     if a.safetensors and Path(a.safetensors).exists() and not a.overwrite:
         raise UsageError(f"{a.safetensors} already exists; pass --overwrite to replace it")
+    if a.safetensors and Path(a.safetensors).is_dir():
+        raise UsageError(f"--safetensors {a.safetensors} is a directory")
     result = from_torchvision(
         a.src, arch=a.arch, num_classes=a.num_classes, seed=a.seed, prefix=a.prefix, entry=a.entry
     )
@@ -99,25 +95,20 @@ def _convert(a: argparse.Namespace) -> int:
     for note in rep.notes:
         print(f"{a.src}: {note}")
     assert rep.arch is not None
-    meta = {
-        "source": str(a.src),
-        "source_num_classes": rep.source_num_classes,
-        "fc_reinitialized": rep.fc_reinitialized,
-    }
+    extra = {"source_num_classes": rep.source_num_classes, "fc_reinitialized": rep.fc_reinitialized}
     if rep.fc_reinitialized:
-        meta["seed"] = a.seed
-    save_variables(
-        out, result.variables, arch=rep.arch, num_classes=rep.num_classes, metadata=meta, overwrite=a.overwrite
-    )
+        extra["seed"] = a.seed
+    card = result.card.replace(source=str(a.src), extra={**result.card.extra, **extra})
+    save_variables(out, result.variables, card, overwrite=a.overwrite)
     if a.safetensors:
-        save_flax_safetensors(result.variables, a.safetensors)
+        save_flax_safetensors(result.variables, a.safetensors, card=card)
     head = (
         f"new {rep.num_classes}-class fc (seed {a.seed})"
         if rep.fc_reinitialized
         else ("no fc (backbone)" if rep.num_classes == 0 else f"fc {rep.num_classes} classes")
     )
-    extra = f" and {a.safetensors}" if a.safetensors else ""
-    print(f"converted {a.src} -> {out}{extra}: {rep.arch}, {rep.param_elements:,} params, {head}")
+    also = f" and {a.safetensors}" if a.safetensors else ""
+    print(f"converted {a.src} -> {out}{also}: {rep.arch}, {rep.param_elements:,} params, {head}")
     return 0
 
 
@@ -213,35 +204,13 @@ def _predict(a: argparse.Namespace) -> int:
     return 0
 
 
-# ---- shared: data specs, checkpoints -------------------------------------------------------------------------------
-
-DATA_HELP = "digits | folder:DIR (DIR/<class>/<image>) | npz:FILE (keys images, labels)"
+# ---- shared: data, weights, training options -----------------------------------------------------------------------
 
 
-def load_data(spec: str, size: int, channels: int = 3, labeled: bool = True) -> ArrayDataset:
-    """The dataset named by ``spec`` (``digits``, ``folder:DIR``, ``npz:FILE``) at ``size x size``, in ``[0, 1]``.
+def _data_help() -> str:
+    from jaxtl.data import DATA_SPECS
 
-    A bad spec, a missing path or an unreadable file is a :class:`UsageError` naming it.
-    """
-    from jaxtl.data import load_digits, load_image_folder, load_npz
-
-    kind, _, arg = spec.partition(":")
-    try:
-        if spec == "digits":
-            return load_digits(size=size, channels=channels)
-        if kind == "folder" and arg:
-            return load_image_folder(arg, size=size, channels=channels)
-        if kind == "npz" and arg:
-            ds = load_npz(arg, labels_key="labels" if labeled else None)
-            if ds.images.shape[1:3] != (size, size) or ds.images.shape[3] != channels:
-                raise ValueError(
-                    f"npz file {arg!r} holds images of shape {ds.images.shape[1:]}, expected {(size, size, channels)} "
-                    "(set --image-size to match)"
-                )
-            return ds
-    except ValueError as e:
-        raise UsageError(f"--data {spec}: {e}") from None
-    raise UsageError(f"--data {spec!r} is not a data spec; expected {DATA_HELP}")
+    return DATA_SPECS
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -249,10 +218,22 @@ def _positive(name: str, value: float | None) -> None:
         raise UsageError(f"{name} must be > 0, got {value}")
 
 
+def _nonnegative(name: str, value: float | None) -> None:
+    if value is not None and not value >= 0:  # also refuses nan
+        raise UsageError(f"{name} must be >= 0, got {value}")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help=_data_help())
+    p.add_argument("--image-size", type=int, help="input (crop) size (default: the model card's)")
+    p.add_argument("--resize-size", type=int, help="eval Resize of the shorter side before the crop (streaming data)")
+    p.add_argument("--workers", type=int, help="decoding worker processes for streaming data (default: from the cores)")
+
+
 def _common_train_args(p: argparse.ArgumentParser) -> None:
     from jaxtl.distributed import add_arguments
 
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _data_args(p)
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
@@ -265,7 +246,6 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         "--schedule", choices=("cosine", "constant"), default="cosine", help="after warm-up (default cosine)"
     )
     p.add_argument("--clip-norm", type=float, help="clip the global gradient norm of the trainable params")
-    p.add_argument("--image-size", type=int, help="input size (default: the architecture's registry input size)")
     p.add_argument("--workdir", required=True, help="run directory: metrics, resumable checkpoints, the result")
     p.add_argument(
         "--parallel",
@@ -274,7 +254,12 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
         help="data-parallel wrapper; auto (default): pmap over all devices when there are several, else none",
     )
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument(
+        "--allow-changed-run",
+        action="store_true",
+        help="resume a --workdir whose run had other options or data (default: refused, listing what differs)",
+    )
     _compile_cache_args(p)
     add_arguments(p)
 
@@ -307,10 +292,9 @@ def _setup_compile_cache(a: argparse.Namespace) -> None:
 
 def _optimizer(a: argparse.Namespace) -> dict[str, Any]:
     """make_optimizer's keyword arguments from the common training options (total_steps is filled in later)."""
-    if a.momentum < 0 or a.weight_decay < 0 or a.warmup_steps < 0:
-        raise UsageError("--momentum, --weight-decay and --warmup-steps must be >= 0")
-    if a.clip_norm is not None and not a.clip_norm > 0:
-        raise UsageError(f"--clip-norm must be > 0, got {a.clip_norm}")
+    for name in ("momentum", "weight_decay", "warmup_steps"):
+        _nonnegative("--" + name.replace("_", "-"), getattr(a, name))
+    _positive("--clip-norm", a.clip_norm)
     return dict(
         name=a.optimizer,
         lr=a.lr,
@@ -323,36 +307,29 @@ def _optimizer(a: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _resolve_parallel(parallel: str) -> str:
-    import jax
-
-    if parallel != "auto":
-        return parallel
-    return "pmap" if jax.device_count() > 1 else "none"
-
-
 def _check_train_args(a: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size", "lr", "image_size"):
+    import math
+
+    for name in ("epochs", "batch_size", "lr", "image_size", "resize_size"):
         _positive("--" + name.replace("_", "-"), getattr(a, name))
+    if not math.isfinite(a.lr):
+        raise UsageError(f"--lr must be finite, got {a.lr}")
+    _nonnegative("--workers", a.workers)
 
 
-def _normalization(arch: str, channels: int) -> dict[str, list[float]]:
-    from jaxtl.transfer import normalization_stats
+def _start(a: argparse.Namespace) -> None:
+    """What every training command does first: jax.distributed (if asked), the compile cache, option checks."""
+    from jaxtl.distributed import initialize_from_args
 
-    mean, std = normalization_stats(arch, channels)
-    return {"mean": list(mean), "std": list(std)}
+    _check_train_args(a)
+    initialize_from_args(a)
+    _setup_compile_cache(a)
 
 
-def _normalized(ds: ArrayDataset, norm: dict[str, list[float]] | None) -> ArrayDataset:
-    from jaxtl.data import ArrayDataset, normalize
+def _show_progress(a: argparse.Namespace) -> bool:
+    from jaxtl.distributed import is_main_process
 
-    if not norm:
-        return ds
-    if len(norm["mean"]) != ds.images.shape[-1]:
-        raise UsageError(
-            f"the model expects {len(norm['mean'])}-channel input, the data has {ds.images.shape[-1]} channels"
-        )
-    return ArrayDataset(normalize(ds.images, norm["mean"], norm["std"]), ds.labels, ds.num_classes, ds.class_names)
+    return not a.no_progress and is_main_process()
 
 
 # ---- pretrain ------------------------------------------------------------------------------------------------------
@@ -369,73 +346,48 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from jaxtl.distributed import initialize_from_args, is_main_process
-
-    initialize_from_args(a)
-    _setup_compile_cache(a)
-    a.parallel = _resolve_parallel(a.parallel)
-    import jaxtl
+    from jaxtl.distributed import is_main_process
     from jaxtl.models import get_spec
-    from jaxtl.train.checkpoint import save_variables
-    from jaxtl.transfer import encoder_variables, parse_denoise, pretrain_autoencoder
+    from jaxtl.transfer import parse_denoise, pretrain_encoder
 
-    _check_train_args(a)
+    _start(a)
     try:
         denoise = parse_denoise(a.denoise)
     except ValueError as e:
         raise UsageError(f"--denoise: {e}") from None
-    spec = get_spec(a.arch)
-    size = a.image_size or spec.input_size
-    variables = None
+    init = None
     if a.torch_weights:
-        if spec.family != "resnet":
+        if get_spec(a.arch).family != "resnet":
             raise UsageError(f"--torch-weights needs a resnet-family --arch, got {a.arch}")
         if a.channels != 3:
             raise UsageError("--torch-weights needs --channels 3 (torchvision models take RGB)")
-        from jaxtl.bridge import from_torchvision
+        from jaxtl.bridge import pretrained
 
-        _, variables = from_torchvision(a.torch_weights, arch=a.arch, num_classes=0)
-    # Inputs are normalised with the registry mean/std (what torchvision weights expect); the decoder then
-    # reconstructs the normalised image with a linear output.
-    norm = _normalization(a.arch, a.channels)
-    data = _normalized(load_data(a.data, size, a.channels, labeled=False), norm)
-    encoder = jaxtl.create(a.arch, num_classes=0)
-    workdir = Path(a.workdir)
-    _, ae_vars, hist = pretrain_autoencoder(
-        encoder,
-        data,
+        init = tuple(pretrained(a.arch, a.torch_weights, num_classes=0))
+    result = pretrain_encoder(
+        a.arch,
+        a.data,
+        init=init,  # type: ignore[arg-type]
+        image_size=a.image_size,
+        channels=a.channels,
+        denoise=denoise,
         epochs=a.epochs,
-        batch_size=min(a.batch_size, len(data)),
+        batch_size=a.batch_size,
         lr=a.lr,
         optimizer=_optimizer(a),
-        denoise=denoise,
-        sigmoid_output=False,
-        workdir=workdir / "run",
         seed=a.seed,
         parallel=a.parallel,
-        variables=variables,
-        progress=not a.no_progress and is_main_process(),
+        workers=a.workers,
+        workdir=a.workdir,
+        progress=_show_progress(a),
+        allow_changed_run=a.allow_changed_run,
     )
-    losses = [h["loss"] for h in hist if h.get("split") == "train"]
     if is_main_process():
-        meta = {
-            "kind": "encoder",
-            "normalization": norm,
-            "image_size": size,
-            "channels": a.channels,
-            "data": a.data,
-            "denoise": a.denoise,
-            "steps": len(losses),
-            "train_mse_first": losses[0],
-            "train_mse_last": losses[-1],
-            "torch_weights": a.torch_weights,
-        }
-        out = save_variables(
-            workdir / "encoder", encoder_variables(ae_vars), arch=a.arch, num_classes=0, metadata=meta, overwrite=True
+        x = result.card.extra
+        print(
+            f"pretrained {a.arch} autoencoder: mse {x['train_mse_first']:.4f} -> {x['train_mse_last']:.4f}; "
+            f"encoder -> {result.path}"
         )
-        print(f"pretrained {a.arch} autoencoder: mse {losses[0]:.4f} -> {losses[-1]:.4f}; encoder -> {out}")
     return 0
 
 
@@ -446,131 +398,88 @@ FREEZE = {"backbone": "frozen", "none": "full", "linear-probe": "linear_probe"}
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     from jaxtl.models import list_models
+    from jaxtl.transfer import AUGMENT_CHOICES
 
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--torch-weights", metavar="PATH", help="torchvision weights (.pth/.safetensors) to start from")
+    src.add_argument(
+        "--weights",
+        metavar="NAME",
+        help="torchvision weights by name (resnet50.IMAGENET1K_V2, ...; through torch's hub cache, $TORCH_HOME)",
+    )
+    src.add_argument(
+        "--torch-weights", metavar="PATH", help="torchvision weights file (.pth/.safetensors) to start from"
+    )
     src.add_argument("--init", metavar="CKPT_DIR", help="a jaxtl checkpoint: from 'jaxtl convert' or 'jaxtl pretrain'")
-    p.add_argument("--arch", choices=list_models("resnet"), help="architecture of --torch-weights (default: inferred)")
+    p.add_argument("--arch", choices=list_models("resnet"), help="architecture of --weights/--torch-weights")
     p.add_argument("--freeze", choices=tuple(FREEZE), default="backbone", help="what to freeze (default backbone)")
     p.add_argument("--backbone-lr-scale", type=float, default=1.0, help="--freeze none: backbone lr = lr * this")
     p.add_argument("--labels-per-class", type=int, help="train on only N labeled examples per class")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out stratified test split (default 0.2)")
-    p.add_argument("--augment", action="store_true", help="random crop + flip (not with --freeze linear-probe)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument(
+        "--augment",
+        nargs="?",
+        const="auto",
+        default="none",
+        choices=AUGMENT_CHOICES,
+        help="training augmentation: auto (bare --augment) = RandomResizedCrop + flip for folder/csv/arrayrecord "
+        "data, random crop + flip for digits/npz; or rrc, flip, crop-flip (default none)",
+    )
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the weights' card)")
     _common_train_args(p)
 
 
-def _load_init(path: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    import jax.numpy as jnp
+def _load_model(a: argparse.Namespace) -> tuple[Any, ...]:
+    from jaxtl.train.checkpoint import load_variables
 
-    from jaxtl.train.checkpoint import load_variables, read_metadata
+    if a.init:
+        module, variables, card = load_variables(a.init)
+        if a.arch and a.arch != card.arch:
+            raise UsageError(f"--arch {a.arch} does not match {a.init}, which holds {card.arch}")
+        return module, variables, card
+    from jaxtl.bridge import pretrained
 
-    # A classifier fine-tuned in bfloat16 is evaluated in the dtype it was trained in.
-    dtype = jnp.bfloat16 if read_metadata(path).get("metadata", {}).get("dtype") == "bfloat16" else jnp.float32
-    module, variables, meta = load_variables(path, dtype=dtype)
-    return module, variables, meta
+    weights = a.weights or a.torch_weights
+    return tuple(pretrained(a.arch, weights, progress=_show_progress(a)))
 
 
 def _finetune(a: argparse.Namespace) -> int:
-    from pathlib import Path
+    from jaxtl.distributed import is_main_process
+    from jaxtl.transfer import finetune_classifier
 
-    from jaxtl.distributed import initialize_from_args, is_main_process
-
-    initialize_from_args(a)
-    _setup_compile_cache(a)
-    a.parallel = _resolve_parallel(a.parallel)
-    import jax
-    import jax.numpy as jnp
-
-    from jaxtl.data import labeled_unlabeled_split, train_test_split
-    from jaxtl.models import get_spec
-    from jaxtl.train.checkpoint import save_variables
-    from jaxtl.transfer import build_classifier, evaluate_classifier, finetune
-
-    _check_train_args(a)
+    _start(a)
     _positive("--backbone-lr-scale", a.backbone_lr_scale)
+    _positive("--labels-per-class", a.labels_per_class)
     if not 0 < a.test_fraction < 1:
         raise UsageError(f"--test-fraction must lie in (0, 1), got {a.test_fraction}")
-    _positive("--labels-per-class", a.labels_per_class)
-    if a.augment and a.freeze == "linear-probe":
+    if a.augment != "none" and a.freeze == "linear-probe":
         raise UsageError("--augment cannot be used with --freeze linear-probe (features are computed once)")
-    if a.init:
-        module, variables, meta = _load_init(a.init)
-        arch = meta["arch"]
-        if a.arch and a.arch != arch:
-            raise UsageError(f"--arch {a.arch} does not match {a.init}, which holds {arch}")
-        info = meta.get("metadata", {})
-        channels = int(info.get("channels", 3))
-        norm = info.get("normalization") or _normalization(arch, channels)
-        size = a.image_size or int(info.get("image_size", get_spec(arch).input_size))
-        source = str(a.init)
-    else:
-        from jaxtl.bridge import from_torchvision
-
-        conversion = from_torchvision(a.torch_weights, arch=a.arch)
-        module, variables = conversion
-        assert conversion.report.arch is not None
-        arch = conversion.report.arch
-        channels = 3
-        norm = _normalization(arch, channels)
-        size = a.image_size or get_spec(arch).input_size
-        source = str(a.torch_weights)
-    data = _normalized(load_data(a.data, size, channels), norm)
-    if data.labels is None:
-        raise UsageError(f"--data {a.data} has no labels; finetune needs labeled data")
-    try:
-        train, test = train_test_split(data, a.test_fraction, a.seed)
-        if a.labels_per_class:
-            train, _ = labeled_unlabeled_split(train, a.labels_per_class, a.seed)
-    except ValueError as e:
-        raise UsageError(f"--data {a.data}: {e}") from None
-    batch_size = min(a.batch_size, len(train))
-    clf, variables = build_classifier((module, variables), data.num_classes, jax.random.PRNGKey(a.seed), None)
-    if a.dtype == "bfloat16":
-        clf = clf.clone(dtype=jnp.bfloat16)
-    variables, _ = finetune(
-        clf,
-        variables,
-        train,
+    result = finetune_classifier(
+        _load_model(a),  # type: ignore[arg-type]
+        a.data,
         mode=FREEZE[a.freeze],
-        backbone_lr_scale=a.backbone_lr_scale,
+        test_fraction=a.test_fraction,
+        labels_per_class=a.labels_per_class,
         epochs=a.epochs,
-        batch_size=batch_size,
+        batch_size=a.batch_size,
         lr=a.lr,
         optimizer=_optimizer(a),
+        backbone_lr_scale=a.backbone_lr_scale,
         augment=a.augment,
-        workdir=Path(a.workdir) / "run",
+        workers=a.workers,
+        image_size=a.image_size,
+        dtype=a.dtype,
         seed=a.seed,
         parallel=a.parallel,
-        progress=not a.no_progress and is_main_process(),
+        workdir=a.workdir,
+        progress=_show_progress(a),
+        allow_changed_run=a.allow_changed_run,
     )
-    metrics = evaluate_classifier(clf, variables, test)
     if is_main_process():
-        meta = {
-            "kind": "classifier",
-            "source": source,
-            "normalization": norm,
-            "image_size": size,
-            "channels": channels,
-            "class_names": list(data.class_names),
-            "data": a.data,
-            "split": {"test_fraction": a.test_fraction, "seed": a.seed, "labels_per_class": a.labels_per_class},
-            "freeze": a.freeze,
-            "dtype": a.dtype,
-            "test": metrics,
-        }
-        out = save_variables(
-            Path(a.workdir) / "classifier",
-            variables,
-            arch=arch,
-            num_classes=data.num_classes,
-            metadata=meta,
-            overwrite=True,
-        )
+        m = result.metrics
         print(
-            f"fine-tuned {arch} (--freeze {a.freeze}) on {len(train)} images; held-out {metrics['n']}: "
-            f"top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, loss {metrics['loss']:.4f}; "
-            f"classifier -> {out}"
+            f"fine-tuned {result.card.arch} (--freeze {a.freeze}) on {result.train_size} images; held-out {m['n']}: "
+            f"top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}; "
+            f"classifier -> {result.path}"
         )
     return 0
 
@@ -580,48 +489,27 @@ def _finetune(a: argparse.Namespace) -> int:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", metavar="CKPT_DIR", help="a classifier checkpoint (e.g. WORKDIR/classifier of finetune)")
-    p.add_argument("--data", required=True, help=DATA_HELP)
+    _data_args(p)
     p.add_argument(
         "--split", choices=("all", "test"), default="all", help="all images, or finetune's held-out test split"
     )
-    p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=256, help="default 256")
     _compile_cache_args(p)
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from jaxtl.data import train_test_split
-    from jaxtl.transfer import evaluate_classifier
+    from jaxtl.transfer import evaluate_checkpoint
 
-    _positive("--batch-size", a.batch_size)
-    _positive("--image-size", a.image_size)
+    for name in ("batch_size", "image_size", "resize_size"):
+        _positive("--" + name.replace("_", "-"), getattr(a, name))
+    _nonnegative("--workers", a.workers)
     _setup_compile_cache(a)
-    module, variables, meta = _load_init(a.ckpt)
-    if int(meta["num_classes"]) < 1:
-        raise UsageError(f"{a.ckpt} holds a backbone without classifier head (num_classes=0); fine-tune it first")
-    info = meta.get("metadata", {})
-    channels = int(info.get("channels", 3))
-    size = a.image_size or int(info.get("image_size", 0)) or _spec_size(meta["arch"])
-    data = _normalized(load_data(a.data, size, channels), info.get("normalization"))
-    if data.labels is None:
-        raise UsageError(f"--data {a.data} has no labels to evaluate against")
-    if data.num_classes > int(meta["num_classes"]):
-        raise UsageError(f"--data {a.data} has {data.num_classes} classes, the classifier {meta['num_classes']}")
-    if a.split == "test":
-        split = info.get("split")
-        if not split:
-            raise UsageError(f"{a.ckpt} records no held-out split (not written by 'jaxtl finetune'); use --split all")
-        _, data = train_test_split(data, float(split["test_fraction"]), int(split["seed"]))
-    m = evaluate_classifier(module, variables, data, a.batch_size)
+    m = evaluate_checkpoint(
+        a.ckpt, a.data, split=a.split, batch_size=a.batch_size, image_size=a.image_size, workers=a.workers
+    )
     print(f"{a.ckpt} on {a.data} ({a.split}, {m['n']} images):")
     print(f"top-1: {100 * m['top1']:.2f}%  top-5: {100 * m['top5']:.2f}%  loss: {m['loss']:.4f}")
     return 0
-
-
-def _spec_size(arch: str) -> int:
-    from jaxtl.models import get_spec
-
-    return get_spec(arch).input_size
 
 
 # ---- demo ----------------------------------------------------------------------------------------------------------
@@ -677,22 +565,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (``--help`` prints and returns 0)."""
+    """Run the command line; returns the exit code.
+
+    0: success (``--help`` included). 2: bad input or an expected failure (a missing or damaged file, a wrong option,
+    a non-finite loss, a locked or mismatched work directory, a full disk): one line ``jaxtl: error: ...`` on
+    stderr. 130/143: stopped by SIGINT/SIGTERM after saving a checkpoint. 1: a bug (traceback, then one line).
+    """
     import jaxtl
 
     jaxtl.tune_cpu()  # before anything starts jax's backend: XLA reads its flags once
-    from jaxtl.bridge import BridgeError
-    from jaxtl.train.checkpoint import CheckpointError
+    from jaxtl.train.fit import NonFiniteLossError, RunInterrupted
 
     try:
         args = build_parser().parse_args(argv)
         return int(args._run(args))
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
-    except (UsageError, BridgeError, CheckpointError, OSError) as e:
-        print(f"jaxtl: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except RunInterrupted as e:
+        print(f"jaxtl: {_one_line(e)}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("jaxtl: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, KeyError, OSError, NonFiniteLossError) as e:
+        # ValueError covers BridgeError, CheckpointError, ModelCardError and the library's input checks.
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"jaxtl: error: {_one_line(text)}", file=sys.stderr)  # type: ignore[arg-type]
         return 2
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"jaxtl: internal error (a bug in jaxtl, please report it with the traceback above): {_one_line(e)}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ autoencoder reconstructs its input as given: a sigmoid output for ``[0, 1]`` dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -31,6 +32,7 @@ from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.datasets import normalize
 from jaxtl.data.source import Source
 from jaxtl.models.autoencoder import Autoencoder, classifier_from_autoencoder
+from jaxtl.models.card import ModelCard
 from jaxtl.models.heads import head_classes, head_name, strip_head
 from jaxtl.models.registry import get_spec
 from jaxtl.train.fit import Checkpoints, Loop, check_labels, evaluate_variables, fit
@@ -40,8 +42,14 @@ from jaxtl.train.probe import extract_features, fit_linear_probe
 from jaxtl.train.step import Augment
 
 __all__ = [
+    "AUGMENT_CHOICES",
     "MODES",
+    "Finetuned",
     "build_classifier",
+    "evaluate_checkpoint",
+    "finetune_classifier",
+    "open_data",
+    "pretrain_encoder",
     "encoder_variables",
     "evaluate_classifier",
     "finetune",
@@ -135,7 +143,7 @@ def encoder_variables(ae_variables: Mapping[str, Any]) -> dict[str, Any]:
 
 def pretrain_autoencoder(
     encoder_module: nn.Module,
-    data: ArrayDataset,
+    data: Source,
     *,
     epochs: int | None = None,
     steps: int | None = None,
@@ -146,7 +154,7 @@ def pretrain_autoencoder(
     denoise: Denoise | str = None,
     decoder_widths: tuple[int, ...] | None = None,
     sigmoid_output: bool | None = None,
-    eval_data: ArrayDataset | None = None,
+    eval_data: Source | None = None,
     workdir: str | pathlib.Path | None = None,
     seed: int = 0,
     parallel: str = "auto",
@@ -155,7 +163,7 @@ def pretrain_autoencoder(
     on_step: OnStep | None = None,
     allow_changed_run: bool = False,
 ) -> tuple[Autoencoder, dict[str, Any], list[dict[str, Any]]]:
-    """Train an :class:`Autoencoder` around ``encoder_module`` on ``data`` images ``[N, H, W, C]`` (labels ignored).
+    """Train an :class:`Autoencoder` around ``encoder_module`` on ``data``'s images (any Source; labels ignored).
 
     Runs :func:`jaxtl.train.fit` with ``loss="mse"`` (resumable from ``workdir``). ``denoise``: ``None``,
     ``("noise", std)`` (Gaussian noise) or ``("mask", ratio, patch)`` (zeroed patches) corrupts only the input; the
@@ -167,10 +175,10 @@ def pretrain_autoencoder(
     if getattr(encoder_module, "num_classes", 0):
         encoder_module = encoder_module.clone(num_classes=0)
     denoise = parse_denoise(denoise)
-    images = data.images
-    _, h, w, c = images.shape
-    if sigmoid_output is None:
-        sigmoid_output = bool(images.min() >= 0.0 and images.max() <= 1.0)
+    h, w, c = data.image_shape
+    if sigmoid_output is None:  # uint8 sources are normalised on device: not in [0, 1]
+        images = getattr(data, "images", None)
+        sigmoid_output = images is not None and bool(images.min() >= 0.0 and images.max() <= 1.0)
     if denoise is not None and denoise[0] == "mask" and (h % denoise[2] or w % denoise[2]):
         raise ValueError(f"denoise mask patch {denoise[2]} must divide the image size {h}x{w}")
     kwargs: dict[str, Any] = dict(encoder=encoder_module, out_channels=c, sigmoid_output=sigmoid_output)
@@ -378,3 +386,321 @@ def evaluate_classifier(
         bs = -(-bs // par.num_devices) * par.num_devices
     m = evaluate_variables(module, placed, data, bs, par=par, loss="ce")
     return {"top1": float(m["top1"]), "top5": float(m["top5"]), "loss": float(m["loss"]), "n": int(m["count"])}
+
+
+# --- whole runs: what `jaxtl pretrain / finetune / evaluate` do, as library calls ----------------------------------
+
+AUGMENT_CHOICES = ("none", "auto", "flip", "rrc", "crop-flip")
+
+
+def _source_augments(data: Source) -> bool:
+    return getattr(getattr(data, "transform", None), "augment", "none") != "none"
+
+
+def open_data(
+    spec: str | Source,
+    card: ModelCard,
+    *,
+    augment: str = "none",
+    workers: int | None = None,
+    labeled: bool = True,
+    image_size: int | None = None,
+    resize_size: int | None = None,
+    map_classes: bool = False,
+) -> Source:
+    """The data named by ``spec`` (see :data:`jaxtl.data.DATA_SPECS`), prepared as ``card`` says: its crop and
+    resize sizes (``image_size``/``resize_size`` override them), channels and mean/std. A ready
+    :class:`~jaxtl.data.source.Source` is returned as it is.
+
+    ``augment``: ``"none"``, ``"rrc"`` (RandomResizedCrop + flip in the workers) or ``"flip"`` for streaming
+    sources; ``"auto"`` picks ``"rrc"`` for them. In-memory data (``digits``, ``npz:``) is augmented on the device
+    by the training loop instead (see :func:`finetune_classifier`). ``map_classes``: labels follow the card's
+    class names (a folder class the model does not know is an error; a subset is fine).
+    """
+    if not isinstance(spec, str):
+        return spec
+    from jaxtl.data.pipeline import open_source
+
+    pre = card.preprocessing
+    if image_size is not None:
+        pre = pre.with_size(image_size, resize_size)
+    elif resize_size is not None:
+        pre = pre.with_size(pre.crop_size, resize_size)
+    streaming = spec.partition(":")[0] in ("folder", "csv", "arrayrecord")
+    worker_aug = {"auto": "rrc", "crop-flip": "none"}.get(augment, augment) if streaming else "none"
+    names = card.class_names if map_classes and card.class_names else None
+    return open_source(  # type: ignore[no-any-return]
+        spec,
+        image_size=pre.crop_size,
+        resize_size=pre.resize_size,
+        channels=pre.channels,
+        augment=worker_aug,
+        workers=workers,
+        mean=pre.mean,
+        std=pre.std,
+        labeled=labeled,
+        class_names=names,
+    )
+
+
+@dataclasses.dataclass
+class Finetuned:
+    """What :func:`finetune_classifier` produced: the classifier, its card, held-out ``metrics`` (top1, top5,
+    loss, n), the training ``history``, and ``path`` where it was saved (None without a workdir)."""
+
+    module: nn.Module
+    variables: dict[str, Any]
+    card: ModelCard
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    path: pathlib.Path | None
+    train_size: int
+
+
+def _fit_batch(batch_size: int, n: int, parallel: str) -> int:
+    from jaxtl.train.parallel import Parallel
+
+    devices = Parallel(parallel).num_devices
+    bs = min(batch_size, n) // devices * devices
+    if bs < 1:
+        raise ValueError(f"{n} training examples cannot fill one batch on {devices} devices (one example each)")
+    return bs
+
+
+def finetune_classifier(
+    model: tuple[nn.Module, Mapping[str, Any], ModelCard],
+    data: str | Source,
+    *,
+    mode: str = "frozen",
+    test_fraction: float = 0.2,
+    labels_per_class: int | None = None,
+    epochs: int | None = 5,
+    steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    optimizer: str | dict[str, Any] = "adamw",
+    weight_decay: float = 0.0,
+    backbone_lr_scale: float = 1.0,
+    augment: str = "none",
+    workers: int | None = None,
+    image_size: int | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    parallel: str = "auto",
+    workdir: str | pathlib.Path | None = None,
+    progress: bool = True,
+    feature_cache: bool | None = None,
+    allow_changed_run: bool = False,
+) -> Finetuned:
+    """Fine-tune a pretrained backbone into a classifier of ``data``'s classes, end to end (what ``jaxtl finetune``
+    runs): a new head, a stratified held-out split (``test_fraction``, ``seed``), optionally only
+    ``labels_per_class`` labels per class, :func:`finetune`, evaluation on the held-out part, and with ``workdir``
+    the run in ``workdir/run`` (resumable) and the classifier with its model card in ``workdir/classifier``.
+
+    ``model`` is ``(module, variables, card)`` as :func:`jaxtl.bridge.pretrained` and
+    :func:`jaxtl.train.load_variables` return it. ``data`` is a data spec or a Source; it is prepared with the
+    card's preprocessing (``image_size`` overrides the crop size). ``augment``: ``"none"``, ``"auto"``
+    (RandomResizedCrop + flip for streaming data, random crop + flip on device for in-memory data), ``"rrc"``,
+    ``"flip"`` or ``"crop-flip"``. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute (default: the card's).
+    """
+    if augment not in AUGMENT_CHOICES:
+        raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {augment!r}")
+    from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
+    from jaxtl.train.checkpoint import save_variables
+
+    module, variables, card = model
+    dtype = dtype or card.dtype
+    source = open_data(data, card, augment=augment, workers=workers, image_size=image_size)
+    if source.labels is None:
+        raise ValueError(f"{data}: no labels; fine-tuning needs labeled data")
+    train, test = train_test_split(source, test_fraction, seed)  # type: ignore[arg-type]
+    if labels_per_class:
+        train, _ = labeled_unlabeled_split(train, labels_per_class, seed)
+    on_device = isinstance(source, ArrayDataset) and augment in ("auto", "crop-flip")
+    if isinstance(source, ArrayDataset) and augment in ("rrc", "flip"):
+        raise ValueError(f"augment={augment!r} needs streaming data (folder:, csv:, arrayrecord:); use 'crop-flip'")
+    if not isinstance(source, ArrayDataset) and augment == "crop-flip":
+        raise ValueError("augment='crop-flip' is for in-memory data; streaming data uses 'rrc' or 'flip'")
+    if _source_augments(test):
+        test = test.with_options(augment="none")  # type: ignore[attr-defined]
+    if mode == "linear_probe" and (on_device or _source_augments(train)):
+        raise ValueError("mode='linear_probe' computes features once and cannot augment; use mode='frozen'")
+    clf, variables = build_classifier((module, variables), source.num_classes, jax.random.PRNGKey(seed), None)
+    if dtype == "bfloat16":
+        clf = clf.clone(dtype=jnp.bfloat16)
+    bs = _fit_batch(batch_size, len(train), parallel)
+    run_dir = None if workdir is None else pathlib.Path(workdir) / "run"
+    variables, history = finetune(
+        clf,
+        variables,
+        train,
+        mode=mode,
+        backbone_lr_scale=backbone_lr_scale,
+        epochs=None if steps is not None else epochs,
+        steps=steps,
+        batch_size=bs,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        augment=on_device,
+        workdir=run_dir,
+        seed=seed,
+        parallel=parallel,
+        progress=progress,
+        feature_cache=False if _source_augments(train) else feature_cache,
+        allow_changed_run=allow_changed_run,
+        run_info={
+            "source": card.source,
+            "split": {"test_fraction": test_fraction, "seed": seed, "labels_per_class": labels_per_class},
+            "augment_data": augment,
+        },
+    )
+    metrics = evaluate_classifier(clf, variables, test)
+    new_card = card.replace(
+        num_classes=source.num_classes,
+        class_names=tuple(source.class_names),
+        kind="classifier",
+        dtype=dtype,
+        preprocessing=card.preprocessing.with_size(source.image_shape[0])
+        if source.image_shape[0] != card.preprocessing.crop_size
+        else card.preprocessing,
+        extra={
+            **{k: v for k, v in card.extra.items() if k not in ("test", "split", "mode")},
+            "data": data if isinstance(data, str) else repr(data),
+            "split": {"test_fraction": test_fraction, "seed": seed, "labels_per_class": labels_per_class},
+            "mode": mode,
+            "test": metrics,
+        },
+    )
+    path = None
+    if workdir is not None and jax.process_index() == 0:
+        path = save_variables(pathlib.Path(workdir) / "classifier", variables, new_card, overwrite=True)
+    return Finetuned(clf, variables, new_card, metrics, history, path, len(train))
+
+
+def evaluate_checkpoint(
+    checkpoint: str | pathlib.Path | tuple[nn.Module, Mapping[str, Any], ModelCard],
+    data: str | Source,
+    *,
+    split: str = "all",
+    batch_size: int = 256,
+    image_size: int | None = None,
+    workers: int | None = None,
+    parallel: str = "none",
+) -> dict[str, float]:
+    """Top-1/top-5/loss of a saved classifier on ``data``, prepared as its model card says, labels mapped through
+    the card's class names (a folder class the model does not know is an error; a subset of classes is fine).
+    ``split="test"`` evaluates the held-out part :func:`finetune_classifier` recorded in the card."""
+    from jaxtl.data.splits import train_test_split
+    from jaxtl.train.checkpoint import load_variables
+
+    module, variables, card = load_variables(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
+    if card.num_classes < 1:
+        raise ValueError(f"{checkpoint} holds a backbone without classifier head (num_classes=0); fine-tune it first")
+    source = open_data(data, card, workers=workers, image_size=image_size, map_classes=True)
+    if source.labels is None:
+        raise ValueError(f"{data}: no labels to evaluate against")
+    if card.class_names and list(source.class_names) != list(card.class_names):
+        # Folders are listed with the card's class order (open_data); other sources carry their own label order.
+        raise ValueError(
+            f"{data}: its classes {list(source.class_names)[:10]} are not the model's {list(card.class_names)[:10]} "
+            "in that order; evaluate with the classes the model was trained on"
+        )
+    if source.num_classes > card.num_classes:
+        raise ValueError(f"{data}: {source.num_classes} classes, but the classifier has {card.num_classes}")
+    if split == "test":
+        rec = card.extra.get("split")
+        if not rec:
+            raise ValueError(f"{checkpoint}: its card records no held-out split (not from finetune); use split='all'")
+        _, source = train_test_split(source, float(rec["test_fraction"]), int(rec["seed"]))  # type: ignore[arg-type]
+    elif split != "all":
+        raise ValueError(f"split must be 'all' or 'test', got {split!r}")
+    return evaluate_classifier(module, variables, source, batch_size, parallel=parallel)
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """What :func:`pretrain_encoder` produced: the encoder (a backbone), its card, the autoencoder's history
+    (train MSE per step) and ``path`` where the encoder was saved (None without a workdir)."""
+
+    module: nn.Module
+    variables: dict[str, Any]
+    card: ModelCard
+    history: list[dict[str, Any]]
+    path: pathlib.Path | None
+
+
+def pretrain_encoder(
+    arch: str,
+    data: str | Source,
+    *,
+    init: tuple[nn.Module, Mapping[str, Any], ModelCard] | None = None,
+    image_size: int | None = None,
+    channels: int = 3,
+    denoise: Denoise | str = None,
+    epochs: int | None = 5,
+    steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    optimizer: str | dict[str, Any] = "adamw",
+    seed: int = 0,
+    parallel: str = "auto",
+    workers: int | None = None,
+    workdir: str | pathlib.Path | None = None,
+    progress: bool = True,
+    allow_changed_run: bool = False,
+) -> Pretrained:
+    """Pretrain ``arch``'s backbone as the encoder of a (denoising) autoencoder on ``data``'s images, labels
+    ignored (what ``jaxtl pretrain`` runs). Inputs are prepared with the registry's preprocessing for ``arch`` (or
+    ``init``'s card, e.g. torchvision weights to start from), so the decoder reconstructs normalised images with a
+    linear output. With ``workdir``: the run in ``workdir/run`` (resumable), the encoder with its card in
+    ``workdir/encoder``."""
+    import jaxtl
+    from jaxtl.train.checkpoint import save_variables
+
+    if init is not None:
+        card = init[2]
+        if card.preprocessing.channels != channels:
+            raise ValueError(f"the initial weights take {card.preprocessing.channels}-channel input, not {channels}")
+    else:
+        card = ModelCard.for_arch(arch, 0, channels=channels)
+    if image_size is not None:
+        card = card.replace(preprocessing=card.preprocessing.with_size(image_size))
+    card = card.replace(num_classes=0, class_names=(), kind="encoder")
+    denoise = parse_denoise(denoise)
+    source = open_data(data, card, labeled=False, workers=workers)
+    encoder = jaxtl.create(arch, num_classes=0)
+    bs = _fit_batch(batch_size, len(source), parallel)
+    ae, ae_vars, history = pretrain_autoencoder(
+        encoder,
+        source,
+        epochs=None if steps is not None else epochs,
+        steps=steps,
+        batch_size=bs,
+        lr=lr,
+        optimizer=optimizer,
+        denoise=denoise,
+        sigmoid_output=False,
+        workdir=None if workdir is None else pathlib.Path(workdir) / "run",
+        seed=seed,
+        parallel=parallel,
+        variables=None if init is None else init[1],
+        progress=progress,
+        allow_changed_run=allow_changed_run,
+    )
+    losses = [h["loss"] for h in history if h.get("split") == "train"]
+    card = card.replace(
+        source=card.source,
+        extra={
+            "data": data if isinstance(data, str) else repr(data),
+            "denoise": list(denoise) if denoise else None,
+            "steps": len(losses),
+            "train_mse_first": losses[0] if losses else None,
+            "train_mse_last": losses[-1] if losses else None,
+        },
+    )
+    variables = encoder_variables(ae_vars)
+    path = None
+    if workdir is not None and jax.process_index() == 0:
+        path = save_variables(pathlib.Path(workdir) / "encoder", variables, card, overwrite=True)
+    return Pretrained(encoder, variables, card, history, path)

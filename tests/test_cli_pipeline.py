@@ -43,12 +43,11 @@ def pretrained(tmp_path_factory) -> Path:
 
 
 def test_pretrain_writes_encoder_and_resumes(pretrained, capsys) -> None:
-    module, variables, meta = load_variables(pretrained / "encoder")
+    module, variables, card = load_variables(pretrained / "encoder")
     assert module.num_classes == 0
-    assert meta["arch"] == "convnet_small" and meta["num_classes"] == 0 and "fc" not in variables["params"]
-    info = meta["metadata"]
-    assert info["image_size"] == 16 and info["normalization"]["mean"] == [0.5, 0.5, 0.5]
-    assert info["train_mse_last"] < info["train_mse_first"]
+    assert card.arch == "convnet_small" and card.num_classes == 0 and "fc" not in variables["params"]
+    assert card.kind == "encoder" and card.preprocessing.crop_size == 16 and card.preprocessing.mean == (0.5,) * 3
+    assert card.extra["train_mse_last"] < card.extra["train_mse_first"]
     assert (pretrained / "run" / "metrics.jsonl").exists() and any((pretrained / "run" / "checkpoints").iterdir())
     # The same command again finds the finished run in its workdir: nothing is retrained.
     lines = (pretrained / "run" / "metrics.jsonl").read_text().splitlines()
@@ -65,13 +64,14 @@ def test_finetune_from_pretrain_then_evaluate(pretrained, tmp_path, capsys) -> N
     assert main([*args, "--backbone-lr-scale", "0.5", "--parallel", "pmap", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "classifier ->" in out
-    module, _, meta = load_variables(work / "classifier")
-    assert module.num_classes == 10 and meta["metadata"]["split"]["labels_per_class"] == 5
-    assert meta["metadata"]["dtype"] == "bfloat16"  # evaluate rebuilds the model in it: same numbers below
+    module, _, card = load_variables(work / "classifier")
+    assert module.num_classes == 10 and card.extra["split"]["labels_per_class"] == 5
+    assert card.dtype == "bfloat16"  # evaluate rebuilds the model in it: same numbers below
+    assert card.class_names == tuple(str(i) for i in range(10))
     assert main(["evaluate", str(work / "classifier"), "--data", "digits", "--split", "test"]) == 0
     text = capsys.readouterr().out
-    test_top1 = meta["metadata"]["test"]["top1"]
-    assert f"top-1: {100 * test_top1:.2f}%" in text and f"({'test'}, {meta['metadata']['test']['n']} images)" in text
+    test_top1 = card.extra["test"]["top1"]
+    assert f"top-1: {100 * test_top1:.2f}%" in text and f"(test, {card.extra['test']['n']} images)" in text
     assert main(["evaluate", str(work / "classifier"), "--data", "digits"]) == 0
     assert "(all, 1797 images)" in capsys.readouterr().out
 
@@ -93,10 +93,10 @@ def test_finetune_from_converted_torchvision(torch_weights, folder, tmp_path, ca
     args = ["finetune", "--init", str(ckpt), "--data", f"folder:{folder}", "--image-size", "32", "--freeze", "backbone"]
     args += ["--optimizer", "sgd", "--nesterov", "--warmup-steps", "1", "--clip-norm", "1.0", "--weight-decay", "1e-4"]
     assert main([*args, "--epochs", "1", "--batch-size", "8", "--workdir", str(work), "--no-progress"]) == 0
-    module, variables, meta = load_variables(work / "classifier")
-    assert meta["arch"] == "resnet18" and module.num_classes == 3
-    assert meta["metadata"]["class_names"] == ["left", "middle", "right"]
-    assert meta["metadata"]["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    module, variables, card = load_variables(work / "classifier")
+    assert card.arch == "resnet18" and module.num_classes == 3
+    assert card.class_names == ("left", "middle", "right")
+    assert card.preprocessing.mean == (0.485, 0.456, 0.406) and card.preprocessing.crop_size == 32
     _, converted, _ = load_variables(ckpt)
     assert np.array_equal(variables["params"]["conv1"]["kernel"], converted["params"]["conv1"]["kernel"])
     capsys.readouterr()
@@ -138,7 +138,7 @@ def test_help(command, capsys) -> None:
         (["pretrain", "--data", "digits", "--arch", "vgg", "--workdir", "W"], "invalid choice: 'vgg'"),
         (["pretrain", "--data", "digits", "--torch-weights", "x.pth", "--workdir", "W"], "resnet-family"),
         (["pretrain", "--data", "digits"], "--workdir"),
-        (["finetune", "--data", "digits", "--workdir", "W"], "one of the arguments --torch-weights --init"),
+        (["finetune", "--data", "digits", "--workdir", "W"], "one of the arguments --weights --torch-weights --init"),
         (["finetune", "--init", "/no/ckpt", "--data", "digits", "--workdir", "W"], "no checkpoint directory"),
         (["finetune", "--torch-weights", "/no/w.pth", "--data", "digits", "--workdir", "W"], "/no/w.pth"),
         (["evaluate", "/no/ckpt", "--data", "digits"], "no checkpoint directory"),

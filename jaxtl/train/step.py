@@ -71,7 +71,7 @@ def prepare_images(images: jax.Array, normalization: Normalization | None) -> ja
         return images
     if normalization is None:
         raise ValueError("uint8 images need the state's normalization (mean, std); the data source gives it")
-    mean, std = (jnp.asarray(v, jnp.float32) for v in normalization)
+    mean, std = (jnp.asarray(v, jnp.float32).reshape(1, 1, 1, -1) for v in normalization)
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
