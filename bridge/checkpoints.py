@@ -169,6 +169,8 @@ def locate(obj: Any, origin: str, prefix: str | None = None, entry: str | None =
     sd: Mapping[Any, Any] = node
     located = Located(sd, origin, entry=found_entry, alternatives=alternatives)
     str_keys = [k for k in sd if isinstance(k, str)]
+    if prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in str_keys):
+        prefix += "."  # "model" means the attribute: "model.conv1.weight", not "model_ema..."
     if prefix:
         inside, outside = _strip({k: sd[k] for k in str_keys}, prefix)
         if not inside:

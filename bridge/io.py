@@ -30,8 +30,8 @@ SAFE_CLASSES: tuple[type, ...] = (argparse.Namespace,)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _TRUST_HINT = (
-    "if you trust the file, from_torchvision(..., trust_pickle=True) reads it with weights_only=False, which runs "
-    "its pickled code"
+    "only if you trust the file: from_torchvision(..., trust_pickle=True) in Python reads it with "
+    "weights_only=False, which runs its pickled code"
 )
 
 

@@ -136,8 +136,9 @@ def test_torch_compile_prefix_and_explicit_prefix(model, x, tmp_path, capsys) ->
     torch.save({"state_dict": both}, tmp_path / "distill.ckpt")
     with pytest.raises(BridgeError, match=r"several ResNets, under the key prefixes 'teacher.', 'student.backbone.'"):
         from_torchvision(tmp_path / "distill.ckpt")
-    conv = from_torchvision(tmp_path / "distill.ckpt", prefix="student.backbone.")
-    assert not conv.report.prefix_detected and len(conv.report.outside_prefix) == len(model.state_dict())
+    conv = from_torchvision(tmp_path / "distill.ckpt", prefix="student.backbone")  # the trailing dot is implied
+    assert conv.report.prefix == "student.backbone." and not conv.report.prefix_detected
+    assert len(conv.report.outside_prefix) == len(model.state_dict())
     assert_torch_logits(conv, model, x)
     assert main(["inspect", str(tmp_path / "distill.ckpt"), "--prefix", "teacher."]) == 0
     assert "prefix:        'teacher.' stripped (given)" in capsys.readouterr().out
