@@ -3,10 +3,12 @@ transforms and batch uint8 pixels; memory does not grow with the dataset.
 
 Order and content are functions of position only. Epoch ``e``'s order is ``epoch_indices(N, seed, e)``; global
 batch ``b`` holds positions ``[b * B, (b + 1) * B)`` of it and process ``p`` of ``P`` takes its
-``process_slice`` rows; example ``i``'s crop and flip come from ``example_rng(seed, e, i)``. Grain's
-``MapDataset`` maps each global index to its pixels, batches this process's rows and (``workers > 0``) spreads
-whole batches over worker processes (``mp_prefetch``), returning them in order. So the batches are bit-identical
-for any number of workers and processes, and a resumed run needs only its step (``start_batch``).
+``process_slice`` rows; example ``i``'s crop and flip come from ``example_rng(seed, e, i)``. A grain
+``MapDataset`` maps stream position ``k`` to ``(epoch, batch)`` and then to this process's rows of that batch
+(decoded, transformed, stacked), and (``workers > 0``) spreads whole batches over worker processes
+(``mp_prefetch``), returning them in order. So the batches are bit-identical for any number of workers and
+processes, and a resumed run needs only its step (``start_batch``). The stream runs across epochs: asking for the
+next epoch with the same options keeps the workers (and the batches they prepared) instead of starting new ones.
 
 Bad files found mid-stream (corrupt, truncated, zero bytes, gone) never stop a run:
 
@@ -22,6 +24,7 @@ names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -53,18 +56,64 @@ def default_workers() -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class _LoadExample:
-    """Global index -> one example's arrays; runs in the workers (pickled with everything it needs)."""
+class _Plan:
+    """What a stream yields, batch after batch: the batching options of ``batches()``."""
 
-    reader: Reader
-    labels: np.ndarray
-    transform: ImageTransform
-    mode: str
-    channels: int
+    num_examples: int
+    batch_size: int
     seed: int
-    epoch: int
+    shuffle: bool
+    drop_remainder: bool
+    rows: tuple[int, int]  # this process's rows [start, stop) of each global batch
     train: bool
-    masked: bool
+
+    @property
+    def per_epoch(self) -> int:
+        return num_batches(self.num_examples, self.batch_size, self.drop_remainder)
+
+    def locate(self, k: int, epoch0: int, start0: int) -> tuple[int, int]:
+        """``(epoch, batch)`` of the ``k``-th batch of a stream that starts at batch ``start0`` of ``epoch0``."""
+        first = self.per_epoch - start0
+        if k < first:
+            return epoch0, start0 + k
+        e, b = divmod(k - first, self.per_epoch)
+        return epoch0 + 1 + e, b
+
+
+class _LoadBatch:
+    """Stream position ``k`` -> this process's rows of one global batch; runs in the workers (pickled).
+
+    Everything is derived from ``(plan, start, k)``: the epoch's order (``epoch_indices``), the batch's global
+    indices, each example's pixels and draws (``example_rng(seed, epoch, index)``).
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        labels: np.ndarray,
+        transform: ImageTransform,
+        channels: int,
+        plan: _Plan,
+        start: tuple[int, int],
+    ) -> None:
+        self.reader = reader
+        self.labels = labels
+        self.transform = transform
+        self.channels = channels
+        self.mode = "RGB" if channels == 3 else "L"
+        self.plan = plan
+        self.start = start
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_orders": {}}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_indices(self.plan.num_examples, self.plan.seed, epoch, self.plan.shuffle)
+        return self._orders[epoch]
 
     def _decode(self, i: int) -> Any:
         try:
@@ -74,39 +123,85 @@ class _LoadExample:
         except Exception:
             return None
 
-    def _blank(self, bad: int) -> dict[str, np.ndarray]:
+    def _example(self, i: int, epoch: int) -> tuple[np.ndarray, int, float, int]:
+        """``(pixels, label, mask, bad index or -1)`` of global index ``i`` (-1: padding)."""
         s = self.transform.size
-        return {
-            "images": np.zeros((s, s, self.channels), np.uint8),
-            "labels": np.zeros((), np.int32),
-            "mask": np.zeros((), np.float32),
-            "bad": np.asarray(bad, np.int64),
-        }
-
-    def __call__(self, index: Any) -> dict[str, np.ndarray]:
-        i = int(index)
-        if i < 0:  # padding of the ragged last global batch
-            return self._blank(-1)
+        if i < 0:
+            return np.zeros((s, s, self.channels), np.uint8), 0, 0.0, -1
         img = self._decode(i)
         j = i
         if img is None:
-            if self.masked:
-                return self._blank(i)
-            n = len(self.labels)
-            for step in range(1, n):
+            if not self.plan.drop_remainder:  # batches with a mask: the bad file is masked out like padding
+                return np.zeros((s, s, self.channels), np.uint8), 0, 0.0, i
+            n = self.plan.num_examples
+            for step in range(1, n):  # batches without a mask: the next readable example takes its place
                 j = (i + step) % n
                 img = self._decode(j)
                 if img is not None:
                     break
             else:
                 raise ValueError(f"none of the {n} images could be read (first: {self.reader.name(i)!r})")
-        pixels = self.transform(img, example_rng(self.seed, self.epoch, i) if self.train else None, self.train)
+        train = self.plan.train
+        pixels = self.transform(img, example_rng(self.plan.seed, epoch, i) if train else None, train)
+        return pixels, int(self.labels[j]), 1.0, (i if j != i else -1)
+
+    def __call__(self, k: Any) -> dict[str, np.ndarray]:
+        plan = self.plan
+        epoch, b = plan.locate(int(k), *self.start)
+        idx = np.full(plan.batch_size, -1, np.int64)  # -1: padding of the ragged last global batch
+        part = self._order(epoch)[b * plan.batch_size : (b + 1) * plan.batch_size]
+        idx[: len(part)] = part
+        rows = [self._example(int(i), epoch) for i in idx[plan.rows[0] : plan.rows[1]]]
         return {
-            "images": pixels,
-            "labels": np.asarray(self.labels[j], np.int32),
-            "mask": np.ones((), np.float32),
-            "bad": np.asarray(i if j != i else -1, np.int64),
+            "images": np.stack([r[0] for r in rows]),
+            "labels": np.asarray([r[1] for r in rows], np.int32),
+            "mask": np.asarray([r[2] for r in rows], np.float32),
+            "bad": np.asarray([r[3] for r in rows], np.int64),
+            "where": np.asarray([epoch, b], np.int64),
         }
+
+
+class _Stream:
+    """One grain pipeline yielding batch after batch of a :class:`_Plan`, across epochs, from ``(epoch, batch)``.
+
+    Kept by the source between ``batches()`` calls, so consecutive epochs reuse the worker processes (starting
+    them costs seconds: each imports jax through grain) and the next epoch's first batches are ready in time.
+    """
+
+    _LENGTH = 1 << 50  # batches: a stream never runs out; it is closed or dropped instead
+
+    def __init__(self, source: ImageSource, plan: _Plan, epoch: int, start: int) -> None:
+        import grain
+
+        load = _LoadBatch(source.reader, source._labels, source.transform, source.channels, plan, (epoch, start))
+        ds = grain.MapDataset.range(self._LENGTH).map(load)
+        read = grain.ReadOptions(num_threads=source.read_threads, prefetch_buffer_size=source.prefetch)
+        it = ds.to_iter_dataset(read)
+        if source.workers > 0:
+            _let_grain_read_its_flags()
+            opts = grain.MultiprocessingOptions(num_workers=source.workers, per_worker_buffer_size=source.prefetch)
+            it = it.mp_prefetch(opts)
+        self.plan = plan
+        self.next = (epoch, start)
+        self.busy = False
+        self._it: Any = iter(it)
+
+    def take(self) -> Batch:
+        shared = next(self._it)
+        # Plain ndarray views of grain's shared-memory arrays: the segment is unlinked when the view dies.
+        batch = {k: np.asarray(v) for k, v in shared.items()}
+        where = (int(batch["where"][0]), int(batch["where"][1]))
+        if where != self.next:  # grain keeps order; never hand out a batch of another position regardless
+            raise RuntimeError(f"data stream out of step: got batch {where}, expected {self.next}")
+        e, b = self.next
+        self.next = (e, b + 1) if b + 1 < self.plan.per_epoch else (e + 1, 0)
+        del batch["where"]
+        return batch
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
 
 def _let_grain_read_its_flags() -> None:
@@ -180,6 +275,7 @@ class ImageSource:
         self.origin = origin
         self.bad_files: set[str] = set()
         self._labeled = True
+        self._stream: _Stream | None = None
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -245,27 +341,21 @@ class ImageSource:
             raise ValueError(f"{self.origin}: empty subset")
         return src
 
-    def _dataset(self, local: np.ndarray, batch_size: int, seed: int, epoch: int, train: bool, masked: bool) -> Any:
-        import grain
+    def close(self) -> None:
+        """Stop the worker processes kept between epochs (also done when the source is garbage collected)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
-        load = _LoadExample(
-            self.reader,
-            self._labels,
-            self.transform,
-            "RGB" if self.channels == 3 else "L",
-            self.channels,
-            seed,
-            epoch,
-            train,
-            masked,
-        )
-        ds = grain.MapDataset.source(local).map(load).batch(batch_size, drop_remainder=True)
-        read = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
-        it = ds.to_iter_dataset(read)
-        if self.workers > 0:
-            _let_grain_read_its_flags()
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=1))
-        return it
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown grain cleans up its own processes
+            self.close()
 
     def batches(
         self,
@@ -284,59 +374,62 @@ class ImageSource:
 
         Yields ``{"images": uint8 [b, H, W, C], "labels": int32 [b]}`` with ``b = batch_size / process_count``,
         plus ``"mask"`` float32 ``[b]`` when ``drop_remainder=False`` (0 for padding and unreadable files).
+        Asking for the next epoch with the same options continues the same grain pipeline (the workers stay up
+        and have its first batches ready); anything else starts a new one.
         """
         n = len(self)
-        order = epoch_indices(n, seed, epoch, shuffle)
         total = num_batches(n, batch_size, drop_remainder)
         if not 0 <= start_batch <= total:
             raise ValueError(
                 f"start_batch={start_batch} outside [0, {total}] for {n} examples, batch_size={batch_size}"
             )
         rows = process_slice(batch_size, process_index, process_count)
-        count = total - start_batch
-        return self._iterate(order, batch_size, rows, start_batch, count, seed, epoch, train, drop_remainder)
+        plan = _Plan(n, batch_size, seed, shuffle, drop_remainder, (rows.start, rows.stop), train)
+        return self._iterate(plan, epoch, start_batch, total)
 
-    def _iterate(
-        self,
-        order: np.ndarray,
-        batch_size: int,
-        rows: slice,
-        start_batch: int,
-        count: int,
-        seed: int,
-        epoch: int,
-        train: bool,
-        drop_remainder: bool,
-    ) -> Iterator[Batch]:
-        if count == 0:
+    def _open_stream(self, plan: _Plan, epoch: int, start_batch: int) -> tuple[_Stream, bool]:
+        """The kept stream when it is at ``(epoch, start_batch)`` of ``plan`` and idle, else a new one (kept unless
+        the kept one is being read: then a private one). Returns ``(stream, private)``."""
+        kept = self._stream
+        if kept is not None and not kept.busy and kept.plan == plan and kept.next == (epoch, start_batch):
+            return kept, False
+        if kept is not None and kept.busy:
+            return _Stream(self, plan, epoch, start_batch), True
+        self.close()
+        self._stream = _Stream(self, plan, epoch, start_batch)
+        return self._stream, False
+
+    def _iterate(self, plan: _Plan, epoch: int, start_batch: int, total: int) -> Iterator[Batch]:
+        if start_batch == total:
             return
-        table = np.full((count, batch_size), -1, np.int64)  # -1: padding of a ragged last batch
-        flat = order[start_batch * batch_size : (start_batch + count) * batch_size]
-        table.reshape(-1)[: len(flat)] = flat
-        local = np.ascontiguousarray(table[:, rows]).reshape(-1)
-        it = iter(self._dataset(local, rows.stop - rows.start, seed, epoch, train, masked=not drop_remainder))
+        stream, private = self._open_stream(plan, epoch, start_batch)
+        stream.busy = True
         bad: set[int] = set()
         try:
-            for shared in it:
-                # Plain ndarray views of grain's shared-memory arrays: the segment is unlinked when the view dies.
-                batch = {k: np.asarray(v) for k, v in shared.items()}
-                del shared
+            for _ in range(start_batch, total):
+                try:
+                    batch = stream.take()
+                except BaseException:
+                    private = True  # a failed stream is not kept
+                    if self._stream is stream:
+                        self._stream = None
+                    raise
                 flagged = batch.pop("bad")
                 bad.update(int(i) for i in flagged[flagged >= 0])
-                if drop_remainder:
+                if plan.drop_remainder:
                     del batch["mask"]
                 if not self._labeled:
                     del batch["labels"]
                 yield batch
         finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+            stream.busy = False
+            if private:
+                stream.close()
             if bad:
                 names = [self.reader.name(i) for i in sorted(bad)]
                 self.bad_files.update(names)
                 shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-                action = "replaced by the next readable image" if drop_remainder else "masked out"
+                action = "replaced by the next readable image" if plan.drop_remainder else "masked out"
                 warnings.warn(
                     f"{self.origin}, epoch {epoch}: {len(names)} unreadable image(s) {action}: {shown}",
                     SkippedFilesWarning,

@@ -90,8 +90,12 @@ def test_bit_identical_for_0_1_2_workers(photos, tmp_path):
         for workers in (0, 1, 2):
             src = open_source(f"folder:{photos}", image_size=16, augment="rrc", workers=workers)
             with pytest.warns(SkippedFilesWarning, match="zz_empty.jpg") as rec:
-                runs.append(_collect(src, seed=1, epoch=3, drop_remainder=False, start_batch=1))
-            assert len([w for w in rec if issubclass(w.category, SkippedFilesWarning)]) == 1
+                # A resumed epoch, then the next one from the same (kept) worker processes.
+                run = _collect(src, seed=1, epoch=3, drop_remainder=False, start_batch=1)
+                run += _collect(src, seed=1, epoch=4, drop_remainder=False)
+            assert len([w for w in rec if issubclass(w.category, SkippedFilesWarning)]) == 2
+            src.close()
+            runs.append(run)
         _assert_same(runs[0], runs[1])
         _assert_same(runs[0], runs[2])
         assert sum(int((b["mask"] == 0).sum()) for b in runs[0]) >= 1
@@ -127,6 +131,29 @@ def test_resume_from_start_batch_and_draws_per_epoch(photos):
         _collect(src, seed=4, epoch=0, shuffle=False, train=False),
         _collect(src, seed=9, epoch=7, shuffle=False, train=False),
     )
+
+
+def test_next_epoch_continues_the_stream_with_the_same_batches(photos):
+    src = open_source(f"folder:{photos}", image_size=12, augment="rrc", workers=0)
+    fresh = open_source(f"folder:{photos}", image_size=12, augment="rrc", workers=0)
+    _collect(src, seed=1, epoch=0)
+    stream = src._stream
+    _assert_same(_collect(src, seed=1, epoch=1), _collect(fresh, seed=1, epoch=1))
+    assert src._stream is stream and stream is not None  # the same pipeline went on into epoch 1
+    # Abandoned mid-epoch, or other options: a new pipeline, the same batches.
+    it = src.batches(8, seed=1, epoch=2)
+    next(it)
+    it.close()
+    _assert_same(_collect(src, seed=1, epoch=3), _collect(fresh, seed=1, epoch=3))
+    assert src._stream is not stream
+    _assert_same(_collect(src, seed=1, epoch=3, train=False), _collect(fresh, seed=1, epoch=3, train=False))
+    # Two epochs read at once (the second gets a private pipeline): both right.
+    a, b = src.batches(8, seed=1, epoch=5), src.batches(8, seed=1, epoch=6)
+    pairs = list(zip(a, b))
+    _assert_same([x for x, _ in pairs], _collect(fresh, seed=1, epoch=5))
+    _assert_same([y for _, y in pairs], _collect(fresh, seed=1, epoch=6))
+    src.close()
+    assert src._stream is None
 
 
 def _broken_folder(root):
