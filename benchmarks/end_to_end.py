@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks import torch_ref
     from benchmarks.train_steps import _jnp_dtype, make_parallel
     from jaxtl.data import ArrayDataset
-    from jaxtl.train import extract_features, fit, fit_linear_probe
+    from jaxtl.train import Loop, ParamGroups, extract_features, fit, fit_linear_probe
 
     if args.examples < args.batch_size:
         raise SystemExit(f"--examples {args.examples} is fewer than one --batch-size {args.batch_size}")
@@ -76,10 +76,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             variables,
             ds,
             tx=tx,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            trainable="^fc/",
-            parallel=par.kind,
+            groups=ParamGroups.head_only(),
+            loop=Loop(batch_size=args.batch_size, epochs=args.epochs, parallel=par.kind),
             progress=False,
         )
         head_out["fit"] = res.variables["params"]["fc"]

@@ -89,7 +89,7 @@ def jaxtl_step_fn(
 
     import jaxtl
     from jaxtl.models import Autoencoder
-    from jaxtl.train import TrainState, train_step
+    from jaxtl.train import CrossEntropy, ParamGroups, Reconstruction, TrainState, train_step
 
     par = make_parallel(devices)
     if batch % par.num_devices:
@@ -120,11 +120,12 @@ def jaxtl_step_fn(
             common.block(fn(placed_vars, placed_batch))
 
     else:
-        trainable = "^fc/" if mode == "frozen" else None
-        state = TrainState.create(module, variables, tx, 0, trainable=trainable)
+        groups = ParamGroups.head_only() if mode == "frozen" else None
+        state = TrainState.create(module, variables, tx, 0, groups=groups)
         if mode == "frozen":
             assert state.backbone_frozen, "frozen mode must take the frozen-backbone path"
-        step = par.map(functools.partial(train_step, loss="mse" if mode == "autoencoder" else "ce"))
+        loss = Reconstruction() if mode == "autoencoder" else CrossEntropy()
+        step = par.map(functools.partial(train_step, loss=loss))
         holder = [par.put_state(state)]
 
         def run() -> None:
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.repeats, args.probe_epochs = 2, 2
         args.arch = "convnet_small" if args.arch == "resnet50" else args.arch
         args.image_size = [16]
-        args.batch_size = args.batch_size or 4
+        args.batch_size = 4
         args.ae_image_size, args.ae_batch_size = 16, 4
     dev = None if args.no_torch else torch_ref.setup(args.threads, args.device)
     info = common.machine_info(args.device)
