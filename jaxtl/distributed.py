@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import jax
 
@@ -40,12 +41,20 @@ def initialize(
             raise ValueError(f"--process-id must lie in [0, {num_processes}), got {process_id}")
         if ":" not in coordinator:
             raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        _start(lambda: jax.distributed.initialize(coordinator, num_processes, process_id), f"coordinator {coordinator}")
         return True
     if auto:
-        jax.distributed.initialize()
+        _start(jax.distributed.initialize, "cluster auto-detection (--distributed)")
         return True
     return False
+
+
+def _start(init: Any, what: str) -> None:
+    try:
+        init()
+    except (RuntimeError, ValueError) as e:  # no cluster found, coordinator unreachable, initialised twice
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"jax.distributed could not start with {what}: {first}") from None
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:

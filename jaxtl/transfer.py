@@ -102,8 +102,8 @@ def parse_denoise(denoise: Denoise | str) -> Denoise:
             raise ValueError(f"denoise {denoise!r}: expected noise:STD, mask:RATIO or mask:RATIO:PATCH")
     kind = denoise[0] if denoise else None
     if kind == "noise" and len(denoise) == 2:
-        if not float(denoise[1]) > 0:
-            raise ValueError(f"denoise noise std must be > 0, got {denoise[1]}")
+        if not 0 < float(denoise[1]) < float("inf"):
+            raise ValueError(f"denoise noise std must be a finite number > 0, got {denoise[1]}")
         return ("noise", float(denoise[1]))
     if kind == "mask" and len(denoise) == 3:
         if not 0.0 < float(denoise[1]) < 1.0 or int(denoise[2]) < 1:
@@ -671,7 +671,7 @@ def pretrain_encoder(
     source = open_data(data, card, labeled=False, workers=workers)
     encoder = jaxtl.create(arch, num_classes=0)
     bs = _fit_batch(batch_size, len(source), parallel)
-    ae, ae_vars, history = pretrain_autoencoder(
+    _, ae_vars, history = pretrain_autoencoder(
         encoder,
         source,
         epochs=None if steps is not None else epochs,

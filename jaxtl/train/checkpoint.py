@@ -380,8 +380,10 @@ def fingerprint_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     """``["field: old -> new", ...]`` for every field that differs (missing on one side included)."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            out.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a != b:
+            ta, tb = repr(a), repr(b)
+            out.append(f"{key}: {ta} -> {tb}" if len(ta) + len(tb) < 160 else f"{key} (changed)")
     return out
 
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import threading
 import time
@@ -223,10 +224,11 @@ def _fingerprint(
 ) -> dict[str, Any]:
     # The run's length is not in it (a finished run may be extended); a schedule that depends on it is, through
     # the optimizer's kwargs (fit(optimizer=...) records them with total_steps).
+    state_kinds = re.findall(r"namedtuple\[(\w+)\]", str(jax.tree.structure(state.opt_state)))
     return {
-        "model": repr(module),
+        "model": " ".join(repr(module).split()),
         "groups": repr(state.groups),
-        "optimizer_state": str(jax.tree.structure(state.opt_state)),
+        "optimizer_state": ", ".join(state_kinds),
         "loss": repr(loss),
         "batch_size": loop.batch_size,
         "seed": loop.seed,
