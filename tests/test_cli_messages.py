@@ -10,6 +10,7 @@ from jaxtl.cli import COMMANDS, main
 REQUIRED = {
     "convert": ["a.pth", "out"],
     "inspect": ["a.pth"],
+    "predict": ["a.png", "--weights", "resnet18.IMAGENET1K_V1"],
     "pretrain": ["--data", "digits", "--workdir", "w"],
     "finetune": ["--data", "digits", "--workdir", "w", "--torch-weights", "a.pth"],
     "evaluate": ["ckpt", "--data", "digits"],
