@@ -27,7 +27,7 @@ import jaxtl
 from jaxtl.models.card import ModelCard, Preprocessing
 
 from . import cache
-from .convert import BridgeReport, default_card, dtype_name, from_torchvision, replace_head
+from .convert import BridgeReport, dtype_name, from_torchvision, replace_head
 from .errors import BridgeError
 
 _BASE = "https://download.pytorch.org/models/"
@@ -148,8 +148,9 @@ def resolve_name(arch: str | None, name: str) -> NamedWeights:
 def torch_hub_dir() -> Path:
     """``torch.hub.get_dir()``, computed without importing torch when it is not imported yet:
     ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``."""
-    if "torch" in sys.modules:
-        return Path(sys.modules["torch"].hub.get_dir())
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "hub"):  # respects torch.hub.set_dir()
+        return Path(torch.hub.get_dir())
     home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
     return Path(os.path.expanduser(home)) / "hub"
 
@@ -259,7 +260,7 @@ def _convert_file(
         if card.num_classes != report.num_classes:
             card = card.replace(num_classes=report.num_classes, class_names=())
     else:
-        card = default_card(report.arch, report.num_classes, str(path))
+        card = conv.card  # the card a jaxtl Flax-layout file carries, else the registry's defaults
     card = card.replace(extra={**card.extra, "file": str(path), "sha256": cache.file_sha256(path)})
     return conv.variables, card.to_dict(), report
 

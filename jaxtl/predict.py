@@ -95,6 +95,7 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     k = min(top_k, card.num_classes)
     names = card.class_names or tuple(f"class {i}" for i in range(card.num_classes))
+
     def probabilities(v: dict[str, Any], x: jax.Array) -> jax.Array:
         logits = jnp.asarray(module.apply(v, x, train=False), jnp.float32)
         return jax.nn.softmax(logits, axis=-1)

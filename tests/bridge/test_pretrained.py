@@ -198,3 +198,17 @@ def test_eval_transform_and_logits_equal_torchvision(hub, tmp_path) -> None:
         ref = model(ref_x[None]).numpy()
     got = np.asarray(module.apply(variables, ours[None], train=False))
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_a_jaxtl_safetensors_keeps_its_card(hub, tmp_path) -> None:
+    from jaxtl.bridge import save_flax_safetensors
+
+    _, variables, card = pretrained("resnet18", weights="DEFAULT")
+    save_flax_safetensors(variables, tmp_path / "mine.safetensors", card=card)
+    again = pretrained(weights=tmp_path / "mine.safetensors", use_cache=False)
+    assert again.report.layout == "jaxtl-flax"
+    assert again.card.class_names == card.class_names and again.card.source == card.source
+    assert again.card.preprocessing == card.preprocessing
+    assert jax.tree.all(jax.tree.map(np.array_equal, again.variables, variables))
+    conv = from_torchvision(tmp_path / "mine.safetensors", num_classes=4)
+    assert conv.card.num_classes == 4 and conv.card.class_names == () and conv.card.source == card.source
