@@ -1,4 +1,5 @@
-"""save_variables / load_variables: exact round trip, refusal to overwrite, atomic writes, clear errors."""
+"""save_variables / load_variables: exact round trip with the model card, refusal to overwrite, atomic writes, clear
+errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import numpy as np
 import pytest
 
 import jaxtl
+from jaxtl.models.card import ModelCard
 from jaxtl.train.checkpoint import CheckpointError, load_variables, save_variables
+
+CARD = ModelCard.for_arch("resnet18", 5, class_names=("a", "b", "c", "d", "e"), source="test")
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +34,22 @@ def _equal(a, b) -> bool:
 
 def test_roundtrip_and_overwrite(variables, tmp_path) -> None:
     d = tmp_path / "ck"
-    save_variables(d, variables, arch="resnet18", num_classes=5, metadata={"source": "test"})
-    module, restored, meta = load_variables(d)
-    assert module.num_classes == 5 and meta["arch"] == "resnet18" and meta["metadata"] == {"source": "test"}
-    assert meta["jaxtl_version"] == jaxtl.__version__
+    save_variables(d, variables, CARD)
+    module, restored, card = load_variables(d)
+    assert module.num_classes == 5 and card == CARD
+    assert json.loads((d / "jaxtl.json").read_text())["jaxtl_version"] == jaxtl.__version__
     assert _equal(restored, variables)
     with pytest.raises(CheckpointError, match="already exists"):
-        save_variables(d, variables, arch="resnet18", num_classes=5)
+        save_variables(d, variables, CARD)
     changed = jax.tree.map(lambda a: a * 2, variables)
-    save_variables(d, changed, arch="resnet18", num_classes=5, overwrite=True)
+    save_variables(d, changed, CARD, overwrite=True)
     assert _equal(load_variables(d)[1], changed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "temporary siblings left behind"
 
 
 def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch) -> None:
     with pytest.raises(CheckpointError, match=r"not arrays: \['params'\]\['x'\]"):
-        save_variables(tmp_path / "ck", {"params": {"x": object()}}, arch="resnet18", num_classes=5)
+        save_variables(tmp_path / "ck", {"params": {"x": object()}}, CARD)
     assert list(tmp_path.iterdir()) == []
 
     def failing_rename(self, target):
@@ -55,24 +59,18 @@ def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch) -> None:
     with monkeypatch.context() as m:
         m.setattr(pathlib.Path, "rename", failing_rename)
         with pytest.raises(OSError, match="simulated crash"):
-            save_variables(tmp_path / "ck", variables, arch="resnet18", num_classes=5)
+            save_variables(tmp_path / "ck", variables, CARD)
     assert list(tmp_path.iterdir()) == []
     # A failing overwrite keeps the old checkpoint intact.
-    save_variables(tmp_path / "ck", variables, arch="resnet18", num_classes=5)
+    save_variables(tmp_path / "ck", variables, CARD)
     with monkeypatch.context() as m:
         m.setattr(pathlib.Path, "rename", failing_rename)
         with pytest.raises(OSError, match="simulated crash"):
-            save_variables(
-                tmp_path / "ck",
-                jax.tree.map(lambda a: a * 2, variables),
-                arch="resnet18",
-                num_classes=5,
-                overwrite=True,
-            )
+            save_variables(tmp_path / "ck", jax.tree.map(lambda a: a * 2, variables), CARD, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     assert _equal(load_variables(tmp_path / "ck")[1], variables)
     with pytest.raises(CheckpointError, match="not JSON-serialisable"):
-        save_variables(tmp_path / "ck2", variables, arch="resnet18", num_classes=5, metadata={"x": object()})
+        save_variables(tmp_path / "ck2", variables, CARD.replace(extra={"x": object()}))
     assert not (tmp_path / "ck2").exists()
 
 
@@ -83,7 +81,7 @@ def test_missing_and_damaged(variables, tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"plain is not a jaxtl checkpoint: jaxtl\.json is missing"):
         load_variables(tmp_path / "plain")
     d = tmp_path / "ck"
-    save_variables(d, variables, arch="resnet18", num_classes=5)
+    save_variables(d, variables, CARD)
     broken = tmp_path / "broken_json"
     shutil.copytree(d, broken)
     (broken / "jaxtl.json").write_text("{not json")
@@ -92,8 +90,8 @@ def test_missing_and_damaged(variables, tmp_path) -> None:
     wrong = tmp_path / "wrong_arch"
     shutil.copytree(d, wrong)
     meta = json.loads((wrong / "jaxtl.json").read_text())
-    (wrong / "jaxtl.json").write_text(json.dumps({**meta, "arch": "resnet34"}))
-    with pytest.raises(CheckpointError, match="do not match the described model"):
+    (wrong / "jaxtl.json").write_text(json.dumps({**meta, "card": {**meta["card"], "arch": "resnet34"}}))
+    with pytest.raises(CheckpointError, match="do not match the model card"):
         load_variables(wrong)
     no_state = tmp_path / "no_state"
     shutil.copytree(d, no_state)
