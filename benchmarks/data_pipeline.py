@@ -1,0 +1,299 @@
+"""The streaming image pipeline vs torchvision's, and its memory: ``python -m benchmarks.data_pipeline``.
+
+1. Throughput: images/s of decode + RandomResizedCrop(``--image-size``) + horizontal flip + batching (uint8) over
+   one generated JPEG folder, jaxtl's grain pipeline (:func:`jaxtl.data.open_source`, ``workers=N``) vs
+   torchvision ``ImageFolder`` + ``DataLoader(num_workers=N)`` with ``v2.RandomResizedCrop`` +
+   ``v2.RandomHorizontalFlip`` + ``v2.PILToTensor`` (both end at uint8 batches; normalisation happens on device
+   in jaxtl and would be one more transform in torch). Each side runs ``--epochs`` consecutive epochs as a training
+   run would (jaxtl keeps its grain workers between epochs, torch its ``persistent_workers``); the sides take turns,
+   never overlapping. ``images_per_s`` counts all epochs including worker start-up; ``warm_images_per_s`` the
+   epochs after the first.
+2. Memory (``--rss``): the peak RSS of one streaming epoch (eval transform) over generated folders of each of
+   ``--rss-sizes`` images, each in a fresh process: the main process and its largest worker. A streaming pass
+   holds a few batches, not the dataset, so the two sizes should differ by little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks import common
+
+Epoch = tuple[float, float, int]  # wall seconds, seconds to the first batch, images
+
+
+def make_folder(root: pathlib.Path, images: int, classes: int = 10, min_side: int = 256, max_side: int = 400) -> None:
+    """``images`` JPEGs (quality 90, sides in ``[min_side, max_side]``) in ``classes`` folders; kept when complete."""
+    import numpy as np
+    from PIL import Image
+
+    stamp = root / f".complete-{images}-{classes}-{min_side}-{max_side}"
+    if stamp.exists():
+        return
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        d = root / f"class{i % classes:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+        # Smooth colour fields plus grain: decodes like a photo (noise alone would be an unusually hard JPEG).
+        small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
+        arr = np.clip(np.asarray(small, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / f"{i:06d}.jpg", quality=90)
+    stamp.write_text("")
+
+
+def jaxtl_epochs(
+    folder: pathlib.Path, workers: int, size: int, batch: int, epochs: int
+) -> list[tuple[float, float, int]]:
+    """``epochs`` consecutive training epochs of jaxtl's streaming source: ``(wall_s, first_batch_s, images)`` each.
+
+    One source, as a training run uses it: its grain workers start in the first epoch and stay up for the next.
+    """
+    from jaxtl.data import open_source
+
+    src = open_source(f"folder:{folder}", image_size=size, augment="rrc", workers=workers)
+    out = []
+    with src:
+        for e in range(epochs):
+            t0 = time.perf_counter()
+            first, n = 0.0, 0
+            for b in src.batches(batch, seed=0, epoch=e, drop_remainder=True, train=True):
+                if n == 0:
+                    first = time.perf_counter() - t0
+                n += len(b["images"])
+            out.append((time.perf_counter() - t0, first, n))
+    return out
+
+
+def torch_epochs(
+    folder: pathlib.Path, workers: int, size: int, batch: int, epochs: int
+) -> list[tuple[float, float, int]]:
+    """The same with torchvision ImageFolder + DataLoader (``persistent_workers`` when ``workers > 0``)."""
+    import torch
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+    ds = datasets.ImageFolder(str(folder), transform=tf)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    out = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        first, n = 0.0, 0
+        for x, _ in loader:
+            if n == 0:
+                first = time.perf_counter() - t0
+            n += len(x)
+        out.append((time.perf_counter() - t0, first, n))
+    del loader
+    return out
+
+
+def _side_summary(runs: list[list[Epoch]]) -> dict[str, Any]:
+    """Per repeat, a list of epochs: the first (cold: starts the workers) and the rest (warm) apart."""
+    n = runs[0][0][2]
+    cold = [r[0][0] for r in runs]
+    out: dict[str, Any] = {"images_per_epoch": n, "epochs": len(runs[0]), "cold_epoch": common.summarize(cold)}
+    out["cold_images_per_s"] = n / statistics.median(cold)
+    out["first_batch_s"] = statistics.median(r[0][1] for r in runs)
+    warm = [w for r in runs for w, _, _ in r[1:]]
+    if warm:
+        out["warm_epoch"] = common.summarize(warm)
+        out["warm_images_per_s"] = n / statistics.median(warm)
+    total = statistics.median(sum(w for w, _, _ in r) for r in runs)
+    out["images_per_s"] = n * len(runs[0]) / total  # all epochs of a repeat, worker start included
+    return out
+
+
+def throughput(args: argparse.Namespace, folder: pathlib.Path) -> list[dict[str, Any]]:
+    """For each worker count: ``--repeats`` rounds, each running one side's ``--epochs`` then the other's (the
+    order alternates), never both at once: a pipeline prefetching in the background would steal the other's CPU."""
+    import grain  # noqa: F401  (imports are not timed: both sides import their libraries first)
+    import torchvision  # noqa: F401
+
+    rows = []
+    sides = {"jaxtl": jaxtl_epochs} if args.no_torch else {"jaxtl": jaxtl_epochs, "torch": torch_epochs}
+    for workers in args.workers:
+        runs: dict[str, list[list[Epoch]]] = {name: [] for name in sides}
+        for r in range(args.repeats):
+            for name in sorted(sides, reverse=bool(r % 2)):
+                runs[name].append(sides[name](folder, workers, args.image_size, args.batch_size, args.epochs))
+        row: dict[str, Any] = {"workers": workers}
+        for name, rs in runs.items():
+            row[name] = _side_summary(rs)
+        if "torch" in row:
+            row["ratio"] = row["jaxtl"]["images_per_s"] / row["torch"]["images_per_s"]
+            if "warm_images_per_s" in row["jaxtl"]:
+                row["warm_ratio"] = row["jaxtl"]["warm_images_per_s"] / row["torch"]["warm_images_per_s"]
+        rows.append(row)
+    return rows
+
+
+def _vm_hwm_mib() -> float:
+    """This process's peak RSS (``VmHWM``; unlike ``ru_maxrss`` it is not inherited from the parent across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return common.peak_rss_mib()
+
+
+def rss_worker(args: argparse.Namespace) -> None:
+    """One streaming eval epoch over ``--folder``: the peak RSS of this process and of its largest worker process
+    (sampled every 50 ms with psutil: a worker's own peak is not readable once grain has stopped it)."""
+    import threading
+
+    import psutil
+
+    from jaxtl.data import open_source
+
+    me = psutil.Process()
+    worker_peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    worker_peak[0] = max(worker_peak[0], child.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    n = 0
+    t0 = time.perf_counter()
+    with open_source(f"folder:{args.folder}", image_size=args.image_size, workers=args.rss_workers) as src:
+        for b in src.batches(args.batch_size, shuffle=True, drop_remainder=False, train=False):
+            n += int(b["mask"].sum())
+        wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    common.emit_result(
+        {"images": n, "wall_s": wall, "peak_rss_mib": _vm_hwm_mib(), "worker_peak_rss_mib": worker_peak[0]}
+    )
+
+
+def memory(args: argparse.Namespace, base: pathlib.Path) -> list[dict[str, Any]]:
+    rows = []
+    for n in args.rss_sizes:
+        folder = base / f"rss-{n}"
+        make_folder(folder, n, min_side=args.min_side, max_side=args.max_side)
+        extra = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+        extra += ["--rss-workers", str(args.rss_workers), "--folder", str(folder), "--rss-worker"]
+        r = common.run_worker("benchmarks.data_pipeline", extra, what=f"streaming pass over {n} images")
+        r["folder_images"] = n
+        rows.append(r)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from jaxtl.data import default_workers
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=2000, help="JPEGs in the throughput folder (default 2000)")
+    p.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default: jaxtl's default)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--min-side", type=int, default=256, help="generated image sides lie in [min, max] (256)")
+    p.add_argument("--max-side", type=int, default=400, help="(default 400)")
+    p.add_argument("--epochs", type=int, default=3, help="consecutive epochs per side and round (default 3)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds, sides alternating (default 2)")
+    p.add_argument("--rss", action="store_true", help="also measure peak RSS of streaming passes")
+    p.add_argument("--rss-sizes", type=int, nargs="+", default=[2000, 20000])
+    p.add_argument("--rss-workers", type=int, default=2)
+    p.add_argument("--data-dir", default=None, help="where generated folders live (kept; default: a temp dir)")
+    p.add_argument("--no-torch", action="store_true", help="jaxtl side only")
+    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
+    p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_worker:
+        rss_worker(args)
+        return {}
+    if args.smoke:
+        args.images, args.image_size, args.batch_size, args.repeats, args.epochs = 48, 32, 8, 1, 2
+        args.min_side, args.max_side = 40, 64
+        args.rss_sizes, args.rss_workers = [24, 48], 1
+        args.workers = args.workers or [0, 1]
+    args.workers = args.workers or [default_workers()]
+
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="jaxtl-bench-data-")
+        base = pathlib.Path(tmp.name)
+    else:
+        base = pathlib.Path(args.data_dir)
+    try:
+        folder = base / f"throughput-{args.images}"
+        make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
+        rows = throughput(args, folder)
+        rss = memory(args, base) if args.rss else []
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    payload = {
+        "benchmark": "data_pipeline",
+        "machine": common.machine_info("cpu"),
+        "settings": {
+            "images": args.images,
+            "image_sides": [args.min_side, args.max_side],
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "epochs": args.epochs,
+            "transforms": f"decode + RandomResizedCrop({args.image_size}) + horizontal flip + uint8 batch",
+            "cpu_count": os.cpu_count(),
+        },
+        "results": rows,
+        "rss": rss,
+    }
+    path = common.write_results("data_pipeline", payload, None if args.out is None else pathlib.Path(args.out))
+    table = []
+    for r in rows:
+        j, t = r["jaxtl"], r.get("torch", {})
+        table.append(
+            [
+                r["workers"],
+                j["images_per_s"],
+                j.get("warm_images_per_s"),
+                t.get("images_per_s"),
+                t.get("warm_images_per_s"),
+                r.get("ratio"),
+                r.get("warm_ratio"),
+            ]
+        )
+    common.print_table(
+        ["workers", "jaxtl_img/s", "jaxtl_warm", "torch_img/s", "torch_warm", "ratio", "warm_ratio"], table
+    )
+    if rss:
+        common.print_table(
+            ["images", "peak_rss_mib", "worker_peak_rss_mib", "wall_s"],
+            [[r["folder_images"], r["peak_rss_mib"], r["worker_peak_rss_mib"], r["wall_s"]] for r in rss],
+        )
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
