@@ -117,8 +117,10 @@ def is_weights_enum(x: Any) -> bool:
 
 
 def resolve_name(arch: str | None, name: str) -> NamedWeights:
-    """``(arch, "IMAGENET1K_V2" | "DEFAULT")``, ``"resnet50.IMAGENET1K_V2"`` or ``"ResNet50_Weights.DEFAULT"`` ->
-    the :class:`NamedWeights`; BridgeError listing the choices otherwise."""
+    """``(arch, "IMAGENET1K_V2" | "DEFAULT")``, ``"resnet50.IMAGENET1K_V2"``, ``"ResNet50_Weights.DEFAULT"`` or
+    ``"resnet50"`` (its DEFAULT) -> the :class:`NamedWeights`; BridgeError listing the choices otherwise."""
+    if name in TORCHVISION_WEIGHTS and arch in (None, name):  # an architecture alone: its DEFAULT weights
+        arch, name = name, "DEFAULT"
     head, dot, tail = name.rpartition(".")
     if dot:
         by_enum = {v[0].lower(): a for a, v in TORCHVISION_WEIGHTS.items()}

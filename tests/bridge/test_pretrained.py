@@ -76,6 +76,11 @@ def test_name_forms_and_errors() -> None:
     w = resolve_name(None, "ResNet50_Weights.DEFAULT")
     assert (w.arch, w.name, w.qualname) == ("resnet50", "IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2")
     assert resolve_name(None, "resnet50.IMAGENET1K_V1").url.endswith("resnet50-0676ba61.pth")
+    assert (
+        resolve_name(None, "resnet101")
+        == resolve_name("resnet101", "DEFAULT")
+        == resolve_name(None, "resnet101.DEFAULT")
+    )
     with pytest.raises(BridgeError, match=r"ResNet18_Weights has no weights 'IMAGENET1K_V2'; choose one of: "):
         resolve_name("resnet18", "IMAGENET1K_V2")
     with pytest.raises(BridgeError, match="need an architecture"):
