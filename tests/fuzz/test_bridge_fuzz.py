@@ -275,3 +275,34 @@ def test_random_safetensors_entries(tmp_path_factory, dtype, shape, offsets):
     except BridgeError:
         return
     assert tensors["w"].nbytes == 16
+
+
+PREFIX_PART = st.text(alphabet="abcdemnorstu_", min_size=1, max_size=6)
+
+
+@FUZZ
+@given(
+    parts=st.lists(PREFIX_PART, max_size=2),
+    wrappers=st.lists(st.sampled_from(["state_dict", "model", "model_state_dict", "ema", "net", "x"]), max_size=2),
+    others=st.dictionaries(st.text(max_size=8), st.sampled_from(["int", "str", "tensor", "dict"]), max_size=3),
+)
+def test_wrapped_and_prefixed_state_dicts(valid, parts, wrappers, others):
+    """Any nesting and key prefix either loads exactly the bare state dict's variables or raises BridgeError."""
+    prefix = "".join(p + "." for p in parts)
+    obj: object = {prefix + k: v for k, v in valid.items()}
+    for w in reversed(wrappers):
+        extra = {
+            k: {"int": 3, "str": "s", "tensor": np.zeros(2, np.float32), "dict": {"lr": 0.1}}[kind]
+            for k, kind in others.items()
+            if k != w
+        }
+        obj = {**extra, w: obj}
+    # Beside the state dict, a bare tensor makes its level look like a (broken) state dict: refused, rightly.
+    stray_tensor = any(kind == "tensor" and k != w for w in wrappers for k, kind in others.items())
+    try:
+        _, got = from_torchvision(obj, arch=ARCH)
+    except BridgeError:
+        assert stray_tensor, "a wrapped/prefixed state dict with nothing odd beside it must load"
+        return
+    _, expected = from_torchvision(valid, arch=ARCH)
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
