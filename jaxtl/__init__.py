@@ -11,10 +11,14 @@ from jaxtl.models import ModelCard, create, list_models
 from jaxtl.train import ParamGroups, TrainState, fit, load_variables, save_variables
 from jaxtl.transfer import (
     build_classifier,
+    evaluate_checkpoint,
     evaluate_classifier,
     finetune,
+    finetune_classifier,
     normalize_dataset,
+    open_data,
     pretrain_autoencoder,
+    pretrain_encoder,
 )
 
 __version__ = "0.1.0"
@@ -29,14 +33,18 @@ __all__ = [
     "create",
     "data",
     "enable_compile_cache",
+    "evaluate_checkpoint",
     "evaluate_classifier",
     "finetune",
+    "finetune_classifier",
     "fit",
     "list_models",
     "load_variables",
     "models",
     "normalize_dataset",
+    "open_data",
     "pretrain_autoencoder",
+    "pretrain_encoder",
     "save_variables",
     "train",
     "tune_cpu",

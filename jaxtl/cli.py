@@ -235,6 +235,7 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
 
     _data_args(p)
     p.add_argument("--epochs", type=int, default=5, help="passes over the training data (default 5)")
+    p.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default 1e-3)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="default adamw")
@@ -310,7 +311,7 @@ def _optimizer(a: argparse.Namespace) -> dict[str, Any]:
 def _check_train_args(a: argparse.Namespace) -> None:
     import math
 
-    for name in ("epochs", "batch_size", "lr", "image_size", "resize_size"):
+    for name in ("epochs", "steps", "batch_size", "lr", "image_size", "resize_size"):
         _positive("--" + name.replace("_", "-"), getattr(a, name))
     if not math.isfinite(a.lr):
         raise UsageError(f"--lr must be finite, got {a.lr}")
@@ -372,6 +373,7 @@ def _pretrain(a: argparse.Namespace) -> int:
         channels=a.channels,
         denoise=denoise,
         epochs=a.epochs,
+        steps=a.steps,
         batch_size=a.batch_size,
         lr=a.lr,
         optimizer=_optimizer(a),
@@ -425,6 +427,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
         "data, random crop + flip for digits/npz; or rrc, flip, crop-flip (default none)",
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the weights' card)")
+    p.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="--freeze backbone without --augment: run the frozen backbone every step instead of computing its "
+        "features once (same results to float rounding; slower)",
+    )
     _common_train_args(p)
 
 
@@ -460,10 +468,12 @@ def _finetune(a: argparse.Namespace) -> int:
         test_fraction=a.test_fraction,
         labels_per_class=a.labels_per_class,
         epochs=a.epochs,
+        steps=a.steps,
         batch_size=a.batch_size,
         lr=a.lr,
         optimizer=_optimizer(a),
         backbone_lr_scale=a.backbone_lr_scale,
+        feature_cache=False if a.no_feature_cache else None,
         augment=a.augment,
         workers=a.workers,
         image_size=a.image_size,
@@ -512,6 +522,27 @@ def _evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pack ----------------------------------------------------------------------------------------------------------
+
+
+def _pack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="DIR", help="image folder DIR/<class>/<image> (torchvision ImageFolder layout)")
+    p.add_argument("out", metavar="OUT", help="pack directory to write: ArrayRecord shards + jaxtl_pack.json")
+    p.add_argument("--num-shards", type=int, help="number of shards (default: one per 10,000 images)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it holds an earlier pack")
+
+
+def _pack(a: argparse.Namespace) -> int:
+    from jaxtl.data import pack_image_folder
+
+    r = pack_image_folder(a.src, a.out, num_shards=a.num_shards, overwrite=a.overwrite)
+    print(
+        f"packed {r.num_records} images of {len(r.class_names)} classes from {a.src} -> {r.out}: "
+        f"{len(r.shards)} shard(s), {r.num_bytes / 2**20:.1f} MiB; train with --data arrayrecord:{r.out}"
+    )
+    return 0
+
+
 # ---- demo ----------------------------------------------------------------------------------------------------------
 
 
@@ -549,6 +580,7 @@ COMMANDS: list[Command] = [
         "finetune", "fine-tune a pretrained backbone on labeled images; writes a classifier", _finetune_args, _finetune
     ),
     Command("evaluate", "evaluate a classifier checkpoint: top-1, top-5, loss", _evaluate_args, _evaluate),
+    Command("pack", "write an image folder as ArrayRecord shards (then --data arrayrecord:OUT)", _pack_args, _pack),
     Command("demo", "pretrain -> transfer -> few-label fine-tuning on digits, measured", _demo_args, _demo),
 ]
 

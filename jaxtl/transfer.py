@@ -297,9 +297,12 @@ def finetune(
     aug: Augment | None = _default_augment if augment is True else (augment or None)  # type: ignore[assignment]
     if mode == "linear_probe" and aug is not None:
         raise ValueError("mode='linear_probe' caches features once and cannot augment; use mode='frozen'")
-    if feature_cache and (mode == "full" or aug is not None):
+    augments = aug is not None or _source_augments(train)  # on device, or in the data's workers (e.g. rrc)
+    if mode == "linear_probe" and augments:
+        raise ValueError("mode='linear_probe' caches features once and cannot augment; use mode='frozen'")
+    if feature_cache and (mode == "full" or augments):
         raise ValueError("feature_cache=True needs mode='frozen' or 'linear_probe' without augmentation")
-    cached = mode == "linear_probe" or (mode == "frozen" and aug is None and feature_cache is not False)
+    cached = mode == "linear_probe" or (mode == "frozen" and not augments and feature_cache is not False)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     opts: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay, "total_steps": total}
     opts.update(optimizer if isinstance(optimizer, dict) else {"name": optimizer})
