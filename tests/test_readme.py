@@ -18,9 +18,9 @@ What runs, and how (the conventions README.md follows):
   string carries the tag ``notest`` (e.g. ```` ```bash notest ````; GitHub still highlights it as bash). Every
   ``jaxtl`` command in the README, run or not, must still name an existing subcommand and only options that
   subcommand has (:func:`test_readme_names_only_existing_options`).
-- **Files the README names are made first** (:func:`make_fixtures`): ``NAME.pth``/``NAME.pt`` where NAME is a
-  registered ResNet architecture (``resnet50.pth``, ``resnet18.pth``) -> that torchvision model with
-  ``weights=None``, saved with ``torch.save(model.state_dict())``; every ``folder:DIR`` and every
+- **Files the README names are made first** (:func:`make_fixtures`): ``NAME.pth``/``NAME.pt``/``NAME.safetensors``
+  where NAME is a registered ResNet architecture (``resnet50.pth``, ``resnet18.pth``) -> that torchvision model
+  with ``weights=None``, its ``state_dict()`` saved with ``torch.save`` (or safetensors); every ``folder:DIR`` and every
   ``load_image_folder("DIR", ...)`` -> a small image folder (:data:`FOLDER_CLASSES` classes x
   :data:`FOLDER_IMAGES` PNGs of 40x40 px); every ``npz:FILE`` -> an ``.npz`` with ``images``/``labels`` at the
   test image size. Anything else a snippet uses, it must create itself ("snippets define what they use").
@@ -244,7 +244,9 @@ def fixture_names(texts: Iterable[str]) -> dict[str, set[str]]:
     text = "\n".join(texts)
     archs = set(_resnet_names())
     weights = {
-        m.group(0) for m in re.finditer(r"[\w./-]+\.pth?\b", text) if Path(m.group(0)).name.split(".")[0] in archs
+        m.group(0)
+        for m in re.finditer(r"[\w./-]+\.(?:pth?|safetensors)\b", text)
+        if Path(m.group(0)).name.split(".")[0] in archs
     }
     folders = set(re.findall(r"folder:([^\s\"']+)", text))
     folders |= set(re.findall(r"load_image_folder\(\s*[\"']([^\"']+)[\"']", text))
@@ -286,7 +288,12 @@ def make_fixtures(cwd: Path, names: dict[str, set[str]]) -> None:
             torch.manual_seed(0)
             model = getattr(torchvision.models, arch)(weights=None)
             (cwd / w).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), cwd / w)
+            if w.endswith(".safetensors"):
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cwd / w))
+            else:
+                torch.save(model.state_dict(), cwd / w)
 
 
 # ---- running -------------------------------------------------------------------------------------------------------
@@ -460,7 +467,7 @@ make demo
 ## Command line
 
 ```bash
-jaxtl inspect resnet18.pth   # a comment
+jaxtl inspect resnet18.pth   # a comment; not resnet18.txt
 jaxtl finetune --torch-weights resnet18.pth --data folder:imgs \\
                --epochs 5 --workdir runs/ft
 jaxtl demo --quick
@@ -510,6 +517,8 @@ def test_harness_reads_blocks_sections_tags_and_continuations() -> None:
     ]
     texts = [b.text for b in python_snippets(blocks)] + [c.text for c in cmds]
     assert fixture_names(texts) == {"weights": {"resnet18.pth"}, "folders": {"imgs", "pics/"}, "npz": set()}
+    more = fixture_names(["jaxtl inspect w/resnet34.safetensors mine.pth --data npz:d/x.npz", "load_image_folder('a')"])
+    assert more == {"weights": {"w/resnet34.safetensors"}, "folders": {"a"}, "npz": {"d/x.npz"}}
 
 
 def test_harness_fails_on_a_snippet_that_does_not_run(tmp_path: Path) -> None:
@@ -531,3 +540,14 @@ def test_harness_fails_on_a_command_that_does_not_run(tmp_path: Path) -> None:
     with pytest.raises(ReadmeFailure, match=r"README.md line 5: `jaxtl evaluate runs/ft/final .*` failed \(exit [^0]"):
         run_cli_commands(cli_commands(read_blocks(readme)), tmp_path, subprocess_env())
     assert (tmp_path / "out.txt").read_text() == "ok\n"  # the line before it ran, in the working directory
+
+
+def test_harness_makes_loadable_image_folders_and_npz(tmp_path: Path) -> None:
+    from jaxtl.data import load_image_folder, load_npz
+
+    make_fixtures(tmp_path, {"weights": set(), "folders": {"my_images/"}, "npz": {"d/x.npz"}})
+    ds = load_image_folder(tmp_path / "my_images", size=IMAGE_SIZE)
+    assert ds.images.shape == (FOLDER_CLASSES * FOLDER_IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert ds.num_classes == FOLDER_CLASSES
+    arr = load_npz(tmp_path / "d" / "x.npz")
+    assert arr.images.shape == ds.images.shape and arr.labels is not None
