@@ -440,6 +440,24 @@ class ImageSource:
 # ---- data specs ----------------------------------------------------------------------------------------------------
 
 
+def _map_classes(
+    labels: np.ndarray, names: Sequence[str], class_names: Sequence[str], origin: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels re-indexed into ``class_names`` by name (a subset is fine, an unknown class an error). Integer labels
+    (names ``"0".."K-1"``, e.g. a CSV of numbers) already index ``class_names`` and are only range-checked."""
+    wanted = list(class_names)
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"class_names has duplicates: {wanted}")
+    index = {n: i for i, n in enumerate(wanted)}
+    if all(n in index for n in names):
+        table = np.asarray([index[n] for n in names], np.int32)
+        return table[labels], tuple(wanted)
+    if tuple(names) == tuple(str(i) for i in range(len(names))) and len(names) <= len(wanted):
+        return labels, tuple(wanted)
+    unknown = [n for n in names if n not in index]
+    raise ValueError(f"{origin}: class(es) {unknown[:10]} are not among the {len(wanted)} class names {wanted[:10]}")
+
+
 def open_source(
     spec: str,
     *,
@@ -460,7 +478,8 @@ def open_source(
     processes, default :func:`default_workers`). ``digits`` and ``npz:FILE`` load in memory as an
     :class:`~jaxtl.data.dataset.ArrayDataset` normalised with ``(mean, std)`` (``augment`` must be ``"none"``:
     their augmentation is the training loop's array crop/flip). ``mean``/``std`` default to ImageNet's (grey: their
-    average). ``class_names`` fixes the label order of a folder (e.g. a checkpoint's classes).
+    average). ``class_names`` fixes the label order (e.g. a checkpoint's classes): a folder's sub-folders, a CSV's or
+    pack's class names must be among them (integer CSV labels index them directly). ``labeled=False`` drops labels.
     Raises ValueError naming the spec for a bad spec, path, option or file.
     """
     from jaxtl.data import datasets
@@ -499,7 +518,8 @@ def open_source(
             from jaxtl.data.dataset import ArrayDataset
 
             images = datasets.normalize(ds.images, mean, std)
-            return ArrayDataset(images, ds.labels, ds.num_classes, ds.class_names)
+            out = ArrayDataset(images, ds.labels, ds.num_classes, ds.class_names)
+            return out if labeled or out.labels is None else out.unlabeled()
         if kind in ("folder", "csv", "arrayrecord") and arg:
             from jaxtl.data import sources
 
@@ -510,10 +530,13 @@ def open_source(
                 listing = sources.read_csv_list(arg)
             else:
                 listing = sources.list_arrayrecord(arg)
-            return ImageSource(
+            labels, names = listing.labels, listing.class_names
+            if class_names is not None and kind != "folder":
+                labels, names = _map_classes(labels, names, class_names, listing.origin)
+            src = ImageSource(
                 listing.reader(),
-                listing.labels,
-                listing.class_names,
+                labels,
+                names,
                 image_size=image_size,
                 resize_size=resize_size,
                 channels=channels,
@@ -523,6 +546,7 @@ def open_source(
                 std=std,
                 origin=listing.origin,
             )
+            return src if labeled else src.unlabeled()
     except ValueError as e:
         raise ValueError(f"data spec {spec!r}: {e}") from None
     raise ValueError(f"{spec!r} is not a data spec; expected {DATA_SPECS}")

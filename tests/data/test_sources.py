@@ -228,3 +228,32 @@ def test_arrayrecord_errors_name_the_pattern(tree, tmp_path):
         list_arrayrecord(out)
     with pytest.raises(ValueError, match=r"data spec 'arrayrecord:.*pack'.*no jaxtl_pack\.json"):
         open_source(f"arrayrecord:{out}", image_size=8)
+
+
+def test_class_names_map_csv_and_pack_labels_by_name(tree, tmp_path):
+    (tmp_path / "n.csv").write_text(f"{tree / 'ant' / 'x.webp'},ant\n{tree / 'zebra' / 'b.png'},zebra\n")
+    src = open_source(f"csv:{tmp_path / 'n.csv'}", image_size=8, class_names=["zebra", "yak", "ant"], workers=0)
+    assert src.class_names == ("zebra", "yak", "ant") and src.labels.tolist() == [2, 0]
+    (tmp_path / "i.csv").write_text(f"{tree / 'ant' / 'x.webp'},1\n")  # integers index the given names directly
+    src = open_source(f"csv:{tmp_path / 'i.csv'}", image_size=8, class_names=["zebra", "yak", "ant"], workers=0)
+    assert src.labels.tolist() == [1] and src.num_classes == 3
+    pack_image_folder(tree, tmp_path / "pack")
+    src = open_source(f"arrayrecord:{tmp_path / 'pack'}", image_size=8, class_names=["zebra", "ant"], workers=0)
+    np.testing.assert_array_equal(src.labels, 1 - list_image_folder(tree).labels)
+    with pytest.raises(ValueError, match=r"class\(es\) \['ant'\] are not among"):
+        open_source(f"arrayrecord:{tmp_path / 'pack'}", image_size=8, class_names=["zebra"])
+    unl = open_source(f"folder:{tree}", image_size=8, labeled=False, workers=0)
+    assert unl.labels is None and "labels" not in next(iter(unl.batches(2)))
+
+
+def test_cli_pack_writes_a_pack_and_refuses_to_clobber(tree, tmp_path, capsys):
+    from jaxtl.cli import main
+
+    out = tmp_path / "packed"
+    assert main(["pack", str(tree), str(out), "--num-shards", "2"]) == 0
+    assert f"packed 6 images of 2 classes from {tree}" in capsys.readouterr().out
+    assert len(list_arrayrecord(out).files) == 2
+    assert main(["pack", str(tree), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxtl: error:") and "already holds a pack" in err and "\n" not in err
+    assert main(["pack", str(tree), str(out), "--overwrite"]) == 0
