@@ -183,7 +183,7 @@ class _Stream:
             it = it.mp_prefetch(opts)
         self.plan = plan
         self.next = (epoch, start)
-        self.busy = False
+        self.owner: object | None = None  # the batches() generator reading it now
         self._it: Any = iter(it)
 
     def take(self) -> Batch:
@@ -391,9 +391,9 @@ class ImageSource:
         """The kept stream when it is at ``(epoch, start_batch)`` of ``plan`` and idle, else a new one (kept unless
         the kept one is being read: then a private one). Returns ``(stream, private)``."""
         kept = self._stream
-        if kept is not None and not kept.busy and kept.plan == plan and kept.next == (epoch, start_batch):
+        if kept is not None and kept.owner is None and kept.plan == plan and kept.next == (epoch, start_batch):
             return kept, False
-        if kept is not None and kept.busy:
+        if kept is not None and kept.owner is not None:
             return _Stream(self, plan, epoch, start_batch), True
         self.close()
         self._stream = _Stream(self, plan, epoch, start_batch)
@@ -403,10 +403,11 @@ class ImageSource:
         if start_batch == total:
             return
         stream, private = self._open_stream(plan, epoch, start_batch)
-        stream.busy = True
+        token = object()
+        stream.owner = token
         bad: set[int] = set()
         try:
-            for _ in range(start_batch, total):
+            for b in range(start_batch, total):
                 try:
                     batch = stream.take()
                 except BaseException:
@@ -414,6 +415,10 @@ class ImageSource:
                     if self._stream is stream:
                         self._stream = None
                     raise
+                if b == total - 1 and stream.owner is token:
+                    # All of this epoch is taken: the next epoch may continue the stream even while this
+                    # generator waits, suspended at its last batch, to be closed.
+                    stream.owner = None
                 flagged = batch.pop("bad")
                 bad.update(int(i) for i in flagged[flagged >= 0])
                 if plan.drop_remainder:
@@ -422,7 +427,8 @@ class ImageSource:
                     del batch["labels"]
                 yield batch
         finally:
-            stream.busy = False
+            if stream.owner is token:
+                stream.owner = None
             if private:
                 stream.close()
             if bad:
