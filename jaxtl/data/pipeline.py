@@ -24,10 +24,12 @@ names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -161,6 +163,25 @@ class _LoadBatch:
         }
 
 
+_LIVE_STREAMS: weakref.WeakSet[_Stream] | None = None
+
+
+def _close_live_streams() -> None:
+    """At exit: close the streams still open, so grain unlinks the shared memory of batches nobody took (otherwise
+    Python's resource tracker reports them as leaked at shutdown)."""
+    for stream in list(_LIVE_STREAMS or ()):
+        with contextlib.suppress(Exception):
+            stream.close()
+
+
+def _track(stream: _Stream) -> None:
+    global _LIVE_STREAMS
+    if _LIVE_STREAMS is None:  # registered on first use, not on import
+        _LIVE_STREAMS = weakref.WeakSet()
+        atexit.register(_close_live_streams)
+    _LIVE_STREAMS.add(stream)
+
+
 class _Stream:
     """One grain pipeline yielding batch after batch of a :class:`_Plan`, across epochs, from ``(epoch, batch)``.
 
@@ -185,11 +206,14 @@ class _Stream:
         self.next = (epoch, start)
         self.owner: object | None = None  # the batches() generator reading it now
         self._it: Any = iter(it)
+        _track(self)
 
     def take(self) -> Batch:
         shared = next(self._it)
-        # Plain ndarray views of grain's shared-memory arrays: the segment is unlinked when the view dies.
-        batch = {k: np.asarray(v) for k, v in shared.items()}
+        # Copied out of grain's shared memory (one memcpy, small next to decoding the batch): the segment is freed
+        # now, whatever keeps the batch alive later (jax on CPU may alias host arrays instead of copying them).
+        batch = {k: np.array(v, copy=True) for k, v in shared.items()}
+        del shared
         where = (int(batch["where"][0]), int(batch["where"][1]))
         if where != self.next:  # grain keeps order; never hand out a batch of another position regardless
             raise RuntimeError(f"data stream out of step: got batch {where}, expected {self.next}")
