@@ -9,6 +9,7 @@ from jaxtl._cpu_tuning import cpu_tuning_status, tune_cpu  # explicit: importing
 from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.models import ModelCard, create, list_models
 from jaxtl.train import ParamGroups, TrainState, fit, load_variables, save_variables
+from jaxtl.bridge import pretrained
 from jaxtl.transfer import (
     build_classifier,
     evaluate_checkpoint,
@@ -45,6 +46,7 @@ __all__ = [
     "open_data",
     "pretrain_autoencoder",
     "pretrain_encoder",
+    "pretrained",
     "save_variables",
     "train",
     "tune_cpu",

@@ -40,15 +40,15 @@ def test_convert_happy_path(weights, tmp_path, capsys) -> None:
     )
     summary = capsys.readouterr().out.strip()
     assert summary.count("\n") == 0 and "resnet18" in summary and "new 10-class fc (seed 1)" in summary
-    module, restored, meta = load_variables(out)
-    assert module.num_classes == 10 and meta["arch"] == "resnet18" and meta["metadata"]["seed"] == 1
+    module, restored, card = load_variables(out)
+    assert module.num_classes == 10 and card.arch == "resnet18" and card.extra["seed"] == 1
     _, expected = from_torchvision(weights, num_classes=10, seed=1)
     assert jax.tree.all(jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), restored, expected))
     flat = load_flax_safetensors(st)
     assert jax.tree.all(jax.tree.map(np.array_equal, flat, expected))
 
     assert main(["convert", str(weights), str(out)]) == 2
-    assert "already exists; pass --overwrite" in _one_line_error(capsys)
+    assert "already exists; pass overwrite=True (--overwrite)" in _one_line_error(capsys)
     assert main(["convert", str(weights), str(out), "--overwrite"]) == 0
     assert load_variables(out)[0].num_classes == 1000
 

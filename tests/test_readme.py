@@ -59,6 +59,7 @@ IMAGE_SIZE = 16
 CLI_VALUES = {"--epochs": "1", "--image-size": str(IMAGE_SIZE), "--seeds": "1", "--steps": "2"}
 CLI_IMAGE_SIZE_DEFAULTED = ("pretrain", "finetune")  # their default size is the architecture's (224 for a ResNet)
 PY_VALUES = {"size": IMAGE_SIZE, "image_size": IMAGE_SIZE, "epochs": 1, "steps": 2}
+TORCH_HOME = ".torch_home"  # under the fixture folder: the runs' $TORCH_HOME, holding named weights
 FOLDER_CLASSES = 4
 FOLDER_IMAGES = 16
 TIMEOUT_S = 600
@@ -251,7 +252,9 @@ def fixture_names(texts: Iterable[str]) -> dict[str, set[str]]:
     folders = set(re.findall(r"folder:([^\s\"']+)", text))
     folders |= set(re.findall(r"load_image_folder\(\s*[\"']([^\"']+)[\"']", text))
     npz = set(re.findall(r"npz:([^\s\"']+)", text))
-    return {"weights": weights, "folders": folders, "npz": npz}
+    named = {f"{a}.{w}" for a, w in re.findall(r"pretrained\(\s*[\"'](\w+)[\"']\s*,\s*weights=[\"'](\w+)[\"']", text)}
+    named |= set(re.findall(r"--weights\s+(\w+\.\w+)", text))
+    return {"weights": weights, "folders": folders, "npz": npz, "named": named}
 
 
 def _images(rng: np.random.Generator, label: int, n: int, size: int) -> np.ndarray:
@@ -279,6 +282,20 @@ def make_fixtures(cwd: Path, names: dict[str, set[str]]) -> None:
         images = np.concatenate([_images(rng, k, FOLDER_IMAGES, IMAGE_SIZE) for k in range(FOLDER_CLASSES)])
         (cwd / npz).parent.mkdir(parents=True, exist_ok=True)
         np.savez(cwd / npz, images=images.astype(np.float32) / 255.0, labels=labels)
+    if names.get("named"):
+        # Named torchvision weights come from torch's hub cache: random-init weights under the official file names
+        # in a private TORCH_HOME (the runs get JAXTL_OFFLINE=1, so nothing is ever downloaded).
+        import torch
+        import torchvision
+
+        from jaxtl.bridge.hub import resolve_name
+
+        for qualified in sorted(names["named"]):
+            w = resolve_name(None, qualified)
+            path = cwd / TORCH_HOME / "hub" / "checkpoints" / w.filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(0)
+            torch.save(getattr(torchvision.models, w.arch)(weights=None).state_dict(), path)
     if names["weights"]:
         import torch
         import torchvision
@@ -299,9 +316,14 @@ def make_fixtures(cwd: Path, names: dict[str, set[str]]) -> None:
 # ---- running -------------------------------------------------------------------------------------------------------
 
 
-def subprocess_env() -> dict[str, str]:
-    """The test process's environment for a user-like run: one CPU device, the tests' compile cache."""
+def subprocess_env(fixtures: Path | None = None) -> dict[str, str]:
+    """The test process's environment for a user-like run: one CPU device, the tests' compile cache; with
+    ``fixtures``, its named weights as torch's hub cache, offline, and a private converted-weights cache."""
     env = dict(os.environ)
+    if fixtures is not None:
+        env["TORCH_HOME"] = str(fixtures / TORCH_HOME)
+        env["JAXTL_OFFLINE"] = "1"
+        env["JAXTL_WEIGHTS_CACHE"] = str(fixtures.parent / f"{fixtures.name}_weights_cache")
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags)
     env["JAX_PLATFORMS"] = "cpu"
@@ -406,13 +428,14 @@ def test_readme_has_snippets_and_cli_commands_to_run(blocks: list[Block]) -> Non
     assert commands, f"README.md has no runnable ```bash command under '## {CLI_SECTION}'"
 
 
-def test_readme_python_snippets_run(blocks: list[Block], workspace: Path) -> None:
-    out = run_python_snippets(python_snippets(blocks), README.read_text(), workspace, subprocess_env())
+def test_readme_python_snippets_run(blocks: list[Block], workspace: Path, fixture_files: Path) -> None:
+    env = subprocess_env(fixture_files)
+    out = run_python_snippets(python_snippets(blocks), README.read_text(), workspace, env)
     print("\n".join(ln for ln in out.splitlines() if ln.startswith("--- README.md")))
 
 
-def test_readme_cli_commands_run(blocks: list[Block], workspace: Path) -> None:
-    print("\n".join(run_cli_commands(cli_commands(blocks), workspace, subprocess_env())))
+def test_readme_cli_commands_run(blocks: list[Block], workspace: Path, fixture_files: Path) -> None:
+    print("\n".join(run_cli_commands(cli_commands(blocks), workspace, subprocess_env(fixture_files))))
 
 
 def test_readme_names_only_existing_options(blocks: list[Block]) -> None:
@@ -516,9 +539,14 @@ def test_harness_reads_blocks_sections_tags_and_continuations() -> None:
         (28, "evaluate", ["--split"]),
     ]
     texts = [b.text for b in python_snippets(blocks)] + [c.text for c in cmds]
-    assert fixture_names(texts) == {"weights": {"resnet18.pth"}, "folders": {"imgs", "pics/"}, "npz": set()}
+    expected = {"weights": {"resnet18.pth"}, "folders": {"imgs", "pics/"}, "npz": set(), "named": set()}
+    assert fixture_names(texts) == expected
     more = fixture_names(["jaxtl inspect w/resnet34.safetensors mine.pth --data npz:d/x.npz", "load_image_folder('a')"])
-    assert more == {"weights": {"w/resnet34.safetensors"}, "folders": {"a"}, "npz": {"d/x.npz"}}
+    assert more == {"weights": {"w/resnet34.safetensors"}, "folders": {"a"}, "npz": {"d/x.npz"}, "named": set()}
+    named = fixture_names(
+        ['pretrained("resnet50", weights="IMAGENET1K_V2")', "jaxtl predict x --weights resnet18.DEFAULT"]
+    )
+    assert named["named"] == {"resnet50.IMAGENET1K_V2", "resnet18.DEFAULT"}
 
 
 def test_harness_fails_on_a_snippet_that_does_not_run(tmp_path: Path) -> None:

@@ -85,16 +85,17 @@ def test_cli_finetune_two_processes_match_one(tmp_path):
 
     encoder = jaxtl.create("convnet_small", num_classes=0)
     variables = jax.device_get(encoder.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
-    init = save_variables(tmp_path / "init", dict(variables), arch="convnet_small", num_classes=0)
+    card = jaxtl.ModelCard.for_arch("convnet_small", 0, kind="encoder")
+    init = save_variables(tmp_path / "init", dict(variables), card)
     one, two = tmp_path / "one", tmp_path / "two"
     run_all([_finetune_cli(init, one)], child_env(4), tmp_path)
     coord = f"127.0.0.1:{free_port()}"
     cmds = [_finetune_cli(init, two, "--coordinator", coord, "--num-processes", 2, "--process-id", i) for i in (0, 1)]
     run_all(cmds, child_env(2), tmp_path)
-    _, ref, ref_meta = load_variables(one / "classifier")
-    _, got, got_meta = load_variables(two / "classifier")
+    _, ref, ref_card = load_variables(one / "classifier")
+    _, got, got_card = load_variables(two / "classifier")
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-    assert got_meta["metadata"]["test"]["n"] == ref_meta["metadata"]["test"]["n"] > 300
-    assert abs(got_meta["metadata"]["test"]["loss"] - ref_meta["metadata"]["test"]["loss"]) < 1e-5
+    assert got_card.extra["test"]["n"] == ref_card.extra["test"]["n"] > 300
+    assert abs(got_card.extra["test"]["loss"] - ref_card.extra["test"]["loss"]) < 1e-5
     assert _train_steps(two / "run") == list(range(1, 6))  # 40 labeled images / 8, logged once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -148,11 +149,15 @@ def test_run_demo_small(tmp_path) -> None:
 
 
 def test_backbone_lr_scale_applies_to_optimizer_dicts() -> None:
-    from jaxtl.transfer import _tx
+    # finetune's optimizer dict goes through fit's per-group factory: the backbone group's lr is scaled.
+    from jaxtl.train.fit import _group_optimizer
+    from jaxtl.train.groups import ParamGroups
 
-    grads = {"w": jnp.ones((2,))}
-    for optimizer in ("sgd", {"name": "sgd", "lr": 0.3}):
-        tx = _tx(optimizer, 0.3, 0.0, 10, lr_scale=0.5)
+    grads = {"fc": {"w": jnp.ones((2,))}, "conv": {"w": jnp.ones((2,))}}
+    for optimizer in ({"name": "sgd", "lr": 0.3}, {"name": "sgd", "lr": 0.3, "momentum": 0.5}):
+        factory = functools.partial(_group_optimizer, {**optimizer, "total_steps": 10})
+        tx = ParamGroups.finetune("fc", backbone_lr_scale=0.5).optimizer(factory, grads)
         updates, _ = tx.update(grads, tx.init(grads), grads)
-        # First step of cosine decay from 0.3 * 0.5, momentum buffer starts at the gradient.
-        np.testing.assert_allclose(updates["w"], -0.15 * np.ones(2), rtol=1e-6)
+        # First step of cosine decay from 0.3 (head) and 0.3 * 0.5 (backbone); momentum starts at the gradient.
+        np.testing.assert_allclose(updates["conv"]["w"], -0.15 * np.ones(2), rtol=1e-6)
+        np.testing.assert_allclose(updates["fc"]["w"], -0.3 * np.ones(2), rtol=1e-6)
