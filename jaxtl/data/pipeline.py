@@ -378,8 +378,10 @@ class ImageSource:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown grain cleans up its own processes
+        try:  # noqa: SIM105  (not contextlib.suppress: at interpreter shutdown module globals may be gone)
             self.close()
+        except Exception:
+            pass
 
     def batches(
         self,
