@@ -10,7 +10,9 @@
    epochs after the first.
 2. Memory (``--rss``): the peak RSS of one streaming epoch (eval transform) over generated folders of each of
    ``--rss-sizes`` images, each in a fresh process: the main process and its largest worker. A streaming pass
-   holds a few batches, not the dataset, so the two sizes should differ by little.
+   holds a few batches, not the dataset, so the two sizes should differ by little. ``--rss-finetune`` measures
+   whole ``jaxtl finetune`` runs instead (resnet18 from random torchvision weights, ``--freeze backbone``, one
+   epoch at ``--image-size``): the issue's 2,000 vs 20,000 image comparison.
 """
 
 from __future__ import annotations
@@ -193,14 +195,72 @@ def rss_worker(args: argparse.Namespace) -> None:
     )
 
 
+def _tree_peak_rss(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``cmd``; the peak RSS of its main process and of its largest child, sampled every 50 ms (psutil)."""
+    import subprocess
+
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    main_peak = child_peak = 0.0
+    while proc.poll() is None and time.perf_counter() - t0 < timeout:
+        with contextlib.suppress(psutil.Error):
+            main_peak = max(main_peak, ps.memory_info().rss / 2**20)
+            for child in ps.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child_peak = max(child_peak, child.memory_info().rss / 2**20)
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mib": main_peak,
+        "worker_peak_rss_mib": child_peak,
+        "output": out.strip().splitlines()[-1:],
+    }
+
+
+def _random_resnet18(path: pathlib.Path) -> None:
+    """Randomly initialised torchvision resnet18 weights (no download): what ``jaxtl finetune`` starts from."""
+    import torch
+    from torchvision.models import resnet18
+
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(resnet18(weights=None).state_dict(), path)
+
+
 def memory(args: argparse.Namespace, base: pathlib.Path) -> list[dict[str, Any]]:
+    """Peak RSS per folder size: a streaming pass (``--rss``), or a whole ``jaxtl finetune`` run
+    (``--rss-finetune``: resnet18, ``--freeze backbone``, one epoch, as the issue's measurement)."""
+    import sys
+
     rows = []
     for n in args.rss_sizes:
         folder = base / f"rss-{n}"
         make_folder(folder, n, min_side=args.min_side, max_side=args.max_side)
-        extra = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-        extra += ["--rss-workers", str(args.rss_workers), "--folder", str(folder), "--rss-worker"]
-        r = common.run_worker("benchmarks.data_pipeline", extra, what=f"streaming pass over {n} images")
+        if args.rss_finetune:
+            weights = base / "resnet18-random.pth"
+            _random_resnet18(weights)
+            workdir = base / f"finetune-{n}"
+            cmd = [sys.executable, "-m", "jaxtl.cli", "finetune", "--torch-weights", str(weights)]
+            cmd += ["--arch", "resnet18", "--data", f"folder:{folder}", "--image-size", str(args.image_size)]
+            cmd += ["--freeze", "backbone", "--epochs", "1", "--batch-size", str(args.batch_size)]
+            cmd += ["--workers", str(args.rss_workers), "--workdir", str(workdir), "--no-progress"]
+            cmd += ["--no-compile-cache"]  # every size compiles (compiling takes memory too): like against like
+            cmd += ["--allow-changed-run"] if workdir.exists() else []
+            r = _tree_peak_rss(cmd, timeout=7200)
+            r["mode"] = "jaxtl finetune --freeze backbone, 1 epoch"
+        else:
+            extra = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+            extra += ["--rss-workers", str(args.rss_workers), "--folder", str(folder), "--rss-worker"]
+            r = common.run_worker("benchmarks.data_pipeline", extra, what=f"streaming pass over {n} images")
+            r["mode"] = "streaming pass (eval transform)"
         r["folder_images"] = n
         rows.append(r)
     return rows
@@ -219,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=3, help="consecutive epochs per side and round (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="rounds, sides alternating (default 2)")
     p.add_argument("--rss", action="store_true", help="also measure peak RSS of streaming passes")
+    p.add_argument("--rss-finetune", action="store_true", help="--rss of whole 'jaxtl finetune' runs instead")
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[2000, 20000])
     p.add_argument("--rss-workers", type=int, default=2)
     p.add_argument("--data-dir", default=None, help="where generated folders live (kept; default: a temp dir)")
@@ -248,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         folder = base / f"throughput-{args.images}"
         make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
         rows = throughput(args, folder)
-        rss = memory(args, base) if args.rss else []
+        rss = memory(args, base) if args.rss or args.rss_finetune else []
     finally:
         if tmp is not None:
             tmp.cleanup()
