@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import pathlib
+import shutil
 import statistics
 import tempfile
 import time
@@ -248,12 +249,13 @@ def memory(args: argparse.Namespace, base: pathlib.Path) -> list[dict[str, Any]]
             weights = base / "resnet18-random.pth"
             _random_resnet18(weights)
             workdir = base / f"finetune-{n}"
+            if workdir.exists():  # a run of its own, not a resume of an earlier benchmark's
+                shutil.rmtree(workdir)
             cmd = [sys.executable, "-m", "jaxtl.cli", "finetune", "--torch-weights", str(weights)]
             cmd += ["--arch", "resnet18", "--data", f"folder:{folder}", "--image-size", str(args.image_size)]
             cmd += ["--freeze", "backbone", "--epochs", "1", "--batch-size", str(args.batch_size)]
             cmd += ["--workers", str(args.rss_workers), "--workdir", str(workdir), "--no-progress"]
             cmd += ["--no-compile-cache"]  # every size compiles (compiling takes memory too): like against like
-            cmd += ["--allow-changed-run"] if workdir.exists() else []
             r = _tree_peak_rss(cmd, timeout=7200)
             r["mode"] = "jaxtl finetune --freeze backbone, 1 epoch"
         else:
