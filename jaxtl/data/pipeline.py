@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -105,17 +106,25 @@ class _LoadBatch:
         self.mode = "RGB" if channels == 3 else "L"
         self.plan = plan
         self.start = start
-        self._orders: dict[int, np.ndarray] = {}
+        self._orders: dict[int, np.ndarray] = {}  # the last epochs' orders (grain's threads share this object)
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_orders": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_orders", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._orders = {}
+        self._lock = threading.Lock()
 
     def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = epoch_indices(self.plan.num_examples, self.plan.seed, epoch, self.plan.shuffle)
-        return self._orders[epoch]
+        with self._lock:
+            if epoch not in self._orders:
+                if len(self._orders) >= 2:
+                    self._orders.pop(min(self._orders))
+                plan = self.plan
+                self._orders[epoch] = epoch_indices(plan.num_examples, plan.seed, epoch, plan.shuffle)
+            return self._orders[epoch]
 
     def _decode(self, i: int) -> Any:
         try:
