@@ -260,3 +260,13 @@ def test_csv_spec_streams_the_listed_files(photos, tmp_path):
     (batch,) = _collect(src, bs=5, shuffle=False, train=False)
     want = src.transform(decode_image(str(paths[2])), None, train=False)
     np.testing.assert_array_equal(batch["images"][2], want)
+
+
+def test_default_workers_leave_a_core_for_the_training_loop(monkeypatch):
+    import os
+
+    from jaxtl.data import default_workers
+
+    for cores, want in [(1, 0), (2, 1), (8, 7), (64, 16)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(range(c)), raising=False)
+        assert default_workers() == want
