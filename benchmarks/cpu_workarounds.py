@@ -7,6 +7,10 @@
    ``JAXTL_CPU_MALLOC=0``), and with the flag plus the malloc settings (jaxtl's default), with the page faults
    and system time per step. Both must be in place before the backend starts, so each setting runs in its own
    subprocess. CPU only.
+3. ``--xnn``: XLA:CPU's XNNPACK options on top of jaxtl's tuning (``--xla_cpu_experimental_xnn_fusion_type``,
+   ``--xla_cpu_experimental_xnn_graph_fusion_mode``), on the ResNet50 full and frozen steps and the autoencoder
+   step, each setting in its own process, settings alternated over ``--rounds`` rounds (best round kept: the CPU
+   may be shared). :func:`jaxtl.tune_cpu` keeps an option only if it wins here.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def conv_paths(batch: int, hw: int, channels: int, repeats: int) -> list[dict[st
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One flag setting (chosen by the environment): ResNet50 inference and full train step, one JSON line."""
+    """One flag setting (chosen by the environment): the ``--modes`` steps, one JSON line."""
     common.prepare_backend("cpu", 1)
     import resource
 
@@ -63,9 +67,16 @@ def worker(args: argparse.Namespace) -> None:
     from benchmarks.train_steps import jaxtl_step_fn
 
     out: dict[str, Any] = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_tuning": jaxtl.cpu_tuning_status()}
-    for mode in ("inference", "full"):
+    for mode in args.modes:
+        ae = mode == "autoencoder"
         run, compile_s = jaxtl_step_fn(
-            mode, arch=args.arch, batch=args.batch, size=args.image_size, num_classes=10, dtype="float32", devices=1
+            mode,
+            arch=args.arch,
+            batch=args.ae_batch if ae else args.batch,
+            size=args.ae_image_size if ae else args.image_size,
+            num_classes=10,
+            dtype="float32",
+            devices=1,
         )
         run()
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -88,16 +99,45 @@ SETTINGS = {
 }
 
 
-def _flag_run(args: argparse.Namespace, setting: str) -> dict[str, Any]:
+# XNNPACK options tried on top of jaxtl's tuning (jaxlib 0.10: XNN fusion types dot, eltwise, reduce; graph modes
+# GREEDY, GREEDY_SLINKY; both off by default).
+XNN_SETTINGS = {
+    "jaxtl tuning": "",
+    "+ xnn dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
+    "+ xnn dot,eltwise,reduce": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce",
+    "+ xnn graph greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "+ xnn graph greedy+slinky": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY",
+}
+XNN_MODES = ("full", "frozen", "autoencoder")
+
+
+def _flag_run(
+    args: argparse.Namespace, setting: str, env_update: dict[str, str], modes: Sequence[str]
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(SETTINGS[setting])
+    env.update(env_update)
     worker_args = ["--worker", "--arch", args.arch, "--batch", str(args.batch), "--image-size", str(args.image_size)]
-    worker_args += ["--repeats", str(args.repeats)]
+    worker_args += ["--repeats", str(args.repeats), "--modes", *modes]
+    worker_args += ["--ae-batch", str(args.ae_batch), "--ae-image-size", str(args.ae_image_size)]
     result = common.run_worker(
         "benchmarks.cpu_workarounds", worker_args, what=f"worker ({setting})", env=env, timeout=900
     )
     result["setting"] = setting
     return result
+
+
+def xnn_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each XNN setting in its own process, alternated over ``args.rounds``; per setting and mode the best round."""
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(args.rounds):
+        for setting, flags in XNN_SETTINGS.items():
+            env = {"JAXTL_CPU_TUNING": "1", "JAXTL_CPU_MALLOC": "1", **({"XLA_FLAGS": flags} if flags else {})}
+            r = _flag_run(args, setting, env, XNN_MODES)
+            keep = best.setdefault(setting, r)
+            for mode in XNN_MODES:
+                keep[mode]["rounds_s"] = [*keep[mode].get("rounds_s", []), r[mode]["step_s"]]
+                keep[mode]["step_s"] = min(keep[mode]["rounds_s"])
+    return list(best.values())
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -107,15 +147,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--image-size", type=int, default=224, help="default 224")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None)
+    p.add_argument("--ae-batch", type=int, default=64, help="autoencoder batch of --xnn (default 64)")
+    p.add_argument("--ae-image-size", type=int, default=32, help="autoencoder image size of --xnn (default 32)")
+    p.add_argument("--xnn", action="store_true", help="only the XNNPACK options A/B (see the module docstring)")
+    p.add_argument("--rounds", type=int, default=2, help="--xnn: rounds of alternated processes (default 2)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--modes", nargs="+", default=["inference", "full"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
         args.arch, args.batch, args.image_size, args.repeats = "resnet18", 2, 32, 1
+        args.ae_batch, args.ae_image_size, args.rounds = 2, 16, 1
     if args.worker:
         worker(args)
         return {}
-    flags = [_flag_run(args, setting) for setting in SETTINGS]
+    if args.xnn:
+        return _xnn_main(args)
+    flags = [_flag_run(args, setting, SETTINGS[setting], ("inference", "full")) for setting in SETTINGS]
     common.prepare_backend("cpu", 1)
     conv = conv_paths(2 if args.smoke else 32, 2, 64 if args.smoke else 512, args.repeats)
     payload = {
@@ -136,6 +184,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common.print_table(["setting", "inference_s", "full_step_s", "full_page_faults"], flag_rows)
     conv_rows = [[r["impl"], r["forward_s"], r["forward_backward_s"]] for r in conv]
     common.print_table(["impl", "forward_s", "fwd+bwd_s"], conv_rows)
+    print(f"wrote {path}")
+    return payload
+
+
+def _xnn_main(args: argparse.Namespace) -> dict[str, Any]:
+    runs = xnn_runs(args)
+    common.prepare_backend("cpu", 1)
+    payload = {
+        "benchmark": "cpu_workarounds_xnn",
+        "machine": common.machine_info("cpu"),
+        "settings": {
+            "dtype": "float32",
+            "model": f"{args.arch} {args.image_size}x{args.image_size} b{args.batch}",
+            "autoencoder": f"convnet_small autoencoder {args.ae_image_size}x{args.ae_image_size} b{args.ae_batch}",
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "flags": XNN_SETTINGS,
+        },
+        "results": {"xnn": runs},
+    }
+    out = None if args.out is None else pathlib.Path(args.out)
+    path = common.write_results("cpu_workarounds_xnn", payload, out)
+    base = runs[0]
+
+    def cell(r: dict[str, Any], m: str) -> str:
+        return f"{1e3 * r[m]['step_s']:.0f} ms ({base[m]['step_s'] / r[m]['step_s']:.2f}x)"
+
+    rows = [[r["setting"], *[cell(r, m) for m in XNN_MODES]] for r in runs]
+    common.print_table(["setting", *XNN_MODES], rows)
     print(f"wrote {path}")
     return payload
 

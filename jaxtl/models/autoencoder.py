@@ -127,7 +127,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        n, h, w, _ = x.shape
+        _, h, w, _ = x.shape
         big_h, big_w = self.out_size
         k = len(self.widths)
         for i, width in enumerate(self.widths):
@@ -136,12 +136,12 @@ class Decoder(nn.Module):
             if i == k - 1:
                 size = (big_h, big_w)
             if size != (x.shape[1], x.shape[2]):
-                x = jax.image.resize(x, (n, *size, x.shape[3]), "bilinear")
+                x = kernels.resize_bilinear(x, size)
             x = ConvLayer(width, 3, 1, 1, dtype=self.dtype, name=f"conv{i + 1}")(x)
             x = BatchNorm(dtype=self.dtype, axis_name=self.axis_name, name=f"bn{i + 1}")(x, train)
             x = nn.relu(x)
         if k == 0 and (x.shape[1], x.shape[2]) != (big_h, big_w):
-            x = jax.image.resize(x, (n, big_h, big_w, x.shape[3]), "bilinear")
+            x = kernels.resize_bilinear(x, (big_h, big_w))
         x = ConvLayer(self.out_channels, 3, 1, 1, dtype=self.dtype, name="out")(x)
         bias = self.param("out_bias", nn.initializers.zeros, (self.out_channels,), jnp.float32)
         x = x.astype(jnp.float32) + bias.reshape(1, 1, 1, -1)

@@ -1,0 +1,82 @@
+"""jaxtl.models.kernels: each CPU kernel against XLA's own op (values and gradients), and the choice between them
+made per lowering platform, overridable with ``kernels.use``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtl.models import kernels
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 3), (2, 1, 1, 4), (1, 8, 2, 2)])
+def test_upsample2x_matches_jax_resize_values_and_gradients(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    size = (2 * shape[1], 2 * shape[2])
+    g = jnp.asarray(rng.standard_normal((shape[0], *size, shape[3])), jnp.float32)
+    fast, ref = kernels.upsample2x_bilinear(x), kernels.resize_bilinear_xla(x, size)
+    assert fast.shape == ref.shape
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6)
+    g_fast = jax.grad(lambda x: jnp.sum(kernels.upsample2x_bilinear(x) * g))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(kernels.resize_bilinear_xla(x, size) * g))(x)
+    np.testing.assert_allclose(g_fast, g_ref, rtol=0, atol=1e-5)
+
+
+def test_upsample2x_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 3)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x).permute(0, 3, 1, 2), size=(8, 10), mode="bilinear", align_corners=False
+    )
+    out = kernels.upsample2x_bilinear(jnp.asarray(x))
+    np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-6)
+
+
+def _lowered_ops(fn, x, platform):
+    return jax.jit(fn).trace(x).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_choice_is_made_for_the_lowering_platform():
+    x = jax.ShapeDtypeStruct((2, 2, 2, 8), jnp.float32)  # a 2x2 map: smaller than the 3x3 kernel
+    k = jnp.ones((3, 3, 8, 4), jnp.float32)
+
+    def net(x):
+        y = kernels.conv2d(x, k, 1, 1)
+        y = kernels.resize_bilinear(y, (4, 4))
+        return kernels.max_pool(y, 2, 2)
+
+    cpu, gpu = _lowered_ops(net, x, "cpu"), _lowered_ops(net, x, "cuda")
+    assert "stablehlo.convolution" in gpu and "stablehlo.reduce_window" in gpu
+    assert "stablehlo.convolution" not in cpu and "stablehlo.reduce_window" not in cpu
+    with kernels.use("xla"):  # forced: XLA's kernels on the CPU too
+        assert "stablehlo.convolution" in _lowered_ops(net, x, "cpu")
+    with kernels.use("cpu"):  # forced: the CPU kernels for a GPU lowering
+        assert "stablehlo.convolution" not in _lowered_ops(net, x, "cuda")
+    assert kernels.current_impl() == "auto"
+    with pytest.raises(ValueError, match="conv_impl must be one of"), kernels.use("winograd"):
+        pass
+
+
+def test_all_implementations_agree_numerically():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+    k1 = jnp.asarray(rng.standard_normal((1, 1, 5, 6)), jnp.float32)
+
+    def net(x, k, k1):
+        y = kernels.conv2d(x, k, 2, 1)  # 6x6 -> 3x3: output smaller than the kernel, im2col on the CPU
+        y = kernels.conv2d(kernels.resize_bilinear(y, (6, 6)), k1)  # 1x1: a matmul on the CPU
+        return jnp.sum(jnp.sin(kernels.max_pool(y, 3, 2, 1)))
+
+    results = {}
+    for impl in kernels.IMPLS:
+        with kernels.use(impl):
+            results[impl] = jax.jit(jax.value_and_grad(net, argnums=(0, 1, 2)))(x, k, k1)
+    for impl, (value, grads) in results.items():
+        ref_value, ref_grads = results["xla"]
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=impl)
+        for g, r in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=impl)
