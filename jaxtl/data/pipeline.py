@@ -126,11 +126,14 @@ class _LoadBatch:
                 self._orders[epoch] = epoch_indices(plan.num_examples, plan.seed, epoch, plan.shuffle)
             return self._orders[epoch]
 
-    def _decode(self, i: int) -> Any:
+    def _pixels(self, j: int, i: int, epoch: int) -> np.ndarray | None:
+        """Example ``j``'s pixels with position ``i``'s draws, or None when it cannot be read, decoded or
+        transformed. Pillow raises many types on damaged data (OSError, ValueError, SyntaxError, struct.error,
+        EOFError, DecompressionBombError, MemoryError, ...): any of them makes one bad file, never a dead run."""
+        train = self.plan.train
         try:
-            return decode_image(self.reader.read(i), self.mode)
-        # Pillow raises many types on damaged data (OSError, ValueError, SyntaxError, struct.error, EOFError,
-        # DecompressionBombError, ...): any failure to read or decode one file makes it a bad file, not a crash.
+            img = decode_image(self.reader.read(j), self.mode)
+            return self.transform(img, example_rng(self.plan.seed, epoch, i) if train else None, train)
         except Exception:
             return None
 
@@ -139,21 +142,20 @@ class _LoadBatch:
         s = self.transform.size
         if i < 0:
             return np.zeros((s, s, self.channels), np.uint8), 0, 0.0, -1
-        img = self._decode(i)
+        pixels = self._pixels(i, i, epoch)
         j = i
-        if img is None:
+        if pixels is None:
             if not self.plan.drop_remainder:  # batches with a mask: the bad file is masked out like padding
                 return np.zeros((s, s, self.channels), np.uint8), 0, 0.0, i
             n = self.plan.num_examples
             for step in range(1, n):  # batches without a mask: the next readable example takes its place
                 j = (i + step) % n
-                img = self._decode(j)
-                if img is not None:
+                pixels = self._pixels(j, i, epoch)
+                if pixels is not None:
                     break
             else:
                 raise ValueError(f"none of the {n} images could be read (first: {self.reader.name(i)!r})")
-        train = self.plan.train
-        pixels = self.transform(img, example_rng(self.plan.seed, epoch, i) if train else None, train)
+        assert pixels is not None
         return pixels, int(self.labels[j]), 1.0, (i if j != i else -1)
 
     def __call__(self, k: Any) -> dict[str, np.ndarray]:

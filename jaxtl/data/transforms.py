@@ -41,6 +41,10 @@ __all__ = [
 Augment = Literal["none", "flip", "rrc"]
 AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "rrc")
 
+# Resize + CenterCrop resamples the whole image unless that would be more than this many times resize_size**2
+# pixels (an aspect ratio beyond 64:1); then only the crop (see resize_center_crop).
+_MAX_RESIZE_AREA = 64
+
 # Pillow modes with more than 8 bits per sample: scaled by their real range, not clipped by convert().
 _WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -154,18 +158,29 @@ def resized_crop(img: Image.Image, box: tuple[int, int, int, int], size: int) ->
 
 def resize_center_crop(img: Image.Image, size: int, resize_size: int) -> Image.Image:
     """torchvision's ``Resize(resize_size)`` (shorter side to ``resize_size``, the longer ``int()``-truncated,
-    bilinear antialiased) then ``CenterCrop(size)`` (offsets ``round((new - size) / 2)``)."""
+    bilinear antialiased) then ``CenterCrop(size)`` (offsets ``round((new - size) / 2)``), pixel for pixel.
+
+    Images with an aspect ratio beyond 64:1 resample only the crop region (within 1 level of torchvision), so
+    memory stays bounded where torchvision would allocate the whole resized strip.
+    """
     w, h = img.size
     if w <= h:
         new_w, new_h = resize_size, int(resize_size * h / w)
     else:
         new_w, new_h = int(resize_size * w / h), resize_size
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if new_w < size or new_h < size:
         raise ValueError(f"resize_size {resize_size} gives {new_w}x{new_h}, smaller than the crop {size}")
     top = round((new_h - size) / 2.0)
     left = round((new_w - size) / 2.0)
+    if new_w * new_h > _MAX_RESIZE_AREA * resize_size**2:
+        # An extreme aspect ratio (a 1 x 20M pixel image would resize to gigabytes): resample only the crop, from
+        # the whole image with the same scale. Pillow's filter still sees the pixels around the box, so this equals
+        # resize-then-crop up to float rounding of the filter weights (at most 1 level, in a few pixels).
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     return img.crop((left, top, left + size, top + size))
 
 

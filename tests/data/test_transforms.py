@@ -66,6 +66,17 @@ def test_eval_transform_equals_resize_center_crop(h, w, size, resize):
     np.testing.assert_array_equal(t(img, None, train=False), np.asarray(ref))
 
 
+@pytest.mark.parametrize(("h", "w"), [(2, 600), (700, 3)])
+def test_extreme_aspect_ratios_resample_only_the_crop(h, w):
+    # Resize(8) of a 2 x 600 strip is 8 x 2400 (a 1 x 20M pixel file would be gigabytes): jaxtl resamples only the
+    # crop, from the whole image at the same scale; equal to torchvision's resize-then-crop within one level.
+    img = _image(h, w)
+    ref = np.asarray(tv2.Compose([tv2.Resize(8), tv2.CenterCrop(6)])(img)).astype(int)
+    ours = np.asarray(resize_center_crop(img, 6, 8)).astype(int)
+    assert ours.shape == ref.shape == (6, 6, 3)
+    assert np.abs(ours - ref).max() <= 1
+
+
 def _torchvision_draws(h: int, w: int, n: int) -> np.ndarray:
     import torch
     from torchvision.transforms import RandomResizedCrop

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -89,6 +89,7 @@ def test_image_folder_skips_or_value_error(tmp_path_factory, bad, good):
 
 @FUZZ
 @given(bad=st.lists(HOSTILE, min_size=1, max_size=3), good=st.integers(1, 3), train=st.booleans())
+@example(bad=[("bomb", png_bomb(1, 22_447_489))], good=1, train=False)  # a 1 x 22M strip: Resize would take GBs
 def test_streaming_source_replaces_or_masks_hostile_files(tmp_path_factory, bad, good, train):
     """Mid-stream, a hostile file never raises: in training it is replaced by the next readable image (with its
     own draws), in evaluation masked out; one SkippedFilesWarning names exactly the unreadable files."""
@@ -100,10 +101,12 @@ def test_streaming_source_replaces_or_masks_hostile_files(tmp_path_factory, bad,
         (root / "a" / f"good{i}.png").write_bytes(_png())
     src = open_source(f"folder:{root}", image_size=4, augment="rrc", workers=0)
     paths = list(src.reader.paths)
-    readable = []
+    readable = []  # decodes and goes through the eval transform
     for p in paths:
         try:
-            readable.append(decode_image(p))
+            img = decode_image(p)
+            src.transform(img, None, train=False)
+            readable.append(img)
         except Exception:
             readable.append(None)
     n = len(paths)
