@@ -202,32 +202,34 @@ def small_argv(argv: list[str]) -> list[str]:
 RUNNER = r"""
 import ast, json, linecache, sys, time, traceback
 
-payload = json.load(open(sys.argv[1]))
-blocks, overrides, readme = payload["blocks"], payload["overrides"], payload["readme"]
-# Tracebacks quote the README's own lines (not whatever README.md the import path holds).
-linecache.cache["README.md"] = (len(readme), None, readme.splitlines(True), "README.md")
+# Guarded as a user's script must be: streaming workers are spawned and import the main module again.
+if __name__ == "__main__":
+    payload = json.load(open(sys.argv[1]))
+    blocks, overrides, readme = payload["blocks"], payload["overrides"], payload["readme"]
+    # Tracebacks quote the README's own lines (not whatever README.md the import path holds).
+    linecache.cache["README.md"] = (len(readme), None, readme.splitlines(True), "README.md")
 
-class Small(ast.NodeTransformer):
-    def visit_keyword(self, node):
-        self.generic_visit(node)
-        if node.arg in overrides and isinstance(node.value, ast.Constant) and type(node.value.value) is int:
-            node.value = ast.copy_location(ast.Constant(overrides[node.arg]), node.value)
-        return node
+    class Small(ast.NodeTransformer):
+        def visit_keyword(self, node):
+            self.generic_visit(node)
+            if node.arg in overrides and isinstance(node.value, ast.Constant) and type(node.value.value) is int:
+                node.value = ast.copy_location(ast.Constant(overrides[node.arg]), node.value)
+            return node
 
-namespace = {"__name__": "__main__"}
-for line, code in blocks:
-    print(f"--- README.md snippet at line {line}", flush=True)
-    start = time.perf_counter()
-    try:
-        tree = Small().visit(ast.parse(code, filename="README.md"))
-        ast.increment_lineno(tree, line - 1)
-        exec(compile(tree, "README.md", "exec"), namespace)
-    except BaseException:
-        traceback.print_exc()
-        print(f"README_SNIPPET_FAILED {line}", flush=True)
-        sys.exit(1)
-    print(f"--- README.md snippet at line {line}: ok in {time.perf_counter() - start:.1f} s", flush=True)
-print("README_SNIPPETS_OK", flush=True)
+    namespace = {"__name__": "__main__"}
+    for line, code in blocks:
+        print(f"--- README.md snippet at line {line}", flush=True)
+        start = time.perf_counter()
+        try:
+            tree = Small().visit(ast.parse(code, filename="README.md"))
+            ast.increment_lineno(tree, line - 1)
+            exec(compile(tree, "README.md", "exec"), namespace)
+        except BaseException:
+            traceback.print_exc()
+            print(f"README_SNIPPET_FAILED {line}", flush=True)
+            sys.exit(1)
+        print(f"--- README.md snippet at line {line}: ok in {time.perf_counter() - start:.1f} s", flush=True)
+    print("README_SNIPPETS_OK", flush=True)
 """
 
 
