@@ -6,10 +6,10 @@ data-parallel with the backbone frozen or not. torch is never imported by ``impo
 
 from jaxtl import data, models, train
 from jaxtl._cpu_tuning import cpu_tuning_status, tune_cpu  # explicit: importing jaxtl changes no process setting
+from jaxtl.bridge import pretrained
 from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.models import ModelCard, create, list_models
 from jaxtl.train import ParamGroups, TrainState, fit, load_variables, save_variables
-from jaxtl.bridge import pretrained
 from jaxtl.transfer import (
     build_classifier,
     evaluate_checkpoint,

@@ -74,8 +74,16 @@ def routes(tmp_path_factory):
         progress=False,
     ).state
     tuned, _ = jaxtl.finetune(
-        model_, variables, train, mode="frozen", steps=3, batch_size=16, lr=0.01, optimizer="sgd",
-        feature_cache=False, progress=False,
+        model_,
+        variables,
+        train,
+        mode="frozen",
+        steps=3,
+        batch_size=16,
+        lr=0.01,
+        optimizer="sgd",
+        feature_cache=False,
+        progress=False,
     )
     out["finetune"] = {"params": tuned["params"], "batch_stats": tuned["batch_stats"]}
     argv = ["finetune", "--torch-weights", str(work / "resnet18.pth"), "--data", "digits", "--image-size", "32"]

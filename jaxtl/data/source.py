@@ -26,8 +26,15 @@ Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 class Source(Protocol):
     """A finite, indexable-by-position set of examples that yields deterministic batches."""
 
-    num_classes: int
-    class_names: Sequence[str]
+    @property
+    def num_classes(self) -> int:
+        """Size of the label space (labels lie in ``[0, num_classes)``)."""
+        ...
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        """``num_classes`` names when known, else empty."""
+        ...
 
     def __len__(self) -> int: ...
 

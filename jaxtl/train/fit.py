@@ -431,9 +431,8 @@ def fit(
                 finish(*pending)
                 pending = None
             if received and step < total:
-                raise RunInterrupted(
-                    received[0], step, last_ckpt if store is not None else None, store and store.workdir
-                )
+                where = store.workdir if store is not None else None
+                raise RunInterrupted(received[0], step, last_ckpt if store is not None else None, where)
     finally:
         bar.close()
         if store is not None:

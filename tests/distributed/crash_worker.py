@@ -24,9 +24,9 @@ import jaxtl
 jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "train"))
-from tiny import Tiny, tiny_dataset, tiny_variables
+from tiny import Tiny, tiny_dataset, tiny_variables  # noqa: E402
 
-from jaxtl.train import Checkpoints, Loop, fit
+from jaxtl.train import Checkpoints, Loop, fit  # noqa: E402
 
 
 def pause_before_commit(workdir: pathlib.Path, step: int) -> None:

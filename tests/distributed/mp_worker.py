@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-import jaxtl  # noqa: E402
+import jaxtl
 
 jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 

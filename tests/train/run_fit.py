@@ -16,9 +16,9 @@ import jaxtl
 jaxtl.tune_cpu()  # the tests' process settings, before the backend starts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny import Tiny, tiny_dataset, tiny_variables
+from tiny import Tiny, tiny_dataset, tiny_variables  # noqa: E402
 
-from jaxtl.train import Checkpoints, Loop, fit
+from jaxtl.train import Checkpoints, Loop, fit  # noqa: E402
 
 
 def run(workdir: str, steps: int, sleep_s: float = 0.0, nan_example: int | None = None):
