@@ -428,7 +428,15 @@ class ImageSource:
         """The kept stream when it is at ``(epoch, start_batch)`` of ``plan`` and idle, else a new one (kept unless
         the kept one is being read: then a private one). Returns ``(stream, private)``."""
         kept = self._stream
-        if kept is not None and kept.owner is None and kept.plan == plan and kept.next == (epoch, start_batch):
+        # Unshuffled eval passes are the same for every epoch (no order, no draws): evaluation after evaluation
+        # continues one stream whatever epoch it names.
+        same = not plan.shuffle and not plan.train
+        if (
+            kept is not None
+            and kept.owner is None
+            and kept.plan == plan
+            and (kept.next == (epoch, start_batch) or (same and kept.next[1] == start_batch))
+        ):
             return kept, False
         if kept is not None and kept.owner is not None:
             return _Stream(self, plan, epoch, start_batch), True

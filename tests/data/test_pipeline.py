@@ -154,6 +154,12 @@ def test_next_epoch_continues_the_stream_with_the_same_batches(photos):
     _assert_same([y for _, y in pairs], _collect(fresh, seed=1, epoch=6))
     src.close()
     assert src._stream is None
+    # Evaluation passes (unshuffled, no draws) are alike for every epoch: one stream serves them all.
+    first = _collect(src, drop_remainder=False, shuffle=False, train=False)
+    stream = src._stream
+    _assert_same(first, _collect(src, drop_remainder=False, shuffle=False, train=False))
+    _assert_same(first, _collect(src, drop_remainder=False, shuffle=False, train=False, epoch=7))
+    assert src._stream is stream
 
 
 def _broken_folder(root):
