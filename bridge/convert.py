@@ -17,6 +17,7 @@ import numpy as np
 import jaxtl
 from jaxtl.models import get_spec
 from jaxtl.models.card import ModelCard
+from jaxtl.models.heads import new_head
 
 from .checkpoints import Located
 from .errors import BridgeError, format_problems
@@ -302,16 +303,6 @@ def inspect_state_dict(
     return _check(sd, arch, num_classes, located)[0]
 
 
-def _new_head(num_features: int, num_classes: int, seed: int) -> dict[str, jax.Array]:
-    # As torch.nn.Linear (and jaxtl's fc): kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    bound = 1.0 / float(num_features) ** 0.5
-    k_kernel, k_bias = jax.random.split(jax.random.PRNGKey(seed))
-    return {
-        "kernel": jax.random.uniform(k_kernel, (num_features, num_classes), jnp.float32, -bound, bound),
-        "bias": jax.random.uniform(k_bias, (num_classes,), jnp.float32, -bound, bound),
-    }
-
-
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
@@ -334,7 +325,7 @@ def replace_head(variables: dict[str, Any], report: BridgeReport, num_classes: i
     report.fc_reinitialized = target > 0
     if target > 0:
         report.seed = seed
-        params["fc"] = _new_head(get_spec(report.arch).num_features, target, seed)
+        params["fc"] = new_head(get_spec(report.arch).num_features, target, seed)
         log.warning(
             "%s: fc replaced: checkpoint has %d classes, new %d-class head initialised from seed %d",
             report.source,
@@ -394,7 +385,7 @@ def from_torchvision(
         _set(variables[e.collection], e.path, jnp.asarray(e.rule.to_flax(a)))
     if report.fc_reinitialized:
         report.seed = seed
-        variables["params"]["fc"] = _new_head(get_spec(report.arch).num_features, report.num_classes, seed)
+        variables["params"]["fc"] = new_head(get_spec(report.arch).num_features, report.num_classes, seed)
         log.warning(
             "%s: fc replaced: checkpoint has %d classes, new %d-class head initialised from seed %d",
             origin,

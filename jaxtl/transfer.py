@@ -14,11 +14,13 @@ autoencoder reconstructs its input as given: a sigmoid output for ``[0, 1]`` dat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -315,18 +317,11 @@ def finetune(
                 "trained on them (feature_cache=False to run the backbone every step)",
                 file=sys.stderr,
             )
-        feats = extract_features(module, variables, train, batch_size=max(batch_size, 64), parallel=parallel)
-        probe = fit_linear_probe(
-            feats,
-            np.asarray(train.labels),
-            num_outputs,
-            make_optimizer(**opts),
-            variables=variables,
-            classifier=head,
-            steps=total,
-            batch_size=batch_size,
-            seed=seed,
-        )
+        with _feature_file(module, len(train), workdir) as out_path:
+            feats = extract_features(
+                module, variables, train, batch_size=max(batch_size, 64), parallel=parallel, out_path=out_path
+            )
+            probe = _probe(feats, train, num_outputs, opts, variables, head, total, batch_size, seed)
         assert probe.variables is not None
         new_vars = jax.tree.map(jnp.asarray, probe.variables)
         history = [{"split": "train", **rec} for rec in probe.history]
@@ -357,6 +352,49 @@ def finetune(
         path.mkdir(parents=True, exist_ok=True)
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return new_vars, history
+
+
+FEATURES_IN_MEMORY = 1 << 30  # cached features beyond 1 GiB go to a memory-mapped .npy file
+
+
+@contextlib.contextmanager
+def _feature_file(module: nn.Module, n: int, workdir: str | pathlib.Path | None) -> Iterator[pathlib.Path | None]:
+    """Where a large feature cache is memory-mapped (``workdir/features.npy`` or a temporary file, removed after),
+    or None when ``n`` examples' features fit comfortably in memory."""
+    if n * int(getattr(module, "num_features", 2048)) * 4 <= FEATURES_IN_MEMORY:
+        yield None
+        return
+    if workdir is not None:
+        path = pathlib.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path / "features.npy"
+        return
+    with tempfile.TemporaryDirectory(prefix="jaxtl-features-") as tmp:
+        yield pathlib.Path(tmp) / "features.npy"
+
+
+def _probe(
+    feats: np.ndarray,
+    train: Source,
+    num_outputs: int,
+    opts: dict[str, Any],
+    variables: dict[str, Any],
+    head: str,
+    total: int,
+    batch_size: int,
+    seed: int,
+) -> Any:
+    return fit_linear_probe(
+        feats,
+        np.asarray(train.labels),
+        num_outputs,
+        make_optimizer(**opts),
+        variables=variables,
+        classifier=head,
+        steps=total,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 def _describe(augment: Any) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import os
 import threading
 import warnings
@@ -376,6 +377,15 @@ class ImageSource:
             raise ValueError(f"{self.origin}: empty subset")
         return src
 
+    def digest(self) -> str:
+        """A short digest of what this source holds: its listing (file paths, or pack shards and their sizes),
+        labels and class names, without reading any image. Part of a training run's fingerprint."""
+        h = hashlib.sha256()
+        h.update(repr((self.origin, tuple(self.class_names), self.image_shape)).encode())
+        h.update(np.ascontiguousarray(self._labels).tobytes())
+        _hash_reader(h, self.reader)
+        return h.hexdigest()[:16]
+
     def close(self) -> None:
         """Stop the worker processes kept between epochs (also done when the source is garbage collected)."""
         stream, self._stream = self._stream, None
@@ -601,3 +611,19 @@ def open_source(
     except ValueError as e:
         raise ValueError(f"data spec {spec!r}: {e}") from None
     raise ValueError(f"{spec!r} is not a data spec; expected {DATA_SPECS}")
+
+
+def _hash_reader(h: Any, reader: Any) -> None:
+    """Feed what identifies ``reader``'s examples into ``h``: paths, subset indices, or shard names and sizes."""
+    paths = getattr(reader, "paths", None)
+    if paths is not None and hasattr(paths, "_blob"):
+        h.update(paths._blob.tobytes())
+        h.update(paths._offsets.tobytes())
+    elif hasattr(reader, "base") and hasattr(reader, "indices"):
+        h.update(np.ascontiguousarray(reader.indices).tobytes())
+        _hash_reader(h, reader.base)
+    elif hasattr(reader, "files"):
+        for f in reader.files:
+            h.update(f"{f}:{os.path.getsize(f) if os.path.exists(f) else -1};".encode())
+    else:
+        h.update(f"{type(reader).__name__}:{len(reader)}".encode())

@@ -16,21 +16,12 @@ import jax.numpy as jnp
 
 from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
+from jaxtl.models.heads import torch_linear_init
 
 Dtype = Any
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _torch_linear_init(fan_in: int) -> tuple[Any, Any]:
-    # torch.nn.Linear default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both.
-    bound = 1.0 / float(fan_in) ** 0.5
-
-    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init, init
 
 
 class Downsample(nn.Module):
@@ -58,8 +49,8 @@ def pooled_head(
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)
     feats["pre_logits"] = x
     if num_classes:
-        k_init, b_init = _torch_linear_init(x.shape[-1])
-        init = dict(kernel_init=k_init, bias_init=b_init)
+        linear_init = torch_linear_init(x.shape[-1])
+        init = dict(kernel_init=linear_init, bias_init=linear_init)
         x = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, **init, name="fc")(x)
     feats["logits"] = x
     return feats if return_features else x

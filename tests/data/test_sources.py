@@ -257,3 +257,19 @@ def test_cli_pack_writes_a_pack_and_refuses_to_clobber(tree, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxtl: error:") and "already holds a pack" in err and "\n" not in err
     assert main(["pack", str(tree), str(out), "--overwrite"]) == 0
+
+
+def test_digest_identifies_the_listing_without_reading_images(tmp_path):
+    # Part of a run's fingerprint: other files with the same labels, a split, or a pack differ; the same listing
+    # (even after its files were rewritten in place) does not.
+    for root in ("a", "b"):
+        for c in ("x", "y"):
+            for i in range(3):
+                _img(tmp_path / root / c / f"{root}{i}.png", value=i)
+    a = open_source(f"folder:{tmp_path / 'a'}", image_size=8, workers=0)
+    b = open_source(f"folder:{tmp_path / 'b'}", image_size=8, workers=0)
+    assert a.labels.tolist() == b.labels.tolist() and a.digest() != b.digest()
+    assert a.digest() == open_source(f"folder:{tmp_path / 'a'}", image_size=8, workers=0).digest()
+    assert a.subset(np.arange(3)).digest() != a.subset(np.arange(3, 6)).digest()
+    pack_image_folder(tmp_path / "a", tmp_path / "pa")
+    assert open_source(f"arrayrecord:{tmp_path / 'pa'}", image_size=8, workers=0).digest() != a.digest()

@@ -113,9 +113,11 @@ def test_finetune_modes(pretrained, split) -> None:
     clf, v = build_classifier((ae.encoder, ae_vars), 10, jax.random.PRNGKey(0), (16, 16, 1))
     kw = dict(steps=6, batch_size=16, lr=1e-2, progress=False)
     probe, hist = finetune(clf, v, train, mode="linear_probe", eval_data=split[1], **kw)
-    frozen, _ = finetune(clf, v, train, mode="frozen", **kw)
-    # Without augmentation a frozen backbone gives the features the probe cached: the same head.
-    np.testing.assert_allclose(probe["params"]["fc"]["kernel"], frozen["params"]["fc"]["kernel"], atol=1e-5)
+    frozen, _ = finetune(clf, v, train, mode="frozen", **kw)  # takes the cached-feature path by itself
+    np.testing.assert_array_equal(probe["params"]["fc"]["kernel"], frozen["params"]["fc"]["kernel"])
+    # The backbone run at every step gives the features the probe cached: the same head to float rounding.
+    per_step, _ = finetune(clf, v, train, mode="frozen", feature_cache=False, **kw)
+    np.testing.assert_allclose(probe["params"]["fc"]["kernel"], per_step["params"]["fc"]["kernel"], atol=1e-5)
     assert hist[-1]["split"] == "eval" and hist[-1]["n"] == len(split[1])
     full, _ = finetune(clf, v, train, mode="full", backbone_lr_scale=0.1, **kw)
     moved = [
@@ -161,3 +163,20 @@ def test_backbone_lr_scale_applies_to_optimizer_dicts() -> None:
         # First step of cosine decay from 0.3 (head) and 0.3 * 0.5 (backbone); momentum starts at the gradient.
         np.testing.assert_allclose(updates["conv"]["w"], -0.15 * np.ones(2), rtol=1e-6)
         np.testing.assert_allclose(updates["fc"]["w"], -0.3 * np.ones(2), rtol=1e-6)
+
+
+def test_large_feature_caches_are_memory_mapped(pretrained, split, tmp_path, monkeypatch) -> None:
+    import jaxtl.transfer
+
+    ae, ae_vars, _ = pretrained
+    train = split[0].subset(np.arange(64))
+    clf, v = build_classifier((ae.encoder, ae_vars), 10, jax.random.PRNGKey(0), (16, 16, 1))
+    kw = dict(mode="frozen", steps=6, batch_size=16, lr=1e-2, progress=False)
+    in_memory, _ = finetune(clf, v, train, **kw)
+    monkeypatch.setattr(jaxtl.transfer, "FEATURES_IN_MEMORY", 0)  # every cache counts as large
+    mapped, _ = finetune(clf, v, train, workdir=tmp_path, **kw)
+    feats = np.load(tmp_path / "features.npy", mmap_mode="r")
+    assert feats.shape == (64, WIDTHS[-1])
+    np.testing.assert_allclose(mapped["params"]["fc"]["kernel"], in_memory["params"]["fc"]["kernel"], atol=1e-6)
+    mapped_tmp, _ = finetune(clf, v, train, **kw)  # no workdir: a temporary file, removed afterwards
+    np.testing.assert_array_equal(mapped_tmp["params"]["fc"]["kernel"], mapped["params"]["fc"]["kernel"])
