@@ -31,7 +31,7 @@ import numpy as np
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.data.datasets import normalize
+from jaxtl.data.loaders import normalize
 from jaxtl.data.source import Source
 from jaxtl.models.autoencoder import Autoencoder, classifier_from_autoencoder
 from jaxtl.models.card import ModelCard

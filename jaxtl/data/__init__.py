@@ -2,7 +2,7 @@
 
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.data.datasets import (
+from jaxtl.data.loaders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SkippedFilesWarning,

@@ -18,7 +18,7 @@ Bad files found mid-stream (corrupt, truncated, zero bytes, gone) never stop a r
 - in batches with a mask (``drop_remainder=False``, evaluation and feature extraction) it becomes a zero image with
   mask 0, like padding, so no metric counts it.
 
-Either way it is counted: one :class:`~jaxtl.data.datasets.SkippedFilesWarning` per ``batches()`` call (an epoch)
+Either way it is counted: one :class:`~jaxtl.data.loaders.SkippedFilesWarning` per ``batches()`` call (an epoch)
 names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
 """
 
@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxtl.data.batching import Batch, epoch_indices, num_batches, process_slice
-from jaxtl.data.datasets import SkippedFilesWarning
+from jaxtl.data.loaders import SkippedFilesWarning
 from jaxtl.data.transforms import AUGMENTATIONS, Augment, ImageTransform, decode_image, example_rng
 from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -543,7 +543,7 @@ def open_source(
     pack's class names must be among them (integer CSV labels index them directly). ``labeled=False`` drops labels.
     Raises ValueError naming the spec for a bad spec, path, option or file.
     """
-    from jaxtl.data import datasets
+    from jaxtl.data import loaders
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"data spec {spec!r}: augment must be one of {AUGMENTATIONS}, got {augment!r}")
@@ -564,9 +564,9 @@ def open_source(
             if augment != "none":
                 raise ValueError(f"augment={augment!r} needs decoded originals: use folder:, csv: or arrayrecord:")
             if spec == "digits":
-                ds = datasets.load_digits(size=image_size, channels=channels)
+                ds = loaders.load_digits(size=image_size, channels=channels)
             elif arg:
-                ds = datasets.load_npz(
+                ds = loaders.load_npz(
                     arg, labels_key="labels" if labeled else None, image_shape=(image_size, image_size, channels)
                 )
                 if ds.images.shape[1:] != (image_size, image_size, channels):
@@ -578,7 +578,7 @@ def open_source(
                 raise ValueError("npz needs a file: npz:FILE")
             from jaxtl.data.dataset import ArrayDataset
 
-            images = datasets.normalize(ds.images, mean, std)
+            images = loaders.normalize(ds.images, mean, std)
             out = ArrayDataset(images, ds.labels, ds.num_classes, ds.class_names)
             return out if labeled or out.labels is None else out.unlabeled()
         if kind in ("folder", "csv", "arrayrecord") and arg:

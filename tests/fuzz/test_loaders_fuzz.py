@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from jaxtl.data import load_image_folder, load_npz, open_source
-from jaxtl.data.datasets import SkippedFilesWarning
+from jaxtl.data.loaders import SkippedFilesWarning
 from jaxtl.data.transforms import decode_image, example_rng
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
