@@ -221,3 +221,43 @@ def test_batch_larger_than_the_data_is_clamped_to_the_devices(encoder, tmp_path,
     assert "on 38 images" in capsys.readouterr().out
     rec = json.loads((tmp_path / "w" / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["count"] == 36
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(encoder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _folder(tmp_path / "imgs", ("a", "b"), per_class=40)
+    argv = _finetune(encoder, f"folder:{data}", tmp_path / "w", "--workers", "0", "--epochs", "50")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxtl.cli", *argv], stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "w" / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxtl: SIGTERM received: stopped after step ") and "saved in" in last, err
+    assert "Traceback" not in err
+    steps = [int(p.name) for p in (tmp_path / "w" / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps and max(steps) == int(last.split("stopped after step ")[1].split(";")[0])
+
+
+def test_a_full_disk_during_convert_is_one_line(r18, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    def no_space(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", no_space)
+    assert main(["convert", str(r18), str(tmp_path / "out")]) == 2
+    err = _one_line_error(capsys)
+    assert "cannot write checkpoint" in err and "No space left on device" in err and "MiB free" in err, err
+    assert not list(tmp_path.iterdir())  # no half-written output, no temporary folder left

@@ -155,3 +155,25 @@ def test_full_disk_during_a_checkpoint_names_the_path_and_space(tmp_path, monkey
     monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
     with pytest.raises(WorkdirError, match=r"cannot write checkpoint step 2: No space left on device \(.* MiB free"):
         _run(tmp_path)
+
+
+def test_resume_and_finished_runs_say_so_in_one_line_each(tmp_path, capsys):
+    def run(steps):
+        module = Tiny()
+        fit(
+            module,
+            jax.device_get(tiny_variables(module)),
+            tiny_dataset(40),
+            tx=optax.sgd(0.01),  # no schedule over the run's length: the run may be extended
+            loop=Loop(steps=steps, batch_size=8, parallel="none"),
+            checkpoints=Checkpoints(tmp_path, every=2),
+            progress=True,
+        )
+        return capsys.readouterr().err
+
+    first = run(4)
+    assert "compiling" in first and "\r" not in first  # not a terminal: plain lines, the compile shown apart
+    assert "resuming" not in first
+    assert f"fit: resuming from step 4 of 6 (workdir {tmp_path})" in run(6)
+    again = run(6)
+    assert "fit: already finished at step 6; nothing to do" in again and "compiling" not in again
