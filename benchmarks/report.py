@@ -16,7 +16,7 @@ from benchmarks.common import RESULTS_DIR
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DEMO_START, DEMO_END = "<!-- demo:start -->", "<!-- demo:end -->"
-ORDER = ("train_steps", "end_to_end", "scaling", "bridge", "cpu_workarounds")
+ORDER = ("train_steps", "end_to_end", "data_pipeline", "scaling", "bridge", "cpu_workarounds")
 
 
 def replace_between_markers(text: str, block: str, start: str = START, end: str = END) -> str:
@@ -130,6 +130,38 @@ def _end_to_end(p: dict[str, Any]) -> str:
     return head + _table(["run", "optimizer steps", "wall s", "time / PyTorch"], rows)
 
 
+def _data_pipeline(p: dict[str, Any]) -> str:
+    s = p["settings"]
+    head = (
+        f"{s.get('images')} generated JPEGs (sides {s.get('image_sides')}), {s.get('transforms')}, batch "
+        f"{s.get('batch_size')}, {s.get('epochs')} epochs per side; 'all epochs' includes starting the workers, "
+        "'warm' the epochs after the first:\n\n"
+    )
+    rows = []
+    for r in p["results"]:
+        j, t = r["jaxtl"], r["torch"]
+        rows.append(
+            [
+                str(r["workers"]),
+                _f(j["images_per_s"]),
+                _f(t["images_per_s"]),
+                _ratio(r.get("ratio")),
+                _f(j["warm_images_per_s"]),
+                _f(t["warm_images_per_s"]),
+                _ratio(r.get("warm_ratio")),
+            ]
+        )
+    headers = ["workers", "jaxtl img/s", "torch img/s", "jaxtl/torch", "jaxtl warm", "torch warm", "warm ratio"]
+    out = head + _table(headers, rows)
+    if p.get("rss"):
+        rss_rows = [
+            [r["mode"], str(r["images"]), _f(r["peak_rss_mib"]), _f(r.get("worker_peak_rss_mib", float("nan")))]
+            for r in p["rss"]
+        ]
+        out += "\n\nPeak RSS (MiB):\n\n" + _table(["run", "images", "main process", "a worker"], rss_rows)
+    return out
+
+
 def _scaling(p: dict[str, Any]) -> str:
     note = ""
     if p["machine"].get("jax_backend") == "cpu":
@@ -212,6 +244,7 @@ RENDER = {
     "scaling": _scaling,
     "bridge": _bridge,
     "cpu_workarounds": _cpu_workarounds,
+    "data_pipeline": _data_pipeline,
 }
 TITLES = {
     "cpu_workarounds": (
@@ -221,6 +254,8 @@ TITLES = {
     "end_to_end": "End to end: frozen-backbone fine-tuning",
     "scaling": "Scaling with devices and batch size (jaxtl)",
     "bridge": "torchvision bridge: conversion time and agreement",
+    "data_pipeline": "Input pipeline: images/s, jaxtl (grain workers) vs torchvision ImageFolder + DataLoader "
+    "(ratio > 1 means jaxtl is faster)",
 }
 
 

@@ -19,6 +19,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("scaling", []),
     ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]),
     ("cpu_workarounds", []),
+    ("data_pipeline", ["--workers", "0", "1", "--rss"]),
 ]
 QUICK: dict[str, list[str]] = {
     "train_steps": ["--image-size", "64", "--repeats", "3"],
@@ -26,6 +27,7 @@ QUICK: dict[str, list[str]] = {
     "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
     "bridge": ["--archs", "resnet18", "resnet50"],
     "cpu_workarounds": ["--image-size", "64", "--batch", "32", "--repeats", "3"],
+    "data_pipeline": ["--workers", "0", "1", "--images", "200"],
 }
 
 
