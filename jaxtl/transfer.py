@@ -319,7 +319,7 @@ def finetune(
             )
         with _feature_file(module, len(train), workdir) as out_path:
             feats = extract_features(
-                module, variables, train, batch_size=max(batch_size, 64), parallel=parallel, out_path=out_path
+                module, variables, train, batch_size=batch_size, parallel=parallel, out_path=out_path
             )
             probe = _probe(feats, train, num_outputs, opts, variables, head, total, batch_size, seed)
         assert probe.variables is not None

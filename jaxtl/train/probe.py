@@ -77,6 +77,7 @@ def extract_features(
     process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
     """
     par, fn = _feature_fn(module, feature, parallel, dataset.normalization)
+    batch_size = -(-batch_size // par.num_devices) * par.num_devices  # a multiple of the devices (padded, masked)
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
