@@ -6,12 +6,13 @@
 #
 #
 # Usage: gpu_all.sh [--dry-run] [--only PART...]   PARTS: train_steps_bf16 train_steps_fp32 scaling end_to_end bridge
+#                                                   data_pipeline
 # --dry-run: the parts with the same options but on the CPU at their --smoke size (a few minutes on 2 cores; results
 # in $BENCH_OUT, default a new temporary directory), so a typo fails there and not on the first GPU run.
 # --only: just these parts (e.g. to re-run one that failed).
 set -u
 cd "$(dirname "$0")/.."
-PARTS="train_steps_bf16 train_steps_fp32 scaling end_to_end bridge"
+PARTS="train_steps_bf16 train_steps_fp32 scaling end_to_end bridge data_pipeline"
 DRY_RUN=0
 ONLY=""
 usage() { echo "usage: $0 [--dry-run] [--only PART...]; PARTS: $PARTS" >&2; exit 2; }
@@ -68,5 +69,9 @@ run 90 "end_to_end" benchmarks.end_to_end --device "$DEV" --dtype bfloat16 --exa
   --batch-size 256 --epochs 5 --threads 8 --no-warm-cache --out "$OUT/gpu_end_to_end.json"
 run 60 "bridge" benchmarks.bridge --device "$DEV" --archs resnet18 resnet50 resnext50_32x4d --image-size 64 \
   --out "$OUT/gpu_bridge.json"
+# The input pipeline with the machine's cores as grain workers: its images/s next to the bf16 step's img/s above
+# says whether data or compute limits training on this GPU.
+run 150 "data_pipeline" benchmarks.data_pipeline --workers 8 15 --images 2000 --epochs 2 --repeats 1 \
+  --out "$OUT/gpu_data_pipeline.json"
 "$PY" -m benchmarks.report --results "$OUT"
 exit $status

@@ -268,10 +268,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for name in names:
         p = results[name]
         parts.append(
-            f"**{TITLES.get(name, name)}** - {machine_line(p['machine'])}, dtype {p['settings'].get('dtype', '-')}"
+            f"**{TITLES.get(name, TITLES.get(p.get('benchmark', ''), name))}** - {machine_line(p['machine'])}, "
+            f"dtype {p['settings'].get('dtype', '-')}"
         )
         parts.append("")
-        parts.append(RENDER[name](p) if name in RENDER else f"(no renderer for {name})")
+        kind = name if name in RENDER else p.get("benchmark", name)  # gpu_*.json: by the benchmark that wrote it
+        parts.append(RENDER[kind](p) if kind in RENDER else f"(no renderer for {name})")
         parts.append("")
     return "\n".join(parts)
 
