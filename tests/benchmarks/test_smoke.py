@@ -55,10 +55,11 @@ def test_end_to_end_smoke(tmp_path: pathlib.Path) -> None:
     payload = end_to_end.main(["--smoke", "--out", str(tmp_path / "e2e.json")])
     sides = {r["side"]: r for r in payload["results"]}
     warm = "jaxtl fit, re-run (warm compile cache)"
-    assert set(sides) == {"jaxtl fit", "jaxtl linear probe", "PyTorch loop", warm}
+    assert set(sides) == {"jaxtl fit", "jaxtl linear probe", "jaxtl finetune(mode='frozen')", "PyTorch loop", warm}
     assert len(sides[warm]["samples_s"]) == 1 and sides[warm]["wall_s"] > 0
     assert len({r["steps"] for r in sides.values()}) == 1
-    # The fast path trains the same head as fit (same data order and optimizer), up to float32 rounding.
+    # The fast path (called directly, or taken by finetune by itself) trains the same head as fit (same data order
+    # and optimizer), up to float32 rounding.
     assert payload["fit_vs_probe_head_max_abs_diff"] < 1e-4
 
 
