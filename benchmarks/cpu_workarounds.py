@@ -102,7 +102,21 @@ SETTINGS = {
 
 
 # XNNPACK options tried on top of jaxtl's tuning (jaxlib 0.10: XNN fusion types dot, eltwise, reduce; graph modes
-# GREEDY, GREEDY_SLINKY; both off by default).
+# GREEDY, GREEDY_SLINKY; both off by default). Measured with ``--xnn --image-size 64 --batch 8 --repeats 5`` on the
+# 2-core AMD EPYC VM (jaxlib 0.10.2), three runs of 2-3 rounds, best round per setting, wall ms / CPU ms per step:
+#
+#   setting                     resnet50 full        resnet50 frozen     autoencoder 32x32 b64
+#   jaxtl tuning                204-332 / 371        61-97 / 101         318-570 / 550
+#   + xnn dot                   203-320 / 341        66-97 / 94          308-1054 / 560
+#   + xnn dot,eltwise,reduce    240-354 / 331        54-96 / 95          288-558 / 586
+#   + xnn graph greedy          188-329 / 377        66-97 / 113         275-562 / 565
+#   + xnn graph greedy+slinky   184-347 / 394        50-112 / 100        274-595 / 561
+#
+# The wall-time ranges overlap in every column: each setting came out first in one run and last in another (the VM
+# shares its host), so none is a measured win. CPU time per step, steadier, moves by <= 10% either way. The
+# autoencoder step timed against PyTorch's in the same process (alternated, ratio of minima): 1.46x with jaxtl's
+# tuning, 1.51x with graph mode GREEDY, 1.50x with GREEDY_SLINKY. So tune_cpu adds none of them; re-run on a quiet
+# machine before changing that.
 XNN_SETTINGS = {
     "jaxtl tuning": "",
     "+ xnn dot": "--xla_cpu_experimental_xnn_fusion_type=dot",
