@@ -164,7 +164,7 @@ def test_cpu_workarounds_smoke(tmp_path: pathlib.Path) -> None:
     assert "ynn_fusion_type" in flag_only["xla_flags"]
     assert flag_only["cpu_tuning"] == {"xla_flag": True, "malloc": False}
     assert tuned["cpu_tuning"] == {"xla_flag": True, "malloc": True}
-    assert all(r["full"]["page_faults_per_step"] >= 0 for r in runs.values())
+    assert all(r["full"]["page_faults_per_step"] >= 0 and r["full"]["cpu_s_per_step"] > 0 for r in runs.values())
     assert {r["impl"] for r in payload["results"]["conv"]} == {"xla", "im2col"}
     assert "| case |" in report.render(report.load_results(tmp_path))
 
