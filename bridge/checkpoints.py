@@ -130,9 +130,11 @@ def _unwrap(obj: Any, origin: str, entry: str | None) -> tuple[Mapping[Any, Any]
             )
         else:
             wrappers = [k for k in WRAPPER_KEYS if isinstance(node.get(k), Mapping)]
-            if not wrappers:
+            # Else the one non-empty mapping, whatever its name ({"x": {"state_dict": ...}}): a chain of wrappers.
+            maps = [k for k, v in node.items() if isinstance(v, Mapping) and v]
+            if not wrappers and len(maps) != 1:
                 break  # not a recognised wrapper: reported as "not a state dict of tensors" by the caller
-            choice = wrappers[0]
+            choice = wrappers[0] if wrappers else maps[0]
         alternatives += ["/".join([*path, str(k)]) for k in nested if k != choice]
         path.append(str(choice))
         node = node[choice]

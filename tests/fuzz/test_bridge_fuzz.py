@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import jaxtl
@@ -286,6 +286,7 @@ PREFIX_PART = st.text(alphabet="abcdemnorstu_", min_size=1, max_size=6)
     wrappers=st.lists(st.sampled_from(["state_dict", "model", "model_state_dict", "ema", "net", "x"]), max_size=2),
     others=st.dictionaries(st.text(max_size=8), st.sampled_from(["int", "str", "tensor", "dict"]), max_size=3),
 )
+@example(parts=[], wrappers=["x", "state_dict"], others={})  # found by this test: an unnamed wrapper around one
 def test_wrapped_and_prefixed_state_dicts(valid, parts, wrappers, others):
     """Any nesting and key prefix either loads exactly the bare state dict's variables or raises BridgeError."""
     prefix = "".join(p + "." for p in parts)
