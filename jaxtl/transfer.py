@@ -36,7 +36,6 @@ from jaxtl.data.source import Source
 from jaxtl.models.autoencoder import Autoencoder, classifier_from_autoencoder
 from jaxtl.models.card import ModelCard
 from jaxtl.models.heads import head_classes, head_name, strip_head
-from jaxtl.models.registry import get_spec
 from jaxtl.train.fit import Checkpoints, Loop, check_labels, evaluate_variables, fit
 from jaxtl.train.groups import ParamGroups
 from jaxtl.train.optim import make_optimizer
@@ -66,11 +65,9 @@ OnStep = Callable[[int, dict[str, float]], None]
 
 
 def normalization_stats(arch: str, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The registry mean/std of ``arch`` for ``channels``-channel input; gray (1 channel) uses their mean."""
-    spec = get_spec(arch)
-    if channels == 1:
-        return (float(np.mean(spec.mean)),), (float(np.mean(spec.std)),)
-    return tuple(spec.mean), tuple(spec.std)
+    """The mean/std of ``arch``'s model card for ``channels``-channel input (gray: the mean of the three)."""
+    pre = ModelCard.for_arch(arch, 0, channels=channels).preprocessing
+    return pre.mean, pre.std
 
 
 def normalize_dataset(data: ArrayDataset, arch: str) -> ArrayDataset:

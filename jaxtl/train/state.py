@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxtl.data.source import Normalization
 from jaxtl.models.heads import head_name
 from jaxtl.train.groups import (
     ParamGroups,
@@ -20,8 +21,6 @@ from jaxtl.train.groups import (
     is_backbone_frozen,
     param_paths,
 )
-
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 class TrainState(struct.PyTreeNode):
