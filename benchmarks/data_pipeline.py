@@ -12,7 +12,8 @@
    ``--rss-sizes`` images, each in a fresh process: the main process and its largest worker. A streaming pass
    holds a few batches, not the dataset, so the two sizes should differ by little. ``--rss-finetune`` measures
    whole ``jaxtl finetune`` runs instead (resnet18 from random torchvision weights, ``--freeze backbone``, one
-   epoch at ``--image-size``): the issue's 2,000 vs 20,000 image comparison.
+   epoch at ``--image-size``): the issue's 2,000 vs 20,000 image comparison. ``--rss-only`` skips part 1 and
+   writes ``data_pipeline_rss.json`` instead, leaving the throughput results as they are.
 """
 
 from __future__ import annotations
@@ -282,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=2, help="rounds, sides alternating (default 2)")
     p.add_argument("--rss", action="store_true", help="also measure peak RSS of streaming passes")
     p.add_argument("--rss-finetune", action="store_true", help="--rss of whole 'jaxtl finetune' runs instead")
+    p.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only the --rss/--rss-finetune part, written to data_pipeline_rss.json (the throughput results stay)",
+    )
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[2000, 20000])
     p.add_argument("--rss-workers", type=int, default=2)
     p.add_argument("--data-dir", default=None, help="where generated folders live (kept; default: a temp dir)")
@@ -307,10 +313,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         base = pathlib.Path(tmp.name)
     else:
         base = pathlib.Path(args.data_dir)
+    if args.rss_only and not (args.rss or args.rss_finetune):
+        raise SystemExit("--rss-only needs --rss or --rss-finetune")
+    rows: list[dict[str, Any]] = []
     try:
-        folder = base / f"throughput-{args.images}"
-        make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
-        rows = throughput(args, folder)
+        if not args.rss_only:
+            folder = base / f"throughput-{args.images}"
+            make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
+            rows = throughput(args, folder)
         rss = memory(args, base) if args.rss or args.rss_finetune else []
     finally:
         if tmp is not None:
@@ -327,11 +337,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "epochs": args.epochs,
             "transforms": f"decode + RandomResizedCrop({args.image_size}) + horizontal flip + uint8 batch",
             "cpu_count": os.cpu_count(),
+            "rss_workers": args.rss_workers,
         },
         "results": rows,
         "rss": rss,
     }
-    path = common.write_results("data_pipeline", payload, None if args.out is None else pathlib.Path(args.out))
+    name = "data_pipeline_rss" if args.rss_only else "data_pipeline"
+    path = common.write_results(name, payload, None if args.out is None else pathlib.Path(args.out))
     table = []
     for r in rows:
         j, t = r["jaxtl"], r.get("torch", {})

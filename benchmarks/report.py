@@ -16,7 +16,16 @@ from benchmarks.common import RESULTS_DIR
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DEMO_START, DEMO_END = "<!-- demo:start -->", "<!-- demo:end -->"
-ORDER = ("train_steps", "end_to_end", "data_pipeline", "scaling", "bridge", "cpu_workarounds")
+ORDER = (
+    "train_steps",
+    "end_to_end",
+    "folder_finetune",
+    "data_pipeline",
+    "data_pipeline_rss",
+    "scaling",
+    "bridge",
+    "cpu_workarounds",
+)
 
 
 def replace_between_markers(text: str, block: str, start: str = START, end: str = END) -> str:
@@ -130,7 +139,73 @@ def _end_to_end(p: dict[str, Any]) -> str:
     return head + _table(["run", "optimizer steps", "wall s", "time / PyTorch"], rows)
 
 
+def _folder_finetune(p: dict[str, Any]) -> str:
+    s = p["settings"]
+    head = (
+        f"{s.get('arch')} from random torchvision weights (.pth), {s.get('images')} generated JPEGs in "
+        f"{s.get('classes')} class folders ({s.get('train_images_per_epoch')} train, the rest held out), "
+        f"{s.get('augment')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs, {s.get('optimizer')}, "
+        f"{s.get('workers')} loader worker(s) a side; wall time of a whole run in a fresh process (start-up, "
+        "compilation, workers, training, evaluation), median of "
+        f"{s.get('repeats')} alternated runs; img/s = training images / wall time, 'steps' = the training steps' "
+        "own rate (start-up excluded):\n\n"
+    )
+    has_cli = any("jaxtl CLI" in r for r in p["results"])
+    rows = []
+    for r in p["results"]:
+        j, t = r["jaxtl"], r.get("torch") or {}
+        row = [
+            r["mode"],
+            _f(j["wall_s"]),
+            _f(t.get("wall_s")),
+            _ratio(r.get("ratio")),
+            _f(j["images_per_s"]),
+            _f(t.get("images_per_s")),
+            f"{_f(j.get('step_images_per_s'))} / {_f(t.get('step_images_per_s'))}",
+        ]
+        if has_cli:
+            c = r.get("jaxtl CLI") or {}
+            row += [_f(c.get("wall_s")), _ratio(r.get("cli_ratio"))]
+        rows.append(row)
+    headers = ["mode", "jaxtl s", "torch s", "jaxtl/torch", "jaxtl img/s", "torch img/s", "steps img/s, jaxtl / torch"]
+    if has_cli:
+        headers += ["`jaxtl finetune` s", "CLI/torch"]
+    return head + _table(headers, rows)
+
+
+def _rss_rows(rss: list[dict[str, Any]]) -> str:
+    """Peak RSS per run, streaming passes and whole ``jaxtl finetune`` runs apart (their ``mode`` says which),
+    with each kind's growth from its smallest folder to its largest."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in rss):
+        runs = sorted((r for r in rss if r["mode"] == mode), key=lambda r: r["folder_images"])
+        what = "a whole run" if mode.startswith("jaxtl finetune") else "a streaming pass"
+        table = _table(
+            ["images in the folder", "main process MiB", "largest worker MiB", "wall s"],
+            [
+                [
+                    f"{r['folder_images']:,}",
+                    _f(r["peak_rss_mib"]),
+                    _f(r.get("worker_peak_rss_mib")),
+                    _f(r.get("wall_s")),
+                ]
+                for r in runs
+            ],
+        )
+        text = f"Peak RSS of {what} (`{mode}`):\n\n{table}"
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            text += (
+                f"\n\n{last['folder_images']:,} vs {first['folder_images']:,} images: main process "
+                f"{last['peak_rss_mib'] - first['peak_rss_mib']:+.0f} MiB."
+            )
+        out.append(text)
+    return "\n\n".join(out)
+
+
 def _data_pipeline(p: dict[str, Any]) -> str:
+    if not p["results"]:  # --rss-only: memory, no throughput
+        return _rss_rows(p.get("rss") or []) or "(no results)"
     s = p["settings"]
     head = (
         f"{s.get('images')} generated JPEGs (sides {s.get('image_sides')}), {s.get('transforms')}, batch "
@@ -154,11 +229,7 @@ def _data_pipeline(p: dict[str, Any]) -> str:
     headers = ["workers", "jaxtl img/s", "torch img/s", "jaxtl/torch", "jaxtl warm", "torch warm", "warm ratio"]
     out = head + _table(headers, rows)
     if p.get("rss"):
-        rss_rows = [
-            [r["mode"], str(r["images"]), _f(r["peak_rss_mib"]), _f(r.get("worker_peak_rss_mib", float("nan")))]
-            for r in p["rss"]
-        ]
-        out += "\n\nPeak RSS (MiB):\n\n" + _table(["run", "images", "main process", "a worker"], rss_rows)
+        out += "\n\n" + _rss_rows(p["rss"])
     return out
 
 
@@ -245,6 +316,7 @@ RENDER = {
     "bridge": _bridge,
     "cpu_workarounds": _cpu_workarounds,
     "data_pipeline": _data_pipeline,
+    "folder_finetune": _folder_finetune,
 }
 TITLES = {
     "cpu_workarounds": (
@@ -256,6 +328,9 @@ TITLES = {
     "bridge": "torchvision bridge: conversion time and agreement",
     "data_pipeline": "Input pipeline: images/s, jaxtl (grain workers) vs torchvision ImageFolder + DataLoader "
     "(ratio > 1 means jaxtl is faster)",
+    "data_pipeline_rss": "Input pipeline memory: peak RSS for image folders of two sizes",
+    "folder_finetune": "Fine-tuning from an image folder: jaxtl vs the PyTorch loop, whole runs "
+    "(ratio < 1 means jaxtl is faster)",
 }
 
 

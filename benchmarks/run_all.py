@@ -16,6 +16,7 @@ from collections.abc import Sequence
 PLAN: list[tuple[str, list[str]]] = [
     ("train_steps", []),
     ("end_to_end", []),
+    ("folder_finetune", []),
     ("scaling", []),
     ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]),
     ("cpu_workarounds", []),
@@ -24,6 +25,7 @@ PLAN: list[tuple[str, list[str]]] = [
 QUICK: dict[str, list[str]] = {
     "train_steps": ["--image-size", "64", "--repeats", "3"],
     "end_to_end": ["--examples", "128", "--epochs", "3"],
+    "folder_finetune": ["--images", "200", "--epochs", "1", "--repeats", "1"],
     "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
     "bridge": ["--archs", "resnet18", "resnet50"],
     "cpu_workarounds": ["--image-size", "64", "--batch", "32", "--repeats", "3"],

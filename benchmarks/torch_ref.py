@@ -201,3 +201,108 @@ def autoencoder_step_fn(
         sync(dev)
 
     return step
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices as :func:`jaxtl.data.train_test_split` draws them (numpy only, so the torch side
+    trains and evaluates on the same images without importing jax): ``round(test_fraction * N)`` test examples
+    shared out over the classes by largest remainder, each class's drawn from one ``default_rng(seed)``."""
+    labels = np.asarray(labels)
+    n_test = round(test_fraction * len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (n_test / counts.sum())
+    per_class = np.floor(exact).astype(np.int64)
+    per_class[np.argsort(-(exact - per_class), kind="stable")[: n_test - int(per_class.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    test = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)])
+    )
+    return np.setdiff1d(np.arange(len(labels)), test, assume_unique=True), test
+
+
+def folder_finetune(
+    *,
+    folder: str,
+    weights: str,
+    mode: str,
+    size: int,
+    batch: int,
+    epochs: int,
+    workers: int,
+    lr: float,
+    momentum: float,
+    test_fraction: float,
+    seed: int,
+    eval_batch: int = 256,
+) -> dict[str, Any]:
+    """What a PyTorch user writes to fine-tune torchvision's resnet18 on an image folder, run once.
+
+    ``ImageFolder`` + ``DataLoader(num_workers=workers, persistent_workers)``; train transform ``RandomResizedCrop
+    (size)`` + ``RandomHorizontalFlip`` + ``ToImage``/``ToDtype``/``Normalize`` (ImageNet mean/std), eval
+    ``Resize(round(size * 256 / 224))`` + ``CenterCrop(size)``; a new ``fc``; SGD with momentum at a constant
+    ``lr``; ``epochs`` epochs over the train split (``drop_last``), then top-1 on the held-out split.
+    ``mode="frozen"``: ``requires_grad=False`` on the backbone and the model in eval mode (BatchNorm on running
+    averages, as jaxtl's frozen backbone); ``"full"``: everything trains, BatchNorm in train mode.
+    Returns ``{"steps", "train_images", "test_images", "top1", "step_images_per_s"}`` (the last: the median
+    rate of the steps after each epoch's first, data loading and step together).
+    """
+    import time
+
+    torch = _torch()
+    import torchvision
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    torch.manual_seed(seed)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    to_input = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *to_input])
+    eval_tf = v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), *to_input])
+    train_ds = datasets.ImageFolder(folder, transform=train_tf)
+    train_idx, test_idx = stratified_split(np.asarray(train_ds.targets), test_fraction, seed)
+    test_ds = torch.utils.data.Subset(datasets.ImageFolder(folder, transform=eval_tf), test_idx.tolist())
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(train_ds, train_idx.tolist()),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    model = torchvision.models.resnet18(weights=None)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.fc = torch.nn.Linear(model.fc.in_features, len(train_ds.classes))
+    if mode == "frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+    elif mode != "full":
+        raise ValueError(f"mode must be 'frozen' or 'full', got {mode!r}")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps, rates = 0, []
+    for _ in range(epochs):
+        model.train(mode == "full")
+        t = time.perf_counter()
+        for b, (x, y) in enumerate(loader):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            steps += 1
+            now = time.perf_counter()
+            if b:  # the first batch of an epoch waits for its workers
+                rates.append(batch / (now - t))
+            t = now
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for x, y in torch.utils.data.DataLoader(test_ds, batch_size=eval_batch, num_workers=workers):
+            correct += int((model(x).argmax(1) == y).sum())
+    del loader
+    return {
+        "steps": steps,
+        "train_images": steps * batch,
+        "test_images": len(test_idx),
+        "top1": correct / len(test_idx),
+        "step_images_per_s": float(np.median(rates)) if rates else None,
+    }
