@@ -168,7 +168,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=640, help="JPEGs in the generated folder, 10 classes (640)")
+    p.add_argument("--images", type=int, default=512, help="JPEGs in the generated folder, 10 classes (512)")
     p.add_argument("--image-size", type=int, default=112, help="RandomResizedCrop / eval crop size (112)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
