@@ -189,11 +189,8 @@ def _predict(a: argparse.Namespace) -> int:
     from jaxtl.predict import load_model, predict
 
     _positive("--top-k", a.top_k)
-    try:
-        module, variables, card = load_model(weights=a.weights, checkpoint=a.checkpoint, arch=a.arch)
-        preds = predict(a.images, module, variables, card, top_k=a.top_k)
-    except ValueError as e:  # BridgeError and CheckpointError are ValueErrors too
-        raise UsageError(str(e)) from None
+    module, variables, card = load_model(weights=a.weights, checkpoint=a.checkpoint, arch=a.arch)
+    preds = predict(a.images, module, variables, card, top_k=a.top_k)
     if a.json:
         print(json.dumps({"model": card.source or card.arch, "predictions": [p.to_dict() for p in preds]}, indent=2))
         return 0
@@ -601,6 +598,33 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _raised_in_jaxtl(e: BaseException) -> bool:
+    """Whether ``e`` was raised by jaxtl's own code (the innermost frame of its traceback is in jaxtl or its bridge)."""
+    import pathlib
+
+    import jaxtl
+    import jaxtl.bridge
+
+    own = (pathlib.Path(jaxtl.__file__).parent, pathlib.Path(jaxtl.bridge.__file__).parent)
+    tb, filename = e.__traceback__, None
+    while tb is not None:
+        filename, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return filename is not None and any(pathlib.Path(filename).resolve().is_relative_to(d.resolve()) for d in own)
+
+
+def _expected_failure(e: BaseException, expected: tuple[type[BaseException], ...]) -> bool:
+    """Bad input or an expected failure (one line, exit 2) rather than a bug (traceback, exit 1).
+
+    ``expected`` classes count wherever they come from (a missing file is an ``OSError`` from any library); a
+    ``ValueError`` or ``KeyError`` only when jaxtl's own checks raised it (``BridgeError``, ``CheckpointError``,
+    ``ModelCardError`` and the input checks are ValueErrors). The same types raised inside jax, flax or numpy mean
+    jaxtl passed them something it should have checked first: a bug, shown with its traceback.
+    """
+    if isinstance(e, expected):
+        return True
+    return isinstance(e, (ValueError, KeyError)) and _raised_in_jaxtl(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
@@ -624,12 +648,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxtl: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, KeyError, OSError, NonFiniteLossError) as e:
-        # ValueError covers BridgeError, CheckpointError, ModelCardError and the library's input checks.
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"jaxtl: error: {_one_line(text)}", file=sys.stderr)  # type: ignore[arg-type]
-        return 2
     except Exception as e:
+        if _expected_failure(e, (UsageError, OSError, NonFiniteLossError)):
+            text = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"jaxtl: error: {_one_line(text)}", file=sys.stderr)
+            return 2
         import traceback
 
         traceback.print_exc()

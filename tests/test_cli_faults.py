@@ -261,3 +261,24 @@ def test_a_full_disk_during_convert_is_one_line(r18, tmp_path, monkeypatch, caps
     err = _one_line_error(capsys)
     assert "cannot write checkpoint" in err and "No space left on device" in err and "MiB free" in err, err
     assert not list(tmp_path.iterdir())  # no half-written output, no temporary folder left
+
+
+def test_a_value_error_from_inside_a_library_is_a_bug_not_bad_input(always_c, tmp_path, monkeypatch, capsys):
+    # Bad input is what jaxtl's own checks reject (one line, exit 2). A ValueError raised inside jax/numpy means
+    # jaxtl passed it something it should have checked: exit 1 with the traceback, so that it gets reported.
+    _folder(tmp_path / "imgs", ("a", "b", "c"), per_class=2)
+    args = ["evaluate", str(always_c), "--data", f"folder:{tmp_path / 'imgs'}", "--workers", "0"]
+
+    def numpy_error(*a, **k):
+        return np.add(np.zeros(3), np.zeros(4))  # numpy's own "operands could not be broadcast" ValueError
+
+    import jaxtl.transfer
+
+    monkeypatch.setattr(jaxtl.transfer, "evaluate_classifier", numpy_error)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "could not be broadcast" in err and "internal error" in err, err
+
+    monkeypatch.setattr(jaxtl.transfer, "evaluate_classifier", lambda *a, **k: jaxtl.models.get_spec("resnet9"))
+    assert main(args) == 2
+    assert "unknown architecture 'resnet9'" in _one_line_error(capsys)
