@@ -32,11 +32,11 @@ from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.loaders import normalize
-from jaxtl.data.source import Source
+from jaxtl.data.source import Source, check_labels
 from jaxtl.models.autoencoder import Autoencoder, classifier_from_autoencoder
 from jaxtl.models.card import ModelCard
 from jaxtl.models.heads import head_classes, head_name, strip_head
-from jaxtl.train.fit import Checkpoints, Loop, check_labels, evaluate_variables, fit
+from jaxtl.train.fit import Checkpoints, Loop, evaluate_variables, fit
 from jaxtl.train.groups import ParamGroups
 from jaxtl.train.optim import make_optimizer
 from jaxtl.train.probe import extract_features, fit_linear_probe

@@ -13,9 +13,9 @@ from jaxtl.data.loaders import (
 )
 from jaxtl.data.pack import pack_image_folder
 from jaxtl.data.pipeline import DATA_SPECS, ImageSource, default_workers, open_source
-from jaxtl.data.source import Source
+from jaxtl.data.source import Source, check_labels
 from jaxtl.data.sources import list_image_folder, read_csv_list
-from jaxtl.data.splits import check_num_classes, labeled_unlabeled_split, train_test_split
+from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.data.transforms import ImageTransform
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "SkippedFilesWarning",
     "Source",
     "add_noise",
-    "check_num_classes",
+    "check_labels",
     "default_workers",
     "labeled_unlabeled_split",
     "list_image_folder",

@@ -73,3 +73,27 @@ class Source(Protocol):
         padded and carries ``mask`` (1 real, 0 padding).
         """
         ...
+
+
+def check_labels(data: Source, num_outputs: int, what: str = "train data") -> None:
+    """Raise a ValueError naming ``what`` when ``data``'s labels do not fit a classifier head of ``num_outputs``.
+
+    Every label must index an output (``[0, num_outputs)``) and the data's label space (``num_classes``) must not
+    be larger than the head. Unlabeled or empty data passes: whether labels are needed is the caller's question.
+    """
+    labels = data.labels
+    if labels is None or len(labels) == 0:
+        return
+    if num_outputs < 1:
+        raise ValueError(f"{what} has labels, but the model has no classifier head (num_classes={num_outputs})")
+    lo, hi = int(np.min(labels)), int(np.max(labels))
+    if lo < 0 or hi >= num_outputs:
+        raise ValueError(
+            f"{what} has labels in [{lo}, {hi}], but the model's head has {num_outputs} outputs (labels must lie in "
+            f"[0, {num_outputs})): give the model a head of at least {hi + 1} classes"
+        )
+    if data.num_classes > num_outputs:
+        raise ValueError(
+            f"{what} has {data.num_classes} classes, but the model's head has only {num_outputs} outputs: give the "
+            f"model a head of at least {data.num_classes} classes"
+        )

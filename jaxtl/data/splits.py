@@ -1,4 +1,4 @@
-"""Seeded, stratified splits of an :class:`ArrayDataset`, and the check that labels fit a classifier head."""
+"""Seeded, stratified splits of an :class:`ArrayDataset`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxtl.data.dataset import ArrayDataset
 
-__all__ = ["check_num_classes", "labeled_unlabeled_split", "train_test_split"]
+__all__ = ["labeled_unlabeled_split", "train_test_split"]
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -71,20 +71,3 @@ def labeled_unlabeled_split(ds: ArrayDataset, labels_per_class: int, seed: int) 
     if len(rest) == 0:
         raise ValueError(f"labels_per_class={labels_per_class} uses all {len(ds)} examples; nothing is left unlabeled")
     return ds.subset(labeled), ds.subset(rest).unlabeled()
-
-
-def check_num_classes(ds: ArrayDataset, head_classes: int) -> None:
-    """Raise a ValueError when the dataset's labels do not fit a classifier head of ``head_classes`` outputs."""
-    if head_classes < 1:
-        raise ValueError(f"the model has no classifier head (num_classes={head_classes}); it cannot take labels")
-    if ds.labels is not None and len(ds.labels):
-        hi = int(ds.labels.max())
-        if hi >= head_classes:
-            raise ValueError(
-                f"labels go up to {hi} but the classifier head has only {head_classes} outputs "
-                f"(labels must lie in [0, {head_classes}))"
-            )
-    if ds.num_classes > head_classes:
-        raise ValueError(
-            f"the dataset has {ds.num_classes} classes but the classifier head has only {head_classes} outputs"
-        )

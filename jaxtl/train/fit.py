@@ -29,11 +29,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 
 from jaxtl.data.batching import run_length
-from jaxtl.data.source import Source
+from jaxtl.data.source import Source, check_labels
 from jaxtl.models.heads import head_classes, head_name
 from jaxtl.train.checkpoint import RunStore, check_workdir, checkpoint_bytes, data_digest
 from jaxtl.train.groups import ParamGroups, TxFactory
@@ -166,19 +165,6 @@ def evaluate_variables(
         out["top1"] = totals["top1_correct"] / count
         out["top5"] = totals["top5_correct"] / count
     return out
-
-
-def check_labels(data: Source, num_outputs: int, what: str = "train data") -> None:
-    """Every label of ``data`` must index an output of the model's head (``[0, num_outputs)``)."""
-    labels = data.labels
-    if labels is None or num_outputs <= 0 or len(labels) == 0:
-        return
-    lo, hi = int(np.min(labels)), int(np.max(labels))
-    if lo < 0 or hi >= num_outputs:
-        raise ValueError(
-            f"{what} has labels in [{lo}, {hi}], but the model's head has {num_outputs} outputs (labels must lie in "
-            f"[0, {num_outputs})): give the model a head of at least {hi + 1} classes"
-        )
 
 
 def _metrics_log(path: pathlib.Path, restored_step: int) -> list[dict[str, Any]]:

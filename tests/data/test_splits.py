@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
-from jaxtl.data import ArrayDataset, check_num_classes, labeled_unlabeled_split, train_test_split
+from jaxtl.data import ArrayDataset, check_labels, labeled_unlabeled_split, train_test_split
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +66,17 @@ def test_labeled_unlabeled_split_class_too_small(ds):
         labeled_unlabeled_split(ds.unlabeled(), 1, seed=0)
 
 
-def test_check_num_classes(ds):
-    check_num_classes(ds, 3)
-    check_num_classes(ds, 10)
-    with pytest.raises(ValueError, match=r"labels go up to 2 .* only 2 outputs"):
-        check_num_classes(ds, 2)
+def test_check_labels(ds):
+    check_labels(ds, 3)
+    check_labels(ds, 10)
+    check_labels(ds.unlabeled(), 0)  # unlabeled data fits any model
+    with pytest.raises(ValueError, match=r"eval data has labels in \[0, 2\], but the model's head has 2 outputs"):
+        check_labels(ds, 2, "eval data")
     with pytest.raises(ValueError, match="no classifier head"):
-        check_num_classes(ds, 0)
+        check_labels(ds, 0)
+    negative = types.SimpleNamespace(labels=np.array([0, -1]), num_classes=2)  # a source that checks nothing itself
+    with pytest.raises(ValueError, match=r"labels in \[-1, 0\]"):
+        check_labels(negative, 2)
     few = ArrayDataset(np.zeros((2, 1, 1, 1), np.float32), np.array([0, 1]), 5)
-    with pytest.raises(ValueError, match="5 classes"):
-        check_num_classes(few, 3)
+    with pytest.raises(ValueError, match="has 5 classes, but the model's head has only 3 outputs"):
+        check_labels(few, 3)
