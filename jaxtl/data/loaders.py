@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD, default_resize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -97,16 +97,17 @@ def load_image_folder(
     symlinks followed once, special files and hidden names skipped, an empty class folder an error), and decoded
     the same way (:func:`jaxtl.data.transforms.decode_image`: RGB or L, 16-bit and float images scaled by their
     real range). Labels follow the sorted subfolder names, or ``class_names`` when given (then every subfolder
-    must be one of them). Each image's shorter side is resized to ``resize`` (default ``int(size * 256 / 224)``)
-    and center-cropped to ``size``: torchvision's evaluation recipe. Unreadable files (corrupt, truncated, empty,
-    decompression bombs) are skipped and reported in one :class:`SkippedFilesWarning`.
+    must be one of them). Each image's shorter side is resized to ``resize`` (default
+    :func:`~jaxtl.models.registry.default_resize`) and center-cropped to ``size``: torchvision's evaluation recipe.
+    Unreadable files (corrupt, truncated, empty, decompression bombs) are skipped and reported in one
+    :class:`SkippedFilesWarning`.
     """
     from jaxtl.data.sources import list_image_folder
 
     _check_channels(channels)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    resize = int(size * 256 / 224) if resize is None else resize
+    resize = default_resize(size) if resize is None else resize
     if resize < size:
         raise ValueError(f"resize ({resize}) must be >= size ({size}): the center crop would not fit")
     listing = list_image_folder(root, class_names)

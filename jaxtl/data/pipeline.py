@@ -40,7 +40,7 @@ import numpy as np
 from jaxtl.data.batching import Batch, epoch_indices, num_batches, process_slice
 from jaxtl.data.loaders import SkippedFilesWarning
 from jaxtl.data.transforms import AUGMENTATIONS, Augment, ImageTransform, decode_image, example_rng
-from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from jaxtl.models.registry import channel_stats, default_resize
 
 __all__ = ["DATA_SPECS", "ImageSource", "default_workers", "open_source"]
 
@@ -258,7 +258,7 @@ class ImageSource:
     :class:`~jaxtl.data.sources.ArrayRecordReader`); ``labels`` int ``[N]``; batches are uint8
     ``[b, image_size, image_size, channels]`` with ``normalization = (mean, std)`` for the step to apply on device.
     ``augment`` is the training transform (:class:`~jaxtl.data.transforms.ImageTransform`); eval is
-    Resize(``resize_size``, default ``int(image_size * 256 / 224)``) + CenterCrop(``image_size``).
+    Resize(``resize_size``, default :func:`~jaxtl.models.registry.default_resize`) + CenterCrop(``image_size``).
     ``workers`` decode in grain worker processes (0: in this process, with ``read_threads`` threads); each
     worker process also reads with ``read_threads`` threads and keeps ``prefetch`` batches ready.
     """
@@ -276,12 +276,15 @@ class ImageSource:
         workers: int = 0,
         read_threads: int = 2,
         prefetch: int = 2,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         origin: str = "image source",
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        mean_d, std_d = channel_stats(channels)
+        mean = mean_d if mean is None else mean
+        std = std_d if std is None else std
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {channels}-channel images")
         if any(not s > 0 for s in std):
@@ -301,7 +304,7 @@ class ImageSource:
         self._labels = labels.astype(np.int32)
         self.class_names: Sequence[str] = tuple(class_names)
         self.num_classes: int = len(self.class_names)
-        resize = int(image_size * 256 / 224) if resize_size is None else resize_size
+        resize = default_resize(image_size) if resize_size is None else resize_size
         self.transform = ImageTransform(image_size, resize, augment)
         self.channels = channels
         self.workers = workers
@@ -551,13 +554,9 @@ def open_source(
         raise ValueError(f"data spec {spec!r}: image size must be >= 1, got {image_size}")
     if channels not in (1, 3):
         raise ValueError(f"data spec {spec!r}: channels must be 1 or 3, got {channels}")
-    if mean is None or std is None:
-        mean_d: tuple[float, ...] = tuple(IMAGENET_MEAN)
-        std_d: tuple[float, ...] = tuple(IMAGENET_STD)
-        if channels == 1:
-            mean_d, std_d = (float(np.mean(IMAGENET_MEAN)),), (float(np.mean(IMAGENET_STD)),)
-        mean = mean_d if mean is None else mean
-        std = std_d if std is None else std
+    mean_d, std_d = channel_stats(channels)
+    mean = mean_d if mean is None else mean
+    std = std_d if std is None else std
     kind, _, arg = spec.partition(":")
     try:
         if spec in ("digits", "npz") or kind == "npz":

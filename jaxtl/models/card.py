@@ -155,17 +155,15 @@ class ModelCard:
         """A card with the registry's defaults for ``arch`` (input size, mean/std): what a model built with
         ``jaxtl.create(arch, num_classes)`` expects. ``fields`` override any field; ``channels=1`` averages the
         registry's mean/std (gray input); ``image_size=N`` sets the crop size (resize keeps the 224/256 ratio)."""
-        from jaxtl.models.registry import get_spec
+        from jaxtl.models.registry import channel_stats, default_resize, get_spec
 
         spec = get_spec(arch)
         channels = int(fields.pop("channels", 3))
         image_size = fields.pop("image_size", None)
-        mean, std = tuple(spec.mean), tuple(spec.std)
-        if channels == 1:
-            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        mean, std = channel_stats(channels, spec.mean, spec.std)
         pre = fields.pop("preprocessing", None) or Preprocessing(
             crop_size=spec.input_size,
-            resize_size=max(spec.input_size, round(spec.input_size * 256 / 224)),
+            resize_size=default_resize(spec.input_size),
             mean=mean,
             std=std,
             channels=channels,
