@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxtl-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist), each test file on one worker so its module fixtures are built once. Compiling
+# is mostly single-threaded, so two workers keep both cores of a small CI machine busy. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo demo-readme test lint format bench clean
 
@@ -35,7 +38,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix jaxtl bridge tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Every CPU benchmark side by side with PyTorch, then the README table regenerated from the JSON results.
 bench: $(STAMP)

@@ -144,11 +144,11 @@ def test_features_backbone_and_v1_option():
 
 
 def test_cross_device_gradients_equal_single_device_in_float64():
-    # In float32 a 1x1 layer4 map (32x32 input) leaves BatchNorm 2 values per channel per device, which amplifies
+    # In float32 a 1x1 layer4 map (16x16 input) leaves BatchNorm 2 values per channel per device, which amplifies
     # rounding so pmap and one-device gradients differ visibly; in float64 they must agree to rounding.
     with jax.enable_x64(True):
         model = jaxtl.create("resnet18", num_classes=5, dtype=jnp.float64)
-        x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 32, 32, 3)), jnp.float64)
+        x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 16, 16, 3)), jnp.float64)
         variables = model.init(jax.random.key(0), x)
         variables = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, variables)
         weights = jnp.arange(5, dtype=jnp.float64)[None, :]
@@ -163,7 +163,7 @@ def test_cross_device_gradients_equal_single_device_in_float64():
         sharded = model.clone(axis_name="d")
         per_device = jax.pmap(
             lambda p, xs: jax.lax.psum(jax.grad(loss)(p, xs, sharded), "d"), axis_name="d", in_axes=(None, 0)
-        )(variables["params"], x.reshape(4, 2, 32, 32, 3))
+        )(variables["params"], x.reshape(4, 2, 16, 16, 3))
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(per_device)):
             assert a.dtype == jnp.float64
             np.testing.assert_allclose(b[0], a, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(a))) + 1e-300)
