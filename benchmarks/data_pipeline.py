@@ -247,11 +247,12 @@ def _random_resnet18(path: pathlib.Path) -> None:
 
 def memory(args: argparse.Namespace, base: pathlib.Path) -> list[dict[str, Any]]:
     """Peak RSS per folder size: a streaming pass (``--rss``), or a whole ``jaxtl finetune`` run
-    (``--rss-finetune``: resnet18, ``--freeze backbone``, one epoch, as the issue's measurement)."""
+    (``--rss-finetune``: resnet18, ``--freeze backbone``, one epoch, as the issue's measurement). With
+    ``--rss-repeats R`` each size runs R times, the sizes' order alternating; a row holds the median peak and
+    every run (``runs``)."""
     import sys
 
-    rows = []
-    for n in args.rss_sizes:
+    def one(n: int) -> dict[str, Any]:
         folder = base / f"rss-{n}"
         make_folder(folder, n, min_side=args.min_side, max_side=args.max_side)
         if args.rss_finetune:
@@ -274,7 +275,23 @@ def memory(args: argparse.Namespace, base: pathlib.Path) -> list[dict[str, Any]]
             r = common.run_worker("benchmarks.data_pipeline", extra, what=f"streaming pass over {n} images")
             r["mode"] = "streaming pass (eval transform)"
         r["folder_images"] = n
-        rows.append(r)
+        return r
+
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in args.rss_sizes}
+    for k in range(args.rss_repeats):
+        for n in args.rss_sizes if k % 2 == 0 else args.rss_sizes[::-1]:
+            runs[n].append(one(n))
+    rows = []
+    for rs in runs.values():
+        peaks = [r["peak_rss_mib"] for r in rs]
+        row = dict(rs[0])
+        if len(rs) > 1:
+            row["peak_rss_mib"] = statistics.median(peaks)
+            row["peak_rss_mib_range"] = [min(peaks), max(peaks)]
+            row["worker_peak_rss_mib"] = statistics.median(r["worker_peak_rss_mib"] for r in rs)
+            row["wall_s"] = statistics.median(r["wall_s"] for r in rs)
+            row["runs"] = [{key: v for key, v in r.items() if key.endswith(("_mib", "_s"))} for r in rs]
+        rows.append(row)
     return rows
 
 
@@ -299,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[2000, 20000])
     p.add_argument("--rss-workers", type=int, default=2)
+    p.add_argument("--rss-repeats", type=int, default=1, help="runs per size, alternating (median reported)")
     p.add_argument("--data-dir", default=None, help="where generated folders live (kept; default: a temp dir)")
     p.add_argument("--no-torch", action="store_true", help="jaxtl side only")
     p.add_argument("--out", default=None)
@@ -347,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "transforms": f"decode + RandomResizedCrop({args.image_size}) + horizontal flip + uint8 batch",
             "cpu_count": os.cpu_count(),
             "rss_workers": args.rss_workers,
+            "rss_repeats": args.rss_repeats,
         },
         "results": rows,
         "rss": rss,

@@ -185,19 +185,22 @@ def _rss_rows(rss: list[dict[str, Any]]) -> str:
             [
                 [
                     f"{r['folder_images']:,}",
-                    _f(r["peak_rss_mib"]),
+                    _f(r["peak_rss_mib"])
+                    + (" ({}-{})".format(*map(_f, r["peak_rss_mib_range"])) if "peak_rss_mib_range" in r else ""),
                     _f(r.get("worker_peak_rss_mib")),
                     _f(r.get("wall_s")),
                 ]
                 for r in runs
             ],
         )
-        text = f"Peak RSS of {what} (`{mode}`):\n\n{table}"
+        repeats = max(len(r.get("runs", [r])) for r in runs)
+        each = f", median (min-max) of {repeats} runs per size, sizes alternating" if repeats > 1 else ""
+        text = f"Peak RSS of {what} (`{mode}`{each}):\n\n{table}"
         if len(runs) > 1:
             first, last = runs[0], runs[-1]
             text += (
                 f"\n\n{last['folder_images']:,} vs {first['folder_images']:,} images: main process "
-                f"{last['peak_rss_mib'] - first['peak_rss_mib']:+.0f} MiB."
+                f"{round(last['peak_rss_mib'] - first['peak_rss_mib']):+d} MiB."
             )
         out.append(text)
     return "\n\n".join(out)

@@ -59,6 +59,9 @@ def test_report_renders_streaming_and_finetune_rss_apart(tmp_path: pathlib.Path)
     assert "| 2,000 | 800 | 290 | 9 |" in block and "| 20,000 | 900 | 300 | 60 |" in block  # sorted by size
     assert "20,000 vs 2,000 images: main process +100 MiB." in block
     assert "streaming pass" not in block
+    ranged = dict(rss[1], peak_rss_mib_range=[780.0, 820.0], runs=[{}, {}])
+    assert "| 2,000 | 800 (780-820) | 290 | 9 |" in report._rss_rows([ranged])
+    assert "median (min-max) of 2 runs per size" in report._rss_rows([ranged])
     text = report._rss_rows(both["rss"])
     assert text.index("Peak RSS of a streaming pass") < text.index("Peak RSS of a whole run")
     assert text.count("vs 2,000 images") == 1  # one streaming size: no difference line for it
