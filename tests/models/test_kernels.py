@@ -80,3 +80,60 @@ def test_all_implementations_agree_numerically():
         np.testing.assert_allclose(value, ref_value, rtol=1e-5, err_msg=impl)
         for g, r in zip(grads, ref_grads, strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=impl)
+
+
+@pytest.mark.parametrize(
+    ("hw", "cin", "cout", "k", "padding"),
+    [((8, 8), 6, 3, 3, 1), ((7, 9), 5, 2, 3, 0), ((6, 5), 4, 3, 3, 2), ((6, 6), 4, 2, 5, 2), ((5, 4), 3, 3, 3, 1)],
+)
+def test_swapped_weight_gradient_matches_xla(hw, cin, cout, k, padding):
+    rng = np.random.default_rng(cin * 10 + cout)
+    x = jnp.asarray(rng.standard_normal((3, *hw, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    swapped = jax.jit(jax.value_and_grad(loss(lambda x, w: kernels.conv_swapped_wgrad(x, w, padding)), (0, 1)))
+    ref = jax.jit(jax.value_and_grad(loss(lambda x, w: kernels.conv_xla(x, w, 1, padding)), (0, 1)))
+    (value, (dx, dw)), (ref_value, (ref_dx, ref_dw)) = swapped(x, w), ref(x, w)
+    np.testing.assert_array_equal(value, ref_value)  # the forward is XLA's own convolution
+    np.testing.assert_array_equal(dx, ref_dx)  # so is the input gradient
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
+    assert dw.shape == w.shape and dw.dtype == w.dtype
+
+
+def test_cpu_rule_swaps_the_weight_gradient_only_for_fewer_output_channels():
+    rule = kernels.cpu_conv
+    assert rule((64, 32, 32, 32), (3, 3, 32, 3), 1, 1, 1) == "swapped"  # the autoencoder's output conv
+    assert rule((64, 16, 16, 128), (3, 3, 128, 64), 1, 1, 1) == "swapped"
+    assert rule((64, 32, 32, 3), (3, 3, 3, 32), 1, 1, 1) == "xla"  # more outputs: XLA's own form is faster
+    assert rule((8, 56, 56, 64), (3, 3, 64, 64), 1, 1, 1) == "xla"  # ResNet's 3x3 convs keep XLA's gradient
+    assert rule((8, 56, 56, 64), (3, 3, 64, 32), 2, 1, 1) == "xla"  # strided
+    assert rule((8, 56, 56, 64), (3, 3, 32, 16), 1, 1, 2) == "xla"  # grouped
+    assert rule((8, 56, 56, 64), (3, 3, 64, 32), 1, 3, 1) == "xla"  # padding beyond k - 1
+
+
+def test_conv2d_takes_the_swapped_gradient_on_cpu_and_xla_elsewhere():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 6)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 6, 2)), jnp.float32)  # 6 -> 2 channels, stride 1
+
+    def loss(x, k):
+        return jnp.sum(jnp.sin(kernels.conv2d(x, k, 1, 1)))
+
+    def grad_k(x):
+        return jax.grad(loss, argnums=1)(x, k)
+
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    swapped = "tensor<2x3x3x6xf32>"  # the weight-gradient conv's output [Cout, k, k, Cin] when dy is the batch
+    assert swapped in _lowered_ops(grad_k, spec, "cpu")
+    assert swapped not in _lowered_ops(grad_k, spec, "cuda")
+    with kernels.use("xla"):
+        assert swapped not in _lowered_ops(grad_k, spec, "cpu")
+    results = {}
+    for impl in ("auto", "xla"):
+        with kernels.use(impl):
+            results[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+    for g, r in zip(results["auto"], results["xla"], strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
