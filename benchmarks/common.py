@@ -152,12 +152,20 @@ def time_once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(sides: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Run each side's timed callable ``repeats`` times, alternating sides, so drift hits both equally."""
+def alternate(sides: dict[str, Callable[[], Any]], repeats: int, seed: int = 0) -> dict[str, list[float]]:
+    """Run each side's timed callable ``repeats`` times, every side once per round, so drift hits all equally.
+
+    The order within a round is shuffled (seeded): in a fixed order one side always runs right after another, and
+    on a CPU that follows PyTorch's OpenMP threads measurably (caches, thread wake-up), which biases the ratio.
+    """
+    import random
+
+    order, rng = list(sides), random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        for name, fn in sides.items():
-            times[name].append(time_once(fn))
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(time_once(sides[name]))
     return times
 
 
