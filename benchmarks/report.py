@@ -207,9 +207,15 @@ def _rss_rows(rss: list[dict[str, Any]]) -> str:
 
 
 def _data_pipeline(p: dict[str, Any]) -> str:
-    if not p["results"]:  # --rss-only: memory, no throughput
-        return _rss_rows(p.get("rss") or []) or "(no results)"
     s = p["settings"]
+    if not p["results"]:  # --rss-only: memory, no throughput
+        head = (
+            f"Generated JPEG folders (sides {s.get('image_sides')}), {s.get('image_size')} px, batch "
+            f"{s.get('batch_size')}, {s.get('rss_workers')} loader worker(s); a whole run is resnet18 from random "
+            "torchvision weights, converted and compiled afresh; the main process's peak is the kernel's "
+            "high-water mark, a worker's is sampled:\n\n"
+        )
+        return head + (_rss_rows(p.get("rss") or []) or "(no results)")
     head = (
         f"{s.get('images')} generated JPEGs (sides {s.get('image_sides')}), {s.get('transforms')}, batch "
         f"{s.get('batch_size')}, {s.get('epochs')} epochs per side; 'all epochs' includes starting the workers, "
