@@ -4,9 +4,10 @@
    batch 32), forward and forward+backward, through XLA's convolution vs jaxtl's im2col formulation.
 2. The process settings of :func:`jaxtl.tune_cpu` (``jaxtl/_cpu_tuning.py``): ResNet50 (``--arch``) inference and full
    train step under XLA's and glibc's defaults (``JAXTL_CPU_TUNING=0``), with the XLA flag only (YNNPACK convs off,
-   ``JAXTL_CPU_MALLOC=0``), and with the flag plus the malloc settings (jaxtl's default), with the page faults
-   and system time per step. Both must be in place before the backend starts, so each setting runs in its own
-   subprocess. CPU only.
+   ``JAXTL_CPU_MALLOC=0``), with the flag plus the malloc settings but never trimmed (``JAXTL_CPU_MALLOC_TRIM_S=0``),
+   and as jaxtl's default (the heap trimmed every few seconds), with the page faults and system time per step
+   (averaged over every call, so a trimmed step's faults count). Both must be in place before the backend starts,
+   so each setting runs in its own subprocess. CPU only.
 3. ``--xnn``: XLA:CPU's XNNPACK options on top of jaxtl's tuning (``--xla_cpu_experimental_xnn_fusion_type``,
    ``--xla_cpu_experimental_xnn_graph_fusion_mode``), on the ResNet50 full and frozen steps and the autoencoder
    step, each setting in its own process, settings alternated over ``--rounds`` rounds (best round kept: the CPU
@@ -97,6 +98,12 @@ def worker(args: argparse.Namespace) -> None:
 SETTINGS = {
     "XLA + glibc defaults": {"JAXTL_CPU_TUNING": "0"},
     "XLA flag only": {"JAXTL_CPU_TUNING": "1", "JAXTL_CPU_MALLOC": "0"},
+    # The malloc settings without the thread that hands free memory back every few seconds: what the trims cost.
+    "XLA flag + malloc, never trimmed": {
+        "JAXTL_CPU_TUNING": "1",
+        "JAXTL_CPU_MALLOC": "1",
+        "JAXTL_CPU_MALLOC_TRIM_S": "0",
+    },
     "XLA flag + malloc (jaxtl default)": {"JAXTL_CPU_TUNING": "1", "JAXTL_CPU_MALLOC": "1"},
 }
 

@@ -159,11 +159,11 @@ def test_cpu_workarounds_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "cpu_workarounds.json"
     payload = cpu_workarounds.main(["--smoke", "--out", str(out)])
     runs = {r["setting"]: r for r in payload["results"]["flag"]}
-    default, flag_only, tuned = (runs[name] for name in cpu_workarounds.SETTINGS)
+    default, flag_only, untrimmed, tuned = (runs[name] for name in cpu_workarounds.SETTINGS)
     assert "ynn_fusion_type" not in default["xla_flags"] and not any(default["cpu_tuning"].values())
     assert "ynn_fusion_type" in flag_only["xla_flags"]
     assert flag_only["cpu_tuning"] == {"xla_flag": True, "malloc": False}
-    assert tuned["cpu_tuning"] == {"xla_flag": True, "malloc": True}
+    assert tuned["cpu_tuning"] == untrimmed["cpu_tuning"] == {"xla_flag": True, "malloc": True}
     assert all(r["full"]["page_faults_per_step"] >= 0 and r["full"]["cpu_s_per_step"] > 0 for r in runs.values())
     assert {r["impl"] for r in payload["results"]["conv"]} == {"xla", "im2col"}
     assert "| case |" in report.render(report.load_results(tmp_path))

@@ -29,9 +29,16 @@ with warnings.catch_warnings(record=True) as caught:
     status = jaxtl.tune_cpu() if sys.argv[1] != "import" else jaxtl.cpu_tuning_status()
 before = libc.mallinfo2().hblks
 a = np.ones(64 << 20, np.uint8)
+new_mmaps = libc.mallinfo2().hblks - before
+del a  # freed, not trimmed: the heap keeps it (M_TRIM_THRESHOLD) until the trimming thread hands it back
+heap_freed = libc.mallinfo2().arena
+import threading, time
+time.sleep(1.0)
 print(json.dumps({
     "flags_before": flags_before, "flags": os.environ.get("XLA_FLAGS"), "status": status,
-    "new_mmaps": libc.mallinfo2().hblks - before, "warnings": [str(w.message) for w in caught],
+    "new_mmaps": new_mmaps, "warnings": [str(w.message) for w in caught],
+    "heap_mib_after_free": heap_freed / 2**20, "heap_mib_later": libc.mallinfo2().arena / 2**20,
+    "trim_thread": any(t.name == "jaxtl-malloc-trim" for t in threading.enumerate()),
 }))
 """
 
@@ -84,3 +91,13 @@ def test_tune_cpu_again_is_a_quiet_no_op():
     flags = os.environ["XLA_FLAGS"]
     assert jaxtl.tune_cpu() == jaxtl.cpu_tuning_status() == {"xla_flag": True, "malloc": True}
     assert os.environ["XLA_FLAGS"] == flags
+
+
+def test_a_thread_hands_free_heap_back_now_and_then():
+    # Never trimming on free keeps the step's scratch memory mapped; without trims the freed holes of a long run
+    # would stay resident too (peak RSS growing with the number of steps). The thread trims every period.
+    trimmed = _probe("tune", JAXTL_CPU_MALLOC_TRIM_S="0.25")
+    assert trimmed["trim_thread"] and trimmed["heap_mib_after_free"] >= 64
+    assert trimmed["heap_mib_later"] < 64, trimmed
+    kept = _probe("tune", JAXTL_CPU_MALLOC_TRIM_S="0")
+    assert not kept["trim_thread"] and kept["heap_mib_after_free"] >= 64 and kept["heap_mib_later"] >= 64, kept
