@@ -151,6 +151,72 @@ def throughput(args: argparse.Namespace, folder: pathlib.Path) -> list[dict[str,
     return rows
 
 
+def feed(args: argparse.Namespace, folder: pathlib.Path) -> dict[str, Any]:
+    """``--feed ARCH``: whether data or compute limits training here. ARCH's full train step (``--feed-dtype``, SGD)
+    on the default device, images/s (a) fed by the streaming source (RandomResizedCrop + flip, the largest
+    ``--workers``, batches prefetched to the device as ``fit`` does) and (b) on one batch already on the device.
+    The first fed epoch (compilation, worker start) is not timed; ``--epochs`` more are. (a) well below (b) means
+    the input pipeline is the limit; (a) close to (b) means the step is."""
+    import functools
+
+    import jax
+    import numpy as np
+    import optax
+
+    import jaxtl
+    from benchmarks.train_steps import _jnp_dtype
+    from jaxtl.data import open_source
+    from jaxtl.train import CrossEntropy, Parallel, TrainState, prefetch_to_device, train_step
+
+    workers, size, bs = max(args.workers), args.image_size, args.batch_size
+    par = Parallel("none")
+    src = open_source(f"folder:{folder}", image_size=size, augment="rrc", workers=workers)
+    module = jaxtl.create(args.feed, num_classes=src.num_classes, dtype=_jnp_dtype(args.feed_dtype))
+    init = jax.jit(functools.partial(module.init, train=False))
+    variables = init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = par.put_state(TrainState.create(module, variables, tx, 0, normalization=src.normalization))
+    step = par.map(functools.partial(train_step, loss=CrossEntropy()))
+
+    def epoch(e: int) -> Any:
+        it = src.batches(bs, seed=0, epoch=e, drop_remainder=True, train=True)
+        return prefetch_to_device(it, 2, par.put_batch)
+
+    with src:
+        t0 = time.perf_counter()
+        steps, fixed, metrics = 0, None, None
+        for b in epoch(0):  # compiles and starts the workers: not timed
+            state, metrics = step(state, b)
+            fixed, steps = b, steps + 1
+        common.block(metrics)
+        warmup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for e in range(1, args.epochs + 1):
+            for b in epoch(e):
+                state, metrics = step(state, b)
+        common.block(metrics)
+        fed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps * args.epochs):
+        state, metrics = step(state, fixed)
+    common.block(metrics)
+    alone_s = time.perf_counter() - t0
+    images = steps * args.epochs * bs
+    fed, alone = images / fed_s, images / alone_s
+    return {
+        "arch": args.feed,
+        "dtype": args.feed_dtype,
+        "device": jax.devices()[0].platform,
+        "workers": workers,
+        "steps": steps * args.epochs,
+        "warmup_epoch_s": warmup_s,
+        "fed_images_per_s": fed,
+        "step_alone_images_per_s": alone,
+        "fed_over_alone": fed / alone,
+        "limit": "input pipeline" if fed < 0.9 * alone else "compute",
+    }
+
+
 def _vm_hwm_mib() -> float:
     """This process's peak RSS (``VmHWM``; unlike ``ru_maxrss`` it is not inherited from the parent across exec)."""
     try:
@@ -319,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rss-repeats", type=int, default=1, help="runs per size, alternating (median reported)")
     p.add_argument("--data-dir", default=None, help="where generated folders live (kept; default: a temp dir)")
     p.add_argument("--no-torch", action="store_true", help="jaxtl side only")
+    p.add_argument("--feed", default=None, metavar="ARCH", help="also: the pipeline feeding ARCH's train step")
+    p.add_argument("--feed-dtype", default="float32", choices=("float32", "bfloat16"), help="--feed's compute dtype")
+    p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu", help="where --feed's step runs (cpu)")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
@@ -333,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.rss_sizes, args.rss_workers = [24, 48], 1
         args.workers = args.workers or [0, 1]
     args.workers = args.workers or [default_workers()]
+    if args.feed:
+        common.prepare_backend(args.device)  # the step's platform and tune_cpu, before jax starts
 
     tmp = None
     if args.data_dir is None:
@@ -343,18 +414,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.rss_only and not (args.rss or args.rss_finetune):
         raise SystemExit("--rss-only needs --rss or --rss-finetune")
     rows: list[dict[str, Any]] = []
+    fed: dict[str, Any] | None = None
     try:
         if not args.rss_only:
             folder = base / f"throughput-{args.images}"
             make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
             rows = throughput(args, folder)
+            fed = feed(args, folder) if args.feed else None
         rss = memory(args, base) if args.rss or args.rss_finetune else []
     finally:
         if tmp is not None:
             tmp.cleanup()
     payload = {
         "benchmark": "data_pipeline",
-        "machine": common.machine_info("cpu"),
+        "machine": common.machine_info(args.device if args.feed else "cpu"),
         "settings": {
             "images": args.images,
             "image_sides": [args.min_side, args.max_side],
@@ -369,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "results": rows,
         "rss": rss,
+        **({"feed": fed} if fed else {}),
     }
     name = "data_pipeline_rss" if args.rss_only else "data_pipeline"
     path = common.write_results(name, payload, None if args.out is None else pathlib.Path(args.out))
@@ -394,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ["images", "peak_rss_mib", "worker_peak_rss_mib", "wall_s"],
             [[r["folder_images"], r["peak_rss_mib"], r["worker_peak_rss_mib"], r["wall_s"]] for r in rss],
         )
+    if fed:
+        keys = ["arch", "dtype", "device", "workers", "fed_images_per_s", "step_alone_images_per_s", "limit"]
+        common.print_table(keys, [[fed[k] for k in keys]])
     print(f"wrote {path}")
     return payload
 

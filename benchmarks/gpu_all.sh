@@ -69,9 +69,9 @@ run 90 "end_to_end" benchmarks.end_to_end --device "$DEV" --dtype bfloat16 --exa
   --batch-size 256 --epochs 5 --threads 8 --no-warm-cache --out "$OUT/gpu_end_to_end.json"
 run 60 "bridge" benchmarks.bridge --device "$DEV" --archs resnet18 resnet50 resnext50_32x4d --image-size 64 \
   --out "$OUT/gpu_bridge.json"
-# The input pipeline with the machine's cores as grain workers: its images/s next to the bf16 step's img/s above
-# says whether data or compute limits training on this GPU.
-run 150 "data_pipeline" benchmarks.data_pipeline --workers 8 15 --images 2000 --epochs 2 --repeats 1 \
-  --out "$OUT/gpu_data_pipeline.json"
+# The input pipeline with the machine's cores as grain workers, then (--feed) feeding the ResNet50 bf16 train step
+# on the GPU, against the same step on a batch already there: says whether data or compute limits training here.
+run 240 "data_pipeline" benchmarks.data_pipeline --workers 8 15 --images 2000 --epochs 2 --repeats 1 \
+  --batch-size 128 --feed resnet50 --feed-dtype bfloat16 --device "$DEV" --out "$OUT/gpu_data_pipeline.json"
 "$PY" -m benchmarks.report --results "$OUT"
 exit $status

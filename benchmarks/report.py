@@ -237,6 +237,23 @@ def _data_pipeline(p: dict[str, Any]) -> str:
         )
     headers = ["workers", "jaxtl img/s", "torch img/s", "jaxtl/torch", "jaxtl warm", "torch warm", "warm ratio"]
     out = head + _table(headers, rows)
+    fed = p.get("feed")
+    if fed:
+        out += "\n\n" + (
+            f"Feeding a train step ({fed['arch']} {fed['dtype']} on {fed['device']}, {fed['workers']} workers, "
+            f"{fed['steps']} timed steps):\n\n"
+        )
+        out += _table(
+            ["fed by the pipeline, img/s", "on a batch already on the device, img/s", "fed / alone", "limit"],
+            [
+                [
+                    _f(fed["fed_images_per_s"]),
+                    _f(fed["step_alone_images_per_s"]),
+                    f"{fed['fed_over_alone']:.2f}",
+                    fed["limit"],
+                ]
+            ],
+        )
     if p.get("rss"):
         out += "\n\n" + _rss_rows(p["rss"])
     return out

@@ -15,9 +15,8 @@ from benchmarks import data_pipeline
 
 def test_data_pipeline_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "data_pipeline.json"
-    payload = data_pipeline.main(
-        ["--smoke", "--workers", "0", "--rss", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
-    )
+    args = ["--smoke", "--workers", "0", "--rss", "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    payload = data_pipeline.main([*args, "--feed", "convnet_small"])
     saved = json.loads(out.read_text())
     assert saved["results"] == json.loads(json.dumps(payload["results"]))
     (row,) = saved["results"]
@@ -35,3 +34,10 @@ def test_data_pipeline_smoke(tmp_path: pathlib.Path) -> None:
         assert r["peak_rss_mib"] > 0 and r["worker_peak_rss_mib"] > 0  # one grain worker process was sampled
     assert saved["settings"]["transforms"].startswith("decode + RandomResizedCrop(32)")
     assert (tmp_path / "data" / "throughput-48").is_dir()  # --data-dir keeps the generated folders
+    fed = saved["feed"]  # the pipeline feeding a train step, against the step on one batch already on the device
+    assert fed["arch"] == "convnet_small" and fed["workers"] == 0 and fed["steps"] == 6 * 2  # 2 timed epochs
+    assert fed["fed_images_per_s"] > 0 and fed["step_alone_images_per_s"] > 0
+    assert fed["limit"] == ("input pipeline" if fed["fed_over_alone"] < 0.9 else "compute")
+    from benchmarks import report
+
+    assert "Feeding a train step (convnet_small float32 on cpu" in report.render({"data_pipeline": saved})
