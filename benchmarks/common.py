@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -10,8 +11,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -150,6 +152,19 @@ def time_once(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def data_dir(path: str | None, prefix: str) -> Iterator[pathlib.Path]:
+    """Where a benchmark's generated data lives: ``path`` (created, kept for the next run) or a temporary directory
+    removed afterwards."""
+    if path is not None:
+        base = pathlib.Path(path)
+        base.mkdir(parents=True, exist_ok=True)
+        yield base
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield pathlib.Path(tmp)
 
 
 def alternate(sides: dict[str, Callable[[], Any]], repeats: int, seed: int = 0) -> dict[str, list[float]]:

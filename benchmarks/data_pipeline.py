@@ -405,26 +405,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.feed:
         common.prepare_backend(args.device)  # the step's platform and tune_cpu, before jax starts
 
-    tmp = None
-    if args.data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="jaxtl-bench-data-")
-        base = pathlib.Path(tmp.name)
-    else:
-        base = pathlib.Path(args.data_dir)
     if args.rss_only and not (args.rss or args.rss_finetune):
         raise SystemExit("--rss-only needs --rss or --rss-finetune")
     rows: list[dict[str, Any]] = []
     fed: dict[str, Any] | None = None
-    try:
+    with common.data_dir(args.data_dir, "jaxtl-bench-data-") as base:
         if not args.rss_only:
             folder = base / f"throughput-{args.images}"
             make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
             rows = throughput(args, folder)
             fed = feed(args, folder) if args.feed else None
         rss = memory(args, base) if args.rss or args.rss_finetune else []
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     payload = {
         "benchmark": "data_pipeline",
         "machine": common.machine_info(args.device if args.feed else "cpu"),

@@ -213,14 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks.data_pipeline import _random_resnet18, make_folder
 
     sides = ["jaxtl"] + ([CLI] if args.cli else []) + ([] if args.no_torch else ["torch"])
-    tmp = None
-    if args.data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="jaxtl-bench-folder-ft-")
-        base = pathlib.Path(tmp.name)
-    else:
-        base = pathlib.Path(args.data_dir)
-        base.mkdir(parents=True, exist_ok=True)
-    try:
+    with common.data_dir(args.data_dir, "jaxtl-bench-folder-ft-") as base:
         folder = base / f"finetune-{args.images}-{args.min_side}-{args.max_side}"
         make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
         weights = base / "resnet18-random.pth"
@@ -232,9 +225,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     rec = _run_side(args, side, mode, folder, weights)
                     print(f"round {r + 1}/{args.repeats} {mode:6s} {side:9s} {rec['wall_s']:.1f}s", flush=True)
                     runs[(mode, side)].append(rec)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     rows = []
     for mode in args.modes:
         row: dict[str, Any] = {"mode": mode}
