@@ -154,9 +154,8 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"wall": s, "wall_s": s["median_s"], "samples_s": walls}
     out["train_images"] = runs[0]["train_images"]
     out["images_per_s"] = out["train_images"] / s["median_s"]
-    for key in ("run_s",):
-        if key in runs[0]:
-            out[key] = common.summarize([r[key] for r in runs])["median_s"]
+    if "run_s" in runs[0]:
+        out["run_s"] = statistics.median(r["run_s"] for r in runs)
     rates = [r["step_images_per_s"] for r in runs if r.get("step_images_per_s")]
     if rates:
         out["step_images_per_s"] = statistics.median(rates)  # steady training rate, start-up excluded

@@ -72,3 +72,20 @@ def test_data_pipeline_rss_only_needs_an_rss_part() -> None:
 
     with pytest.raises(SystemExit, match="--rss-only needs --rss or --rss-finetune"):
         data_pipeline.main(["--rss-only"])
+
+
+@pytest.mark.parametrize(("n", "classes", "fraction", "seed"), [(48, 10, 0.2, 0), (512, 10, 0.2, 0), (97, 3, 0.35, 7)])
+def test_the_torch_side_splits_exactly_as_jaxtl(n: int, classes: int, fraction: float, seed: int) -> None:
+    # torch_ref keeps a numpy copy of train_test_split (its worker must not import jax, or its start-up would
+    # count jax's import): both sides must train and evaluate on the same images.
+    import numpy as np
+
+    from benchmarks.torch_ref import stratified_split
+    from jaxtl.data import ArrayDataset, train_test_split
+
+    labels = np.random.default_rng(seed).integers(0, classes, n)
+    ids = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)  # each example's image is its index
+    train, test = train_test_split(ArrayDataset(ids, labels, classes), fraction, seed)
+    got_train, got_test = stratified_split(labels, fraction, seed)
+    np.testing.assert_array_equal(got_train, train.images.ravel().astype(int))
+    np.testing.assert_array_equal(got_test, test.images.ravel().astype(int))
