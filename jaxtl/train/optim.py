@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import optax
+from flax import traverse_util
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -64,3 +68,32 @@ def make_optimizer(
     else:
         parts.append(optax.adamw(sched, weight_decay=weight_decay))
     return optax.chain(*parts)
+
+
+def accumulate_gradients(
+    tx: optax.GradientTransformation, every: int, trainable_labels: Any = None
+) -> optax.GradientTransformation:
+    """``tx`` applied to the mean gradient of ``every`` consecutive micro-batches (``optax.MultiSteps``): the
+    first ``every - 1`` calls return zero updates and only accumulate, the ``every``-th runs ``tx`` once. So N
+    micro-batches of B give the update of one batch of N*B (BatchNorm aside: it normalises each micro-batch), and
+    ``tx``'s own counters (a learning-rate schedule's step) count *optimizer* steps, not micro-steps. The running
+    mean and the micro-step counter live in the optimizer state, so a checkpoint taken mid-accumulation resumes
+    exactly.
+
+    ``trainable_labels``: a pytree like the params of ``"accumulate"``/``"frozen"`` labels (see
+    :func:`trainable_labels`), or None when everything trains. Frozen leaves then get exact zeros and no
+    accumulator, so a frozen backbone costs no memory here.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"gradient accumulation needs an int >= 1 of micro-batches per update, got {every!r}")
+    acc = optax.MultiSteps(tx, every_k_schedule=every).gradient_transformation()
+    if trainable_labels is None:
+        return acc
+    return optax.partition({"accumulate": acc, "frozen": optax.set_to_zero()}, trainable_labels)
+
+
+def trainable_labels(params: Any, trainable: Sequence[str]) -> Any:
+    """``"accumulate"`` for the ``trainable`` paths, ``"frozen"`` for the rest, shaped like ``params``."""
+    keep = set(trainable)
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    return traverse_util.unflatten_dict({p: "accumulate" if p in keep else "frozen" for p in flat}, sep="/")

@@ -13,6 +13,7 @@ from flax import struct
 
 from jaxtl.data.source import Normalization
 from jaxtl.models.heads import head_name
+from jaxtl.train.ema import EMA, ema_variables, init_ema
 from jaxtl.train.groups import (
     ParamGroups,
     TxFactory,
@@ -21,6 +22,7 @@ from jaxtl.train.groups import (
     is_backbone_frozen,
     param_paths,
 )
+from jaxtl.train.optim import accumulate_gradients, trainable_labels
 
 
 class TrainState(struct.PyTreeNode):
@@ -31,6 +33,11 @@ class TrainState(struct.PyTreeNode):
     trainable parameter (a step leaves them untouched), and ``backbone_frozen`` is True when only the classifier
     head trains: the step then runs the model in eval mode (BatchNorm on running averages) and differentiates the
     head only. ``normalization`` is the ``(mean, std)`` a step applies on device to uint8 input batches.
+
+    Optional parts, each absent (None / 1) when off so the state's leaves, and a step's results, are exactly what
+    they are without them: ``ema`` the weight average (:mod:`jaxtl.train.ema`, configured by ``ema_config``,
+    read with :attr:`ema_variables`), ``lr_scale`` a float32 scalar the step multiplies the updates by (what
+    reduce-on-plateau lowers), ``accumulate`` the micro-batches per optimizer step (``tx`` then accumulates).
     """
 
     params: Any
@@ -40,11 +47,15 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
     module: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    ema: Any = None
+    lr_scale: Any = None
     groups: ParamGroups = struct.field(pytree_node=False, default_factory=ParamGroups)
     trainable: tuple[str, ...] = struct.field(pytree_node=False, default=())
     frozen_stats: tuple[str, ...] = struct.field(pytree_node=False, default=())
     backbone_frozen: bool = struct.field(pytree_node=False, default=False)
     normalization: Normalization | None = struct.field(pytree_node=False, default=None)
+    ema_config: EMA | None = struct.field(pytree_node=False, default=None)
+    accumulate: int = struct.field(pytree_node=False, default=1)
 
     @property
     def apply_fn(self) -> Any:
@@ -62,6 +73,13 @@ class TrainState(struct.PyTreeNode):
             out["batch_stats"] = self.batch_stats
         return out
 
+    @property
+    def ema_variables(self) -> dict[str, Any]:
+        """``{"params", "batch_stats"}`` of the weight average (frozen leaves are the model's own)."""
+        if self.ema is None:
+            raise ValueError("this state keeps no weight EMA; create it with TrainState.create(..., ema=EMA(...))")
+        return ema_variables(self.ema, self.params, self.batch_stats)
+
     @classmethod
     def create(
         cls,
@@ -71,6 +89,10 @@ class TrainState(struct.PyTreeNode):
         rng: jax.Array | int = 0,
         groups: ParamGroups | str | Sequence[str] | None = None,
         normalization: Normalization | None = None,
+        *,
+        ema: EMA | None = None,
+        accumulate: int = 1,
+        lr_scale: float | None = None,
     ) -> TrainState:
         """A fresh state training ``module`` from ``variables`` with ``tx`` under ``groups``.
 
@@ -80,6 +102,11 @@ class TrainState(struct.PyTreeNode):
         frozen), or None (everything trains); e.g. ``ParamGroups.head_only()`` = ``"^fc/"``. An optimizer that
         freezes trainable leaves on its own is refused. ``rng`` is a ``jax.random.PRNGKey`` or an int seed; it
         drives on-device augmentation.
+
+        ``ema`` (:class:`~jaxtl.train.ema.EMA`) keeps a weight average, updated by the step; ``accumulate=N``
+        averages the gradients of N micro-batches (N calls of the step) into one optimizer step (schedules count
+        optimizer steps); ``lr_scale`` (e.g. 1.0) adds the learning-rate factor that reduce-on-plateau lowers
+        (:func:`jaxtl.train.plateau.set_lr_scale`). All off by default.
         """
         if "params" not in variables:
             raise ValueError(f"variables must hold 'params', got keys {sorted(variables)}")
@@ -89,9 +116,24 @@ class TrainState(struct.PyTreeNode):
         paths = spec.trainable_paths(params)
         all_paths = param_paths(params)
         full_tx = spec.optimizer(tx, params)
+        # Probed before accumulation wraps it: MultiSteps' first update is zero everywhere, which says nothing.
         check_optimizer_respects(full_tx, params, paths)
+        if accumulate != 1:
+            labels = None if len(paths) == len(all_paths) else trainable_labels(params, paths)
+            full_tx = accumulate_gradients(full_tx, accumulate, labels)
         if isinstance(rng, int):
             rng = jax.random.PRNGKey(rng)
+        frozen_stats = frozen_stat_paths(batch_stats, paths) if len(paths) < len(all_paths) else ()
+        backbone_frozen = is_backbone_frozen(paths, all_paths, head_name(module))
+        ema_state = None
+        if ema is not None:
+            if not isinstance(ema, EMA):
+                raise TypeError(f"ema must be a jaxtl.train.EMA (decay, warmup, every), got {type(ema).__name__}")
+            # The step never changes frozen leaves, nor any statistics when the backbone runs in eval mode.
+            stat_paths = [] if backbone_frozen else [p for p in param_paths(batch_stats) if p not in frozen_stats]
+            ema_state = init_ema(params, batch_stats, paths, stat_paths)
+        if lr_scale is not None and not lr_scale > 0:
+            raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
         return cls(
             params=params,
             batch_stats=batch_stats,
@@ -100,9 +142,13 @@ class TrainState(struct.PyTreeNode):
             rng=jnp.asarray(rng, jnp.uint32),
             module=module,
             tx=full_tx,
+            ema=ema_state,
+            lr_scale=None if lr_scale is None else jnp.asarray(lr_scale, jnp.float32),
             groups=spec,
             trainable=paths,
-            frozen_stats=frozen_stat_paths(batch_stats, paths) if len(paths) < len(all_paths) else (),
-            backbone_frozen=is_backbone_frozen(paths, all_paths, head_name(module)),
+            frozen_stats=frozen_stats,
+            backbone_frozen=backbone_frozen,
             normalization=None if normalization is None else (tuple(normalization[0]), tuple(normalization[1])),
+            ema_config=ema,
+            accumulate=accumulate,
         )

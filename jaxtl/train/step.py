@@ -29,8 +29,10 @@ import optax
 from flax import traverse_util
 from jax import lax
 
+from jaxtl.train.ema import update_ema
 from jaxtl.train.groups import merge_params, split_params
-from jaxtl.train.losses import CrossEntropy, Loss, get_loss, topk_correct
+from jaxtl.train.losses import CrossEntropy, Loss, get_loss, hard_labels, topk_correct
+from jaxtl.train.mixing import Mixing, mix_batch
 from jaxtl.train.state import Normalization, TrainState
 
 Batch = dict[str, jax.Array]
@@ -80,6 +82,17 @@ def _mask(batch: Batch) -> jax.Array:
     return batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones((n,), jnp.float32)
 
 
+def _denominator(
+    loss: Loss, out: jax.Array, batch: Batch, mask: jax.Array, count: jax.Array, axis_name: str | None
+) -> jax.Array:
+    """The global sum of the examples' weights: the count of real examples unless the loss weighs them (class
+    weights), then the psum of their weights (torch's weighted mean over the whole global batch)."""
+    weights = loss.example_weight(out, batch)
+    if weights is None:
+        return count
+    return _psum(jnp.sum(lax.stop_gradient(weights) * mask), axis_name)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -88,15 +101,26 @@ def train_step(
     loss: Loss | str = CrossEntropy(),  # noqa: B008  (immutable)
     augment: Augment | None = None,
     corrupt: Augment | None = None,
+    mix: Mixing | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
 
     ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
     ``corrupt(rng, images) -> images`` (denoising) changes only what the model sees: a reconstruction loss compares
-    with the (augmented) clean input. uint8 images are normalised on device (:func:`prepare_images`). Returns the new
-    state and global metrics ``loss``, ``grad_norm``, ``count`` and, for a labeled loss, ``top1``.
+    with the (augmented) clean input. ``mix`` (:class:`~jaxtl.train.mixing.Mixing`) then applies mixup/cutmix over
+    the global batch, drawn from the step key alone (the same on any device count); ``top1`` is then measured
+    against each example's dominant label. uint8 images are normalised on device (:func:`prepare_images`). Returns
+    the new state and global metrics ``loss``, ``grad_norm``, ``count`` and, for a labeled loss, ``top1``.
+
+    The state's optional parts act here: gradient accumulation (``state.accumulate``, in ``state.tx``), the
+    ``lr_scale`` factor on the updates, and the weight EMA update after the optimizer step.
     """
     loss = _check_loss(loss, batch)
+    if mix is not None:
+        if not loss.needs_labels:
+            raise ValueError(f"mixup/cutmix mix labels; loss {loss!r} has none")
+        if "mask" in batch:
+            raise ValueError("mixup/cutmix need whole training batches (drop_remainder=True); this batch has a mask")
     module = with_axis(state.module, axis_name)
     rng, step_rng = jax.random.split(state.rng)
     images = prepare_images(batch["images"], state.normalization)
@@ -109,6 +133,10 @@ def train_step(
         if axis_name is not None:
             c_rng = jax.random.fold_in(c_rng, lax.axis_index(axis_name))
         inputs = corrupt(c_rng, images)
+    if mix is not None:
+        # Drawn before any per-device fold-in: every device mixes with the same lam, box and choice.
+        inputs, mixed = mix_batch(jax.random.fold_in(step_rng, 0x313C), inputs, batch["labels"], mix, axis_name)
+        batch = {**batch, **mixed}
     mask = _mask(batch)
     count = _psum(jnp.sum(mask), axis_name)
     diff, fixed = split_params(state.params, state.trainable)
@@ -126,13 +154,15 @@ def train_step(
             out = module.apply(variables, inputs, train=train_bn)
             new_stats = state.batch_stats
         per_example = loss.per_example(out, batch, images)
-        return jnp.sum(per_example * mask) / count, (out, new_stats)
+        return jnp.sum(per_example * mask) / _denominator(loss, out, batch, mask, count, axis_name), (out, new_stats)
 
     (local_loss, (out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
     grads = _psum(grads, axis_name)
     # Zeros for the frozen leaves only give tx its full-tree signature; the groups' optimizer maps them to zero.
     full_grads = merge_params(grads, jax.tree.map(jnp.zeros_like, fixed))
     updates, opt_state = state.tx.update(full_grads, state.opt_state, state.params)
+    if state.lr_scale is not None:
+        updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
     stepped, _ = split_params(optax.apply_updates(state.params, updates), state.trainable)
     # Frozen leaves are passed through, not "x + 0": bit-identical even for -0.0.
     params = merge_params(stepped, fixed)
@@ -148,8 +178,13 @@ def train_step(
         "count": count,
     }
     if loss.needs_labels:
-        metrics["top1"] = _psum(jnp.sum(topk_correct(out, batch["labels"], 1) * mask), axis_name) / count
-    new_state = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state, step=state.step + 1, rng=rng)
+        metrics["top1"] = _psum(jnp.sum(topk_correct(out, hard_labels(batch), 1) * mask), axis_name) / count
+    step = state.step + 1
+    ema = state.ema
+    if ema is not None:
+        assert state.ema_config is not None
+        ema = update_ema(state.ema_config, ema, params, new_stats, step, state.accumulate)
+    new_state = state.replace(params=params, batch_stats=new_stats, opt_state=opt_state, step=step, rng=rng, ema=ema)
     return new_state, metrics
 
 
@@ -161,7 +196,8 @@ def eval_step(
     loss: Loss | str = CrossEntropy(),  # noqa: B008  (immutable)
 ) -> Metrics:
     """Global *sums* over the real (mask=1) examples of this batch: ``loss_sum``, ``count`` and, for a labeled loss,
-    ``top1_correct``/``top5_correct``. The host adds them over batches, so a padded ragged batch stays exact.
+    ``top1_correct``/``top5_correct``; with class weights also ``weight_sum`` (the mean loss is then
+    ``loss_sum / weight_sum``). The host adds them over batches, so a padded ragged batch stays exact.
     """
     loss = _check_loss(loss, batch)
     return eval_metrics(state.module, state.variables, batch, loss, state.normalization, axis_name)
@@ -182,6 +218,9 @@ def eval_metrics(
     out: jax.Array = module.apply(variables, images, train=False)  # type: ignore[assignment]
     per_example = loss.per_example(out, batch, images)
     metrics: Metrics = {"loss_sum": jnp.sum(per_example * mask), "count": jnp.sum(mask)}
+    weights = loss.example_weight(out, batch)
+    if weights is not None:  # class weights: the mean loss is loss_sum / weight_sum, as in training
+        metrics["weight_sum"] = jnp.sum(weights * mask)
     if loss.needs_labels:
         metrics["top1_correct"] = jnp.sum(topk_correct(out, batch["labels"], 1) * mask)
         metrics["top5_correct"] = jnp.sum(topk_correct(out, batch["labels"], 5) * mask)
