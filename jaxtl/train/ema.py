@@ -18,6 +18,7 @@ of the parameters, i.e. every ``accumulate`` micro-batches.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,11 +38,12 @@ class EMA:
     every: int = 1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.decay, int | float) and 0.0 <= self.decay < 1.0):
+        if isinstance(self.decay, bool) or not (isinstance(self.decay, numbers.Real) and 0.0 <= self.decay < 1.0):
             raise ValueError(f"EMA decay must lie in [0, 1), got {self.decay!r}")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+        if isinstance(self.every, bool) or not isinstance(self.every, numbers.Integral) or self.every < 1:
             raise ValueError(f"EMA every must be an int >= 1 (optimizer steps between updates), got {self.every!r}")
         object.__setattr__(self, "decay", float(self.decay))
+        object.__setattr__(self, "every", int(self.every))
         object.__setattr__(self, "warmup", bool(self.warmup))
 
     def decay_at(self, n: jax.Array | int) -> jax.Array:

@@ -19,6 +19,8 @@ normalising mixed pixels, which is where torchvision's references apply it (afte
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -39,7 +41,8 @@ class Mixing:
     def __post_init__(self) -> None:
         for name in ("mixup_alpha", "cutmix_alpha"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and value >= 0 and value == value and value != float("inf")):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (0 turns it off), got {value!r}")
             object.__setattr__(self, name, float(value))
         if not self.enabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,9 +85,9 @@ def accumulate_gradients(
     :func:`trainable_labels`), or None when everything trains. Frozen leaves then get exact zeros and no
     accumulator, so a frozen backbone costs no memory here.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
         raise ValueError(f"gradient accumulation needs an int >= 1 of micro-batches per update, got {every!r}")
-    acc = optax.MultiSteps(tx, every_k_schedule=every).gradient_transformation()
+    acc = optax.MultiSteps(tx, every_k_schedule=int(every)).gradient_transformation()
     if trainable_labels is None:
         return acc
     return optax.partition({"accumulate": acc, "frozen": optax.set_to_zero()}, trainable_labels)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -41,7 +42,7 @@ class Plateau:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} ('min' for a loss, 'max' for accuracy), got {self.mode!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, numbers.Integral) or self.patience < 0:
             raise ValueError(f"patience must be an int >= 0 (evaluations), got {self.patience!r}")
         if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
             raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
@@ -114,7 +115,7 @@ class ReduceLROnPlateau(Plateau):
         super().__post_init__()
         if not 0.0 < self.factor < 1.0:
             raise ValueError(f"factor must lie in (0, 1), got {self.factor!r}")
-        if isinstance(self.cooldown, bool) or not isinstance(self.cooldown, int) or self.cooldown < 0:
+        if isinstance(self.cooldown, bool) or not isinstance(self.cooldown, numbers.Integral) or self.cooldown < 0:
             raise ValueError(f"cooldown must be an int >= 0, got {self.cooldown!r}")
         if not 0.0 <= self.min_scale <= 1.0:
             raise ValueError(f"min_scale must lie in [0, 1], got {self.min_scale!r}")

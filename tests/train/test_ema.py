@@ -33,11 +33,12 @@ def _batches(n_steps: int, size: int = 8):
     ]
 
 
-def _run(config: EMA | None, groups=None, n_steps: int = STEPS, kind: str = "none"):
+def _run(config: EMA | None, groups=None, n_steps: int = STEPS, kind: str = "none", accumulate: int = 1):
     module = Tiny()
     par = Parallel(kind)
+    tx = optax.sgd(0.1, momentum=0.9)
     state = TrainState.create(
-        module, tiny_variables(module), optax.sgd(0.1, momentum=0.9), rng=0, groups=groups, ema=config
+        module, tiny_variables(module), tx, rng=0, groups=groups, ema=config, accumulate=accumulate
     )
     trace = [(_flat(state.params), _flat(state.batch_stats))]
     emas = []
@@ -86,6 +87,18 @@ def test_ema_equals_numpy_reference(config):
     if config.every == 2:
         for a, b in zip(jax.tree.leaves(emas[1]), jax.tree.leaves(emas[2])):
             np.testing.assert_array_equal(a, b)
+
+
+def test_ema_counts_optimizer_steps_under_accumulation():
+    """With 2 micro-batches per optimizer step, EMA(every=1) updates after micro-steps 2, 4, 6: the reference of
+    EMA(every=2) over micro-steps (the BatchNorm statistics still move every micro-step)."""
+    trace, emas, _ = _run(EMA(decay=0.5, warmup=True, every=1), n_steps=6, accumulate=2)
+    reference = _numpy_ema(trace, EMA(decay=0.5, warmup=True, every=2))
+    for got, (want_p, want_s) in zip(emas, reference):
+        for k, v in _flat(got["params"]).items():
+            np.testing.assert_allclose(v, want_p[k], rtol=2e-6, atol=1e-7)
+        for k, v in _flat(got["batch_stats"]).items():
+            np.testing.assert_allclose(v, want_s[k], rtol=2e-6, atol=1e-7)
 
 
 def test_ema_on_four_devices_equals_one():
