@@ -75,6 +75,51 @@ def one_arch(arch: str, size: int) -> dict[str, Any]:
     }
 
 
+def eval_parity(arch: str, size: int, batch: int, device: str) -> dict[str, Any]:
+    """torchvision's eval logits vs jaxtl's for the converted weights, both on ``device`` ("cpu" | "gpu") at full
+    float32 precision (TF32 off in torch, ``jax.default_matmul_precision("highest")``): max|diff| of the logits of a
+    random input ``[batch, 3, size, size]``, the largest |logit| for scale, and the seconds each side took."""
+    import jax
+    import torch
+    import torchvision
+
+    from jaxtl.bridge import from_torchvision
+
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval()
+        _randomize_bn(model, 1)
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+        t0 = time.perf_counter()
+        module, variables = from_torchvision(model.state_dict(), arch=arch)
+        convert_s = time.perf_counter() - t0
+        model = model.to(dev)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+        jax_dev = jax.devices()[0] if device == "gpu" else jax.devices("cpu")[0]
+        with jax.default_matmul_precision("highest"):
+            fwd = jax.jit(lambda v, a: module.apply(v, a, train=False))
+            t0 = time.perf_counter()
+            out = np.asarray(fwd(jax.device_put(variables, jax_dev), jax.device_put(x.transpose(0, 2, 3, 1), jax_dev)))
+            jax_s = time.perf_counter() - t0
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    return {
+        "arch": arch,
+        "image_size": size,
+        "batch_size": batch,
+        "device": device,
+        "jax_platform": jax_dev.platform,
+        "max_abs_diff": float(np.max(np.abs(out - ref))),
+        "max_abs_logit": float(np.max(np.abs(ref))),
+        "convert_s": convert_s,
+        "jax_compile_and_run_s": jax_s,
+    }
+
+
 _CACHED_LOAD = """
 import sys, time, json
 t0 = time.perf_counter()

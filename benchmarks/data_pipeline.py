@@ -34,25 +34,47 @@ from benchmarks import common
 Epoch = tuple[float, float, int]  # wall seconds, seconds to the first batch, images
 
 
-def make_folder(root: pathlib.Path, images: int, classes: int = 10, min_side: int = 256, max_side: int = 400) -> None:
-    """``images`` JPEGs (quality 90, sides in ``[min_side, max_side]``) in ``classes`` folders; kept when complete."""
+def _write_jpeg(job: tuple[str, int, int, int, int]) -> None:
+    """Image ``i`` of a generated folder: its own seeded draws, so any number of processes writes the same files."""
     import numpy as np
     from PIL import Image
 
+    root, i, classes, min_side, max_side = job
+    rng = np.random.default_rng((0, i))
+    d = pathlib.Path(root) / f"class{i % classes:02d}"
+    d.mkdir(parents=True, exist_ok=True)
+    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+    # Smooth colour fields plus grain: decodes like a photo (noise alone would be an unusually hard JPEG).
+    small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    arr = np.clip(np.asarray(small, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(d / f"{i:06d}.jpg", quality=90)
+
+
+def make_folder(
+    root: pathlib.Path,
+    images: int,
+    classes: int = 10,
+    min_side: int = 256,
+    max_side: int = 400,
+    processes: int = 1,
+) -> None:
+    """``images`` JPEGs (quality 90, sides in ``[min_side, max_side]``) in ``classes`` folders; kept when complete.
+
+    ``processes > 1`` writes them from that many processes (the same files: each image has its own seed).
+    """
     stamp = root / f".complete-{images}-{classes}-{min_side}-{max_side}"
     if stamp.exists():
         return
-    rng = np.random.default_rng(0)
-    for i in range(images):
-        d = root / f"class{i % classes:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-        # Smooth colour fields plus grain: decodes like a photo (noise alone would be an unusually hard JPEG).
-        small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(
-            (w, h), Image.Resampling.BICUBIC
-        )
-        arr = np.clip(np.asarray(small, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(d / f"{i:06d}.jpg", quality=90)
+    jobs = [(str(root), i, classes, min_side, max_side) for i in range(images)]
+    if processes > 1:
+        import multiprocessing
+
+        # spawn: the caller may already run jax (threads), which must not be forked.
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            pool.map(_write_jpeg, jobs, chunksize=max(1, images // (8 * processes)))
+    else:
+        for job in jobs:
+            _write_jpeg(job)
     stamp.write_text("")
 
 

@@ -90,9 +90,12 @@ def _batch(batch: int, size: int, num_classes: int, dev: Any) -> tuple[Any, Any]
 
 
 def train_step_fn(
-    mode: str, *, arch: str, batch: int, size: int, num_classes: int, dtype: str, dev: Any
+    mode: str, *, arch: str, batch: int, size: int, num_classes: int, dtype: str, dev: Any, sync_each: bool = True
 ) -> Callable[[], None]:
-    """One optimizer step on a fixed batch. mode: "full" | "frozen" | "inference"."""
+    """One optimizer step on a fixed batch. mode: "full" | "frozen" | "inference".
+
+    ``sync_each=False``: the step returns without waiting for the GPU (time n steps, then :func:`sync` once).
+    """
     torch = _torch()
     model = _model(arch, num_classes, dev)
     x, y = _batch(batch, size, num_classes, dev)
@@ -103,7 +106,8 @@ def train_step_fn(
         def infer() -> None:
             with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=amp):
                 model(x)
-            sync(dev)
+            if sync_each:
+                sync(dev)
 
         return infer
     if mode == "frozen":
@@ -120,7 +124,8 @@ def train_step_fn(
             loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        sync(dev)
+        if sync_each:
+            sync(dev)
 
     return step
 

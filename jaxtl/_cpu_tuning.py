@@ -34,10 +34,11 @@ import time
 import warnings
 
 # XLA flags tune_cpu adds, with the jaxlib (major, minor) releases they were checked on (XLA aborts on unknown
-# flags). The A/B behind each: benchmarks/cpu_workarounds.py.
+# flags). The A/B behind each: benchmarks/cpu_workarounds.py. jaxlib 0.11.2 knows the flag with the same values
+# and help text as 0.10.2 (checked by passing it, and a bad value, to both).
 YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 CPU_FLAGS = (YNN_CONV_FLAG,)
-_CHECKED_JAXLIB = ((0, 10),)
+_CHECKED_JAXLIB = ((0, 10), (0, 11))
 
 # What tune_cpu has put in effect in this process (never set by import).
 _STATUS = {"xla_flag": False, "malloc": False}

@@ -4,10 +4,7 @@ generator renders fixture results and replaces exactly the text between the mark
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -167,21 +164,3 @@ def test_cpu_workarounds_smoke(tmp_path: pathlib.Path) -> None:
     assert all(r["full"]["page_faults_per_step"] >= 0 and r["full"]["cpu_s_per_step"] > 0 for r in runs.values())
     assert {r["impl"] for r in payload["results"]["conv"]} == {"xla", "im2col"}
     assert "| case |" in report.render(report.load_results(tmp_path))
-
-
-GPU_ALL = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_all.sh"
-
-
-def test_gpu_all_dry_run(tmp_path: pathlib.Path) -> None:
-    # The whole script parses; two of its parts run end to end on the CPU at their smoke size (the train_steps and
-    # scaling parts take minutes on 2 cores: `benchmarks/gpu_all.sh --dry-run` runs them all before a GPU run).
-    subprocess.run(["bash", "-n", str(GPU_ALL)], check=True)
-    env = {**os.environ, "BENCH_OUT": str(tmp_path), "PYTHON": sys.executable}
-    env.pop("XLA_FLAGS", None)
-    cmd = ["bash", str(GPU_ALL), "--dry-run", "--only", "end_to_end", "bridge"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["gpu_bridge.json", "gpu_end_to_end.json"]
-    assert "=== train_steps" not in proc.stdout and "!!!" not in proc.stdout
-    bad = subprocess.run(["bash", str(GPU_ALL), "--only", "no_such_part"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown part: no_such_part" in bad.stderr
