@@ -1,4 +1,4 @@
-"""Finding the ResNet state dict inside the checkpoints people have.
+"""Finding the model's state dict inside the checkpoints people have.
 
 Training scripts rarely save a bare torchvision state dict. They nest it (``{"model": sd, "optimizer": ...,
 "args": Namespace}`` from torchvision's reference scripts, ``{"state_dict": sd, ...}`` from PyTorch Lightning,
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import BridgeError
-from .infer import infer_arch
+from .infer import FAMILIES, family_of, infer_arch
 
 # Entries holding the model's weights, in the order of preference when several are present.
 WRAPPER_KEYS = (
@@ -142,14 +142,17 @@ def _unwrap(obj: Any, origin: str, entry: str | None) -> tuple[Mapping[Any, Any]
 
 
 def _prefix_candidates(keys: list[str]) -> list[str]:
-    """Prefixes P with P + "conv1.weight" and P + "layer1.0.conv1.weight" both present: where a ResNet may sit."""
+    """Prefixes P under which some family's two anchor keys both sit (P + "conv1.weight" and
+    P + "layer1.0.conv1.weight" for a ResNet, P + "class_token" and P + "conv_proj.weight" for a ViT, ...)."""
     present = set(keys)
     out = []
-    for k in keys:
-        if k.endswith("layer1.0.conv1.weight"):
-            p = k[: -len("layer1.0.conv1.weight")]
-            if p and p + "conv1.weight" in present:
-                out.append(p)
+    for fam in FAMILIES.values():
+        first, second = fam.anchors
+        for k in keys:
+            if k.endswith(second):
+                p = k[: -len(second)]
+                if p and p + first in present:
+                    out.append(p)
     return sorted(set(out), key=lambda p: (len(p), p))
 
 
@@ -164,8 +167,9 @@ def locate(obj: Any, origin: str, prefix: str | None = None, entry: str | None =
     Unwrapping: a mapping holding tensors is the state dict; otherwise the first of :data:`WRAPPER_KEYS` that holds
     one is taken (up to 3 levels deep), or the only nested mapping of tensors; ``entry="model_ema"`` (a ``/`` path
     for deeper nesting) chooses explicitly. Prefix: ``prefix="model."`` keeps the keys that start with it, without
-    it; ``prefix=""`` strips nothing; by default, when the keys are not a ResNet as they are, the one prefix whose
-    removal gives a recognisable ResNet is removed (several candidates: BridgeError asking for ``prefix=``).
+    it; ``prefix=""`` strips nothing; by default, when the keys are no known architecture as they are, the one
+    prefix whose removal gives a recognisable architecture is removed (several candidates: BridgeError asking for
+    ``prefix=``).
     """
     node, found_entry, alternatives = _unwrap(obj, origin, entry)
     sd: Mapping[Any, Any] = node
@@ -184,7 +188,7 @@ def locate(obj: Any, origin: str, prefix: str | None = None, entry: str | None =
         located.state_dict, located.prefix, located.outside_prefix = inside, prefix, outside
         located.state_dict.update({k: v for k, v in sd.items() if not isinstance(k, str)})  # reported later
         return located
-    if prefix == "" or "conv1.weight" in sd or len(str_keys) != len(sd):
+    if prefix == "" or len(str_keys) != len(sd) or family_of(sd) is not None:
         return located
     valid = []
     for p in _prefix_candidates(str_keys):
@@ -196,7 +200,7 @@ def locate(obj: Any, origin: str, prefix: str | None = None, entry: str | None =
         valid.append(p)
     if len(valid) > 1:
         raise BridgeError(
-            f"{origin} holds several ResNets, under the key prefixes {', '.join(repr(p) for p in valid)}; "
+            f"{origin} holds several models, under the key prefixes {', '.join(repr(p) for p in valid)}; "
             "choose one with prefix= (--prefix)"
         )
     if valid:

@@ -1,12 +1,32 @@
-"""Flax models: the torchvision ResNet family, torch-exact BatchNorm, and the architecture registry."""
+"""Flax models: torchvision's ResNet, ViT and ConvNeXt families, torch-exact BatchNorm, heads, and the registry."""
 
 from jaxtl.models.autoencoder import Autoencoder, ConvNet, classifier_from_autoencoder
 from jaxtl.models.batchnorm import BatchNorm
 from jaxtl.models.card import ModelCard, ModelCardError, Preprocessing
-from jaxtl.models.heads import head_classes, new_head, replace_head, strip_head
+from jaxtl.models.convnext import ConvNeXt
+from jaxtl.models.heads import (
+    HEAD,
+    get_head,
+    head_classes,
+    head_name,
+    head_path,
+    new_head,
+    replace_head,
+    set_head,
+    strip_head,
+)
+from jaxtl.models.protocol import Classifier
 from jaxtl.models.registry import (
     ArchSpec,
+    at_image_size,
+    channel_stats,
+    convnext_base,
+    convnext_large,
+    convnext_small,
+    convnext_tiny,
     create,
+    default_resize,
+    families,
     get_spec,
     list_models,
     resnet18,
@@ -17,24 +37,46 @@ from jaxtl.models.registry import (
     resnext50_32x4d,
     resnext101_32x8d,
     resnext101_64x4d,
+    vit_b_16,
+    vit_b_32,
+    vit_h_14,
+    vit_l_16,
+    vit_l_32,
     wide_resnet50_2,
     wide_resnet101_2,
 )
 from jaxtl.models.resnet import ResNet
+from jaxtl.models.vit import VisionTransformer, interpolate_embeddings
 
 __all__ = [
+    "HEAD",
     "ArchSpec",
     "Autoencoder",
     "BatchNorm",
+    "Classifier",
+    "ConvNeXt",
     "ConvNet",
     "ModelCard",
     "ModelCardError",
     "Preprocessing",
     "ResNet",
+    "VisionTransformer",
+    "at_image_size",
+    "channel_stats",
     "classifier_from_autoencoder",
+    "convnext_base",
+    "convnext_large",
+    "convnext_small",
+    "convnext_tiny",
     "create",
+    "default_resize",
+    "families",
+    "get_head",
     "get_spec",
     "head_classes",
+    "head_name",
+    "head_path",
+    "interpolate_embeddings",
     "list_models",
     "new_head",
     "replace_head",
@@ -44,9 +86,15 @@ __all__ = [
     "resnet101",
     "resnet152",
     "resnext50_32x4d",
-    "strip_head",
     "resnext101_32x8d",
     "resnext101_64x4d",
+    "set_head",
+    "strip_head",
+    "vit_b_16",
+    "vit_b_32",
+    "vit_h_14",
+    "vit_l_16",
+    "vit_l_32",
     "wide_resnet50_2",
     "wide_resnet101_2",
 ]

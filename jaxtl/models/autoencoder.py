@@ -9,7 +9,7 @@ autoencoder becomes a classifier with ``{**ae_params["encoder"], "fc": new_fc}``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtl._trees import tree_mismatch
 from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
+from jaxtl.models.card import Preprocessing
 from jaxtl.models.registry import ArchSpec, register
 from jaxtl.models.resnet import ConvLayer, pooled_head
 
@@ -56,9 +57,18 @@ class ConvNet(nn.Module):
     dtype: Dtype = jnp.float32
     axis_name: str | None = None
 
+    head_path: ClassVar[str] = "fc"
+    no_decay: ClassVar[str] = r"(?:^|/)(?:bias|scale)$"
+    decay_norms: ClassVar[bool] = True  # decays every parameter, as the ResNets
+
     @property
     def num_features(self) -> int:
         return int(self.widths[-1])
+
+    @property
+    def layer_patterns(self) -> tuple[str, ...]:
+        """One layer per stage from the input up; ``fc`` is the top."""
+        return tuple(f"^stage{i + 1}/" for i in range(len(self.widths)))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> Any:
@@ -86,11 +96,9 @@ register(
         name="convnet_small",
         family="convnet",
         kwargs=dict(widths=_CONVNET_WIDTHS),
-        input_size=32,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        num_features=_CONVNET_WIDTHS[-1],
         factory=ConvNet,
+        preprocessing=Preprocessing(crop_size=32, resize_size=37, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        torchvision=False,
     )
 )
 

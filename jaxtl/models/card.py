@@ -14,12 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxtl.errors import JaxtlError
+
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 KINDS = ("classifier", "backbone", "encoder")
 DTYPES = ("float32", "bfloat16")
 
 
-class ModelCardError(ValueError):
+class ModelCardError(JaxtlError, ValueError):
     """A model card field that is missing or has a wrong type or value; the message names the field."""
 
 
@@ -77,6 +79,16 @@ class Preprocessing:
             raise _field_error(where, "interpolation", f"must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+
+    def with_channels(self, channels: int) -> Preprocessing:
+        """The same transform for ``channels``-channel input: 3 keeps the RGB mean/std, 1 (gray) averages them."""
+        if channels == self.channels:
+            return self
+        if channels == 1:
+            mean, std = (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),)
+        else:
+            raise ModelCardError(f"cannot make {channels}-channel statistics from {self.channels}-channel ones")
+        return dataclasses.replace(self, mean=mean, std=std, channels=1)
 
     def with_size(self, crop_size: int, resize_size: int | None = None) -> Preprocessing:
         """The same transform at another crop size; the resize keeps the crop/resize ratio (224/256 by default)."""
@@ -152,26 +164,30 @@ class ModelCard:
 
     @classmethod
     def for_arch(cls, arch: str, num_classes: int, **fields: Any) -> ModelCard:
-        """A card with the registry's defaults for ``arch`` (input size, mean/std): what a model built with
-        ``jaxtl.create(arch, num_classes)`` expects. ``fields`` override any field; ``channels=1`` averages the
-        registry's mean/std (gray input); ``image_size=N`` sets the crop size (resize keeps the 224/256 ratio)."""
-        from jaxtl.models.registry import channel_stats, default_resize, get_spec
+        """A card with the registry's defaults for ``arch`` (its default eval transform: input size, resize,
+        interpolation, mean/std): what a model built with ``jaxtl.create(arch, num_classes)`` expects. ``fields``
+        override any field; ``channels=1`` averages the mean/std (gray input); ``image_size=N`` sets the crop size
+        (the resize keeps the default's crop/resize ratio)."""
+        from jaxtl.models.registry import get_spec
 
         spec = get_spec(arch)
         channels = int(fields.pop("channels", 3))
         image_size = fields.pop("image_size", None)
-        mean, std = channel_stats(channels, spec.mean, spec.std)
-        pre = fields.pop("preprocessing", None) or Preprocessing(
-            crop_size=spec.input_size,
-            resize_size=default_resize(spec.input_size),
-            mean=mean,
-            std=std,
-            channels=channels,
-        )
+        pre = fields.pop("preprocessing", None) or spec.preprocessing.with_channels(channels)
         if image_size is not None:
             pre = pre.with_size(int(image_size))
         kind = fields.pop("kind", "classifier" if num_classes else "backbone")
         return cls(arch=arch, num_classes=num_classes, preprocessing=pre, kind=kind, **fields)
+
+    def build_module(self, dtype: Any = None) -> Any:
+        """The module these variables belong to: ``jaxtl.create(arch, num_classes, dtype, image_size=crop_size)``
+        (a transformer is built for the card's input size) in ``dtype`` (default: the card's)."""
+        import jax.numpy as jnp
+
+        from jaxtl.models.registry import create
+
+        dtype = jnp.dtype(self.dtype) if dtype is None else dtype
+        return create(self.arch, self.num_classes, dtype, image_size=self.preprocessing.crop_size)
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)

@@ -1,8 +1,10 @@
-"""Classifier heads in one place: torch's Linear init, a new head, strip and replace.
+"""Classifier heads in one place: torch's Linear init, and one function each to read, make, put, strip and
+replace a head, at any head path (``"fc"``, ``"heads/head"``, ``"classifier/2"``).
 
-Every model in jaxtl ends in a linear head called ``fc`` (torchvision's name) on pooled features ``pre_logits``;
-the bridge (a new head over torchvision weights), the linear probe, transfer (a head over a pretrained encoder)
-and the models themselves use these functions, so a "new head" means the same numbers on every route.
+A head is ``{"kernel": [F, K], "bias": [K]}`` at the model's ``head_path`` in ``params`` (see
+:class:`~jaxtl.models.protocol.Classifier`). Every function takes ``head`` as that path or as the module itself;
+the bridge (a new head over torchvision weights), the linear probe, transfer and the models use them, so a "new
+head" means the same numbers on every route.
 """
 
 from __future__ import annotations
@@ -10,16 +12,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-HEAD = "fc"
+from jaxtl.models.protocol import Classifier
+
+HEAD = "fc"  # the head path of the ResNets and ConvNet (older code's default)
+Head = str | Sequence[str] | Classifier
 
 
-def head_name(module: nn.Module | None = None) -> str:
-    """The name of ``module``'s classifier head (``fc`` for every jaxtl model; a module may define ``head_name``)."""
-    return str(getattr(module, "head_name", HEAD)) if module is not None else HEAD
+def head_path(head: Head) -> tuple[str, ...]:
+    """``head`` as a tuple of keys: ``"heads/head"`` -> ``("heads", "head")``; a :class:`Classifier` gives its
+    ``head_path``."""
+    if isinstance(head, Classifier):
+        head = head.head_path
+    parts = tuple(head.split("/")) if isinstance(head, str) else tuple(str(p) for p in head)
+    if not parts or not all(parts):
+        raise ValueError(f"a head path needs non-empty names, got {head!r}")
+    return parts
+
+
+def head_name(module: Any = None) -> str:
+    """The ``"/"``-joined head path of ``module`` (a :class:`Classifier`), :data:`HEAD` for anything else (a
+    module declaring no head path, or None). Kept for older callers: prefer :func:`head_path`."""
+    return "/".join(head_path(module)) if isinstance(module, Classifier) else HEAD
 
 
 def torch_linear_init(fan_in: int) -> Any:
@@ -43,26 +59,79 @@ def new_head(num_features: int, num_classes: int, rng: jax.Array | int) -> dict[
     return {"kernel": init(k_kernel, (num_features, num_classes)), "bias": init(k_bias, (num_classes,))}
 
 
-def strip_head(variables: Mapping[str, Any], head: str = HEAD) -> dict[str, Any]:
+def get_head(variables: Mapping[str, Any], head: Head = HEAD) -> Any:
+    """The head's parameters in ``variables["params"]`` (None when there is no head: a backbone)."""
+    node: Any = variables.get("params", {})
+    for key in head_path(head):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _without(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """``tree`` without the subtree at ``path``; parents left empty by the removal go too."""
+    out = dict(tree)
+    key, rest = path[0], path[1:]
+    if key not in out:
+        return out
+    if rest:
+        child = out[key]
+        if isinstance(child, Mapping):
+            child = _without(child, rest)
+            if child:
+                out[key] = child
+            else:
+                del out[key]
+        return out
+    del out[key]
+    return out
+
+
+def _with(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out = dict(tree)
+    key, rest = path[0], path[1:]
+    out[key] = _with(out.get(key, {}), rest, value) if rest else value
+    return out
+
+
+def set_head(variables: Mapping[str, Any], params: Mapping[str, Any], head: Head = HEAD) -> dict[str, Any]:
+    """``variables`` with ``params`` (``{"kernel", "bias"}``) as the head; the other arrays are the same objects."""
+    return {**variables, "params": _with(variables.get("params", {}), head_path(head), dict(params))}
+
+
+def strip_head(variables: Mapping[str, Any], head: Head = HEAD) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` without the head (a backbone's variables); other collections are dropped."""
-    out: dict[str, Any] = {"params": {k: v for k, v in variables["params"].items() if k != head}}
-    stats = {k: v for k, v in variables.get("batch_stats", {}).items() if k != head}
+    path = head_path(head)
+    out: dict[str, Any] = {"params": _without(variables["params"], path)}
+    stats = _without(variables.get("batch_stats", {}), path)
     if stats:
         out["batch_stats"] = stats
     return out
 
 
-def head_classes(variables: Mapping[str, Any], head: str = HEAD) -> int:
+def head_classes(variables: Mapping[str, Any], head: Head = HEAD) -> int:
     """Output size of the head in ``variables`` (0 when there is none: a backbone)."""
-    fc = variables.get("params", {}).get(head)
-    return 0 if fc is None else int(fc["bias"].shape[0])
+    h = get_head(variables, head)
+    return 0 if h is None else int(h["bias"].shape[0])
 
 
 def replace_head(
-    variables: Mapping[str, Any], num_classes: int, rng: jax.Array | int, *, num_features: int, head: str = HEAD
+    variables: Mapping[str, Any],
+    num_classes: int,
+    rng: jax.Array | int,
+    *,
+    num_features: int | None = None,
+    head: Head = HEAD,
 ) -> dict[str, Any]:
-    """``variables`` with a new ``num_classes`` head of torch's Linear init over ``num_features`` pooled features
-    (the backbone's arrays are the very same objects)."""
+    """``variables`` with a new ``num_classes`` head (torch's Linear init over ``num_features`` pooled features;
+    both taken from ``head`` when it is the module), or without a head for ``num_classes=0``. The backbone's arrays
+    are the very same objects."""
+    if num_features is None:
+        if not isinstance(head, Classifier):
+            raise TypeError("replace_head needs num_features=, or head= the model (which knows its feature width)")
+        num_features = head.num_features
     out = strip_head(variables, head)
-    out["params"] = {**out["params"], head: new_head(num_features, num_classes, rng)}
-    return out
+    if num_classes == 0:
+        return out
+    return set_head(out, new_head(num_features, num_classes, rng), head)

@@ -8,7 +8,7 @@ max-pooling pads with -inf. Input is NHWC.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -201,9 +201,19 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     conv_impl: str = "auto"  # force the kernels (tests, benchmarks): see jaxtl.models.kernels.use
 
+    head_path: ClassVar[str] = "fc"
+    no_decay: ClassVar[str] = r"(?:^|/)(?:bias|scale)$"  # BatchNorm's scale and bias, fc's bias
+    decay_norms: ClassVar[bool] = True  # torchvision's recipe decays every parameter
+
     @property
     def num_features(self) -> int:
         return 512 * _BLOCKS[self.block].expansion  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def layer_patterns(self) -> tuple[str, ...]:
+        """Parameter paths per layer from the input up: the stem (conv1, bn1), then each block; ``fc`` is the top."""
+        blocks = [f"^layer{i + 1}/{j}/" for i, n in enumerate(self.layers) for j in range(n)]
+        return (r"^(?:conv1|bn1)/", *blocks)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> Any:

@@ -134,7 +134,7 @@ def test_torch_compile_prefix_and_explicit_prefix(model, x, tmp_path, capsys) ->
     # Two ResNets (distillation): the bridge will not guess; prefix= chooses.
     both = {**_prefixed(model.state_dict(), "teacher."), **_prefixed(model.state_dict(), "student.backbone.")}
     torch.save({"state_dict": both}, tmp_path / "distill.ckpt")
-    with pytest.raises(BridgeError, match=r"several ResNets, under the key prefixes 'teacher.', 'student.backbone.'"):
+    with pytest.raises(BridgeError, match=r"several models, under the key prefixes 'teacher.', 'student.backbone.'"):
         from_torchvision(tmp_path / "distill.ckpt")
     conv = from_torchvision(tmp_path / "distill.ckpt", prefix="student.backbone")  # the trailing dot is implied
     assert conv.report.prefix == "student.backbone." and not conv.report.prefix_detected

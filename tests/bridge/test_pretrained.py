@@ -69,7 +69,7 @@ def test_table_matches_torchvision() -> None:
         assert enum.DEFAULT.name == default, arch
         for name in [*files, "DEFAULT"]:
             assert resolve_name(arch, name).url == enum[name].url
-    assert set(TORCHVISION_WEIGHTS) == set(jaxtl.list_models("resnet"))
+    assert set(TORCHVISION_WEIGHTS) == set(jaxtl.models.list_models(torchvision=True))
 
 
 def test_name_forms_and_errors() -> None:

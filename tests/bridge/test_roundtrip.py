@@ -63,7 +63,7 @@ def test_no_registered_arch_matches_says_what_was_seen() -> None:
     sd = {k: v for k, v in _resnet18_sd().items() if not k.startswith("layer3.1.")}
     with pytest.raises(BridgeError, match=r"no registered architecture matches.*layers=\[2, 2, 1, 2\]"):
         infer_arch(sd)
-    with pytest.raises(BridgeError, match="not a torchvision ResNet"):
+    with pytest.raises(BridgeError, match="not a state dict of a torchvision architecture jaxtl converts"):
         infer_arch({"encoder.weight": np.zeros((3, 3), np.float32)})
 
 

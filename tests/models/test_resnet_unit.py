@@ -106,7 +106,8 @@ def test_registry_metadata_and_errors():
     assert len(names) == 10 and names[0] == "resnet18"
     for name in names:
         spec = get_spec(name)
-        assert spec.classifier == "fc" and spec.input_size == 224 and len(spec.mean) == 3
+        assert spec.head_path == spec.classifier == "fc" and spec.input_size == 224
+        assert len(spec.preprocessing.mean) == 3 and spec.preprocessing.resize_size == 256
         assert callable(getattr(jaxtl.models, name))
     with pytest.raises(KeyError, match="resnet18"):
         jaxtl.create("resnet19")
