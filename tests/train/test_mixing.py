@@ -111,12 +111,12 @@ def test_four_devices_mix_the_global_batch_as_one(batch):
     """The roll crosses device boundaries: pmap over 4 shards gives the single-device mixed batch exactly."""
     images, labels = batch
     mixing = Mixing(0.2, 1.0)
+    one_fn = jax.jit(lambda k, x, y: mix_batch(k, x, y, mixing, None))
+    four_fn = jax.pmap(lambda k, x, y: mix_batch(k, x, y, mixing, "d"), axis_name="d", in_axes=(None, 0, 0))
+    shards = images.reshape(4, N // 4, H, W, 3), labels.reshape(4, N // 4)
     for seed in range(4):  # both methods get drawn
         key = jax.random.PRNGKey(seed)
-        one = jax.jit(lambda x, y, k=key: mix_batch(k, x, y, mixing, None))(images, labels)
-        four = jax.pmap(lambda x, y, k=key: mix_batch(k, x, y, mixing, "d"), axis_name="d")(
-            images.reshape(4, N // 4, H, W, 3), labels.reshape(4, N // 4)
-        )
+        one, four = one_fn(key, images, labels), four_fn(key, *shards)
         np.testing.assert_array_equal(np.asarray(four[0]).reshape(images.shape), np.asarray(one[0]))
         np.testing.assert_array_equal(np.asarray(four[1]["mix_labels"]).reshape(-1), np.asarray(one[1]["mix_labels"]))
         np.testing.assert_array_equal(np.asarray(four[1]["mix_lam"]), np.full(4, np.asarray(one[1]["mix_lam"])))
