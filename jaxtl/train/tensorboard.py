@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,18 @@ class TensorBoard:
     """Event files in ``logdir`` (created); ``enabled=False`` or a process other than 0 writes nothing.
 
     ``flush_secs``: pending events reach the file at least this often (and at :meth:`flush`/:meth:`close`).
+    ``purge_step``: a resumed run passes the step it restored; TensorBoard then drops the earlier files' events
+    from that step on (what the killed run logged past its checkpoint), as ``metrics.jsonl`` is truncated.
     """
 
     def __init__(
-        self, logdir: str | os.PathLike, *, enabled: bool = True, flush_secs: int = 30, process_index: int | None = None
+        self,
+        logdir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        flush_secs: int = 30,
+        process_index: int | None = None,
+        purge_step: int | None = None,
     ):
         if process_index is None:
             import jax
@@ -50,7 +59,15 @@ class TensorBoard:
         self.enabled = bool(enabled) and process_index == 0
         self._writer: Any = None
         if self.enabled:
-            self._writer = _writer_class()(logdir=str(self.logdir), flush_secs=flush_secs)
+            writer = _writer_class()
+            # The file name holds the time in seconds: a run resumed within the same second would reopen (and
+            # truncate) the earlier file. The nanosecond suffix keeps them apart, in the order TensorBoard reads.
+            self._writer = writer(
+                logdir=str(self.logdir),
+                flush_secs=flush_secs,
+                purge_step=purge_step,
+                filename_suffix=f".{time.time_ns()}",
+            )
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._writer is not None:
@@ -157,21 +174,31 @@ def _records(path: Path) -> list[bytes]:
     return out
 
 
-def _events(logdir: str | os.PathLike) -> list[Any]:
+def _values(logdir: str | os.PathLike, field: str) -> dict[str, list[tuple[int, Any]]]:
+    """``{tag: [(step, summary value), ...]}`` of the values holding ``field``, files in the order written (their
+    names start with the creation time), honouring purges as TensorBoard does: a session start at step ``s`` drops
+    what earlier files logged from ``s`` on."""
     from tensorboardX.proto import event_pb2
 
-    files = sorted(Path(logdir).glob("events.out.tfevents.*"))
-    return [event_pb2.Event.FromString(r) for f in files for r in _records(f)]
+    def created(f: Path) -> tuple[int, str]:
+        stamp = f.name.split(".")[3]
+        return (int(stamp) if stamp.isdigit() else 0, f.name)
+
+    out: dict[str, list[tuple[int, Any]]] = {}
+    for f in sorted(Path(logdir).glob("events.out.tfevents.*"), key=created):
+        for record in _records(f):
+            event = event_pb2.Event.FromString(record)
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                out = {tag: [(s, v) for s, v in seq if s < event.step] for tag, seq in out.items()}
+            for value in event.summary.value:
+                if value.HasField(field):
+                    out.setdefault(value.tag, []).append((int(event.step), value))
+    return out
 
 
 def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` of every scalar in ``logdir``'s event files, in written order."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for event in _events(logdir):
-        for value in event.summary.value:
-            if value.HasField("simple_value"):
-                out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
-    return out
+    """``{tag: [(step, value), ...]}`` of every scalar in ``logdir``'s event files, as TensorBoard shows them."""
+    return {tag: [(s, float(v.simple_value)) for s, v in seq] for tag, seq in _values(logdir, "simple_value").items()}
 
 
 def read_images(logdir: str | os.PathLike) -> dict[str, list[tuple[int, np.ndarray]]]:
@@ -180,10 +207,7 @@ def read_images(logdir: str | os.PathLike) -> dict[str, list[tuple[int, np.ndarr
 
     from PIL import Image
 
-    out: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for event in _events(logdir):
-        for value in event.summary.value:
-            if value.HasField("image"):
-                pixels = np.asarray(Image.open(io.BytesIO(value.image.encoded_image_string)))
-                out.setdefault(value.tag, []).append((int(event.step), pixels))
-    return out
+    return {
+        tag: [(s, np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string)))) for s, v in seq]
+        for tag, seq in _values(logdir, "image").items()
+    }

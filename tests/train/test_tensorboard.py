@@ -39,6 +39,19 @@ def test_scalars_and_images_read_back(tmp_path):
     np.testing.assert_allclose(pair[:8, :6, :3].astype(int), images[0].astype(int), atol=1)  # normalisation undone
 
 
+def test_resumed_run_purges_what_the_killed_run_logged_past_its_checkpoint(tmp_path):
+    first = TensorBoard(tmp_path, process_index=0)
+    for step in range(1, 6):  # killed after step 5, last checkpoint at step 3
+        first.record({"step": step, "split": "train", "loss": float(step)})
+    first.close()
+    resumed = TensorBoard(tmp_path, process_index=0, purge_step=4)
+    for step in range(4, 7):
+        resumed.record({"step": step, "split": "train", "loss": 10.0 * step})
+    resumed.close()
+    assert len(list(tmp_path.iterdir())) == 2
+    assert read_scalars(tmp_path)["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+
+
 def test_off_and_other_processes_write_nothing(tmp_path):
     for kwargs in ({"enabled": False, "process_index": 0}, {"process_index": 1}):
         d = tmp_path / str(len(kwargs))
