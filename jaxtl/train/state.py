@@ -150,5 +150,5 @@ class TrainState(struct.PyTreeNode):
             backbone_frozen=backbone_frozen,
             normalization=None if normalization is None else (tuple(normalization[0]), tuple(normalization[1])),
             ema_config=ema,
-            accumulate=accumulate,
+            accumulate=int(accumulate),  # validated by accumulate_gradients unless it is 1
         )
