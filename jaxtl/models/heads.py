@@ -127,11 +127,11 @@ def replace_head(
     """``variables`` with a new ``num_classes`` head (torch's Linear init over ``num_features`` pooled features;
     both taken from ``head`` when it is the module), or without a head for ``num_classes=0``. The backbone's arrays
     are the very same objects."""
+    out = strip_head(variables, head)
+    if num_classes == 0:
+        return out
     if num_features is None:
         if not isinstance(head, Classifier):
             raise TypeError("replace_head needs num_features=, or head= the model (which knows its feature width)")
         num_features = head.num_features
-    out = strip_head(variables, head)
-    if num_classes == 0:
-        return out
     return set_head(out, new_head(num_features, num_classes, rng), head)

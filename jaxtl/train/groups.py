@@ -1,8 +1,10 @@
 """Parameter groups: the one source of truth for what trains, at which learning rate, and what is frozen.
 
 A :class:`ParamGroups` is a list of ``(regex, group)`` rules over ``"layer4/1/conv2/kernel"``-style paths (first
-match wins, the rest fall in ``default``) and a :class:`Group` per name. The train state holds it; everything
-else derives from it, whichever public route built the state:
+match wins, the rest fall in ``default``) and a :class:`Group` per name. The constructors that take a model read
+its family description (:class:`~jaxtl.models.Classifier`: head path, no-weight-decay rule, layers from the input
+up), so they hold for ResNets, ViTs and ConvNeXts alike. The train state holds the groups; everything else derives
+from them, whichever public route built the state:
 
 - the optimizer: ``optax.partition`` with ``optax.set_to_zero()`` for frozen groups (exact zero updates, no
   optimizer state for those leaves), the user's optimizer (scaled by the group's ``lr_scale``) for the others;
@@ -26,8 +28,26 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from jaxtl.models import Classifier, create, head_path
+
 Params = Mapping[str, Any]
 TxFactory = Callable[["Group"], optax.GradientTransformation]
+Model = Classifier | str  # a jaxtl model, or a registered architecture's name
+Head = str | Classifier  # a head path ("fc", "heads/head") or the model
+
+
+def _model(model: Model) -> Classifier:
+    return create(model) if isinstance(model, str) else model  # type: ignore[no-any-return]
+
+
+def _head_rule(head: Head) -> str:
+    """The regex of a head's parameter paths: ``"heads/head"`` or the model -> ``"^heads/head/"``."""
+    return "^" + re.escape("/".join(head_path(head))) + "/"
+
+
+def _both(a: str, b: str) -> str:
+    """A regex that ``re.search``-matches exactly the paths both ``a`` and ``b`` match."""
+    return f"^(?=.*?(?:{a}))(?=.*?(?:{b}))"
 
 
 def param_paths(params: Params) -> list[str]:
@@ -65,6 +85,7 @@ class ParamGroups:
     rules: tuple[tuple[str, str], ...] = ()
     groups: Mapping[str, Group] = dataclasses.field(default_factory=lambda: {"all": TRAINABLE})
     default: str = "all"
+    strict: bool = True  # False: rules may match nothing (groups made from a family description, e.g. no head)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple((str(p), str(g)) for p, g in self.rules))
@@ -83,7 +104,7 @@ class ParamGroups:
         return iter(self.groups)
 
     def __hash__(self) -> int:
-        return hash((self.rules, tuple(sorted(self.groups.items())), self.default))
+        return hash((self.rules, tuple(sorted(self.groups.items())), self.default, self.strict))
 
     # --- the usual specs ---
 
@@ -93,24 +114,81 @@ class ParamGroups:
         return cls()
 
     @classmethod
-    def head_only(cls, head: str = "fc") -> ParamGroups:
-        """Only the classifier ``head`` trains; the backbone is frozen (BatchNorm on running averages)."""
+    def head_only(cls, head: Head = "fc") -> ParamGroups:
+        """Only the classifier head trains (``head``: its path, e.g. ``"heads/head"``, or the model); the backbone is
+        frozen (BatchNorm on running averages)."""
         return cls(
-            rules=((f"^{re.escape(head)}/", "head"),),
-            groups={"head": TRAINABLE, "backbone": FROZEN},
+            rules=((_head_rule(head), "head"),), groups={"head": TRAINABLE, "backbone": FROZEN}, default="backbone"
+        )
+
+    @classmethod
+    def finetune(cls, head: Head = "fc", backbone_lr_scale: float = 1.0, *, no_decay: bool = False) -> ParamGroups:
+        """Everything trains; the backbone at ``backbone_lr_scale`` times the head's learning rate. ``head`` is the
+        head's path or the model; ``no_decay=True`` (needs the model) also takes weight decay off the model's
+        no-decay parameters (:meth:`no_weight_decay`)."""
+        if no_decay:
+            if not isinstance(head, Classifier):
+                raise TypeError("finetune(no_decay=True) needs the model as head= (it knows its no-decay rule)")
+            if backbone_lr_scale == 1.0:
+                return cls.no_weight_decay(head)
+            scales = {"head": 1.0, "backbone": backbone_lr_scale}
+            return cls._with_no_decay(head, ((_head_rule(head), "head"),), scales, "backbone")
+        if backbone_lr_scale == 1.0:
+            return cls()
+        return cls(
+            rules=((_head_rule(head), "head"),),
+            groups={"head": TRAINABLE, "backbone": Group(lr_scale=backbone_lr_scale)},
             default="backbone",
         )
 
     @classmethod
-    def finetune(cls, head: str = "fc", backbone_lr_scale: float = 1.0) -> ParamGroups:
-        """Everything trains; the backbone at ``backbone_lr_scale`` times the head's learning rate."""
-        if backbone_lr_scale == 1.0:
-            return cls()
-        return cls(
-            rules=((f"^{re.escape(head)}/", "head"),),
-            groups={"head": TRAINABLE, "backbone": Group(lr_scale=backbone_lr_scale)},
-            default="backbone",
-        )
+    def no_weight_decay(cls, model: Model) -> ParamGroups:
+        """Everything trains; the model's no-decay parameters (norms, biases, a ViT's class token and position
+        embedding, ConvNeXt's layer scale: its ``no_decay`` rule) get ``weight_decay_scale=0``."""
+        return cls._with_no_decay(_model(model), (), {"all": 1.0}, "all")
+
+    @classmethod
+    def layer_decay(cls, model: Model, decay: float = 0.75, *, no_decay: bool = True) -> ParamGroups:
+        """Layer-wise learning-rate decay: the top layer (final norm and head) trains at the full rate, each layer
+        below at ``decay`` times the one above, down to the stem or embeddings at ``decay ** len(layers)``; the
+        layers are the model's ``layer_patterns`` (each ViT encoder block, each ConvNeXt or ResNet block). With
+        ``no_decay`` (default) the model's no-decay parameters also get ``weight_decay_scale=0`` in every layer."""
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"layer decay must lie in (0, 1], got {decay}")
+        module = _model(model)
+        patterns = tuple(module.layer_patterns)
+        top = len(patterns)
+        width = len(str(top))
+        names = [f"layer{str(i).zfill(width)}" for i in range(top + 1)]
+        layers = tuple(zip(patterns, names[:top], strict=True))
+        scales = {name: decay ** (top - i) for i, name in enumerate(names)}
+        if no_decay:
+            return cls._with_no_decay(module, layers, scales, names[top])
+        groups = {n: Group(lr_scale=s) for n, s in scales.items()}
+        return cls(rules=layers, groups=groups, default=names[top], strict=False)
+
+    @classmethod
+    def defaults(cls, model: Model) -> ParamGroups:
+        """The groups a full fine-tune of ``model`` starts from: :meth:`no_weight_decay` for families that train
+        so (ViT, ConvNeXt: the model's ``decay_norms`` is False), every parameter alike otherwise (ResNet)."""
+        module = _model(model)
+        return cls() if module.decay_norms else cls.no_weight_decay(module)
+
+    @classmethod
+    def _with_no_decay(
+        cls, module: Classifier, layers: tuple[tuple[str, str], ...], scales: Mapping[str, float], default: str
+    ) -> ParamGroups:
+        """``layers`` ((regex, name), first match) split in two by the model's no-decay rule; ``default`` takes the
+        rest. Each name trains at ``scales[name]``; its ``<name>_no_decay`` half without weight decay."""
+        nd = module.no_decay
+        rules = [(_both(pattern, nd), f"{name}_no_decay") for pattern, name in layers]
+        rules += [(pattern, name) for pattern, name in layers]
+        rules.append((nd, f"{default}_no_decay"))
+        groups: dict[str, Group] = {}
+        for name, scale in scales.items():
+            groups[name] = Group(lr_scale=scale)
+            groups[f"{name}_no_decay"] = Group(lr_scale=scale, weight_decay_scale=0.0)
+        return cls(rules=tuple(rules), groups=groups, default=default, strict=False)
 
     @classmethod
     def trainable(cls, patterns: str | Sequence[str]) -> ParamGroups:
@@ -152,7 +230,7 @@ class ParamGroups:
                     break
             out[path] = name
         unused = [p for (p, _), u in zip(self.rules, used) if not u]
-        if unused:
+        if unused and self.strict:
             sample = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
             raise ValueError(f"parameter-group pattern(s) {unused} match no parameter path (paths look like: {sample})")
         if all(self.groups[g].frozen for g in out.values()):
@@ -198,10 +276,12 @@ def frozen_stat_paths(batch_stats: Params, trainable: Iterable[str]) -> tuple[st
     return tuple(p for p in flat if p.rsplit("/", 1)[0] not in trainable_modules)
 
 
-def is_backbone_frozen(trainable: Iterable[str], all_paths: Iterable[str], head: str = "fc") -> bool:
-    """True when the trainable paths are exactly the classifier head's (and the model has other params)."""
+def is_backbone_frozen(trainable: Iterable[str], all_paths: Iterable[str], head: Head = "fc") -> bool:
+    """True when the trainable paths are exactly the classifier head's (``head``: its path or the model) and the
+    model has other params."""
     trainable, all_paths = set(trainable), set(all_paths)
-    head_paths = {p for p in all_paths if p.startswith(head + "/")}
+    prefix = "/".join(head_path(head)) + "/"
+    head_paths = {p for p in all_paths if p.startswith(prefix)}
     return bool(head_paths) and trainable == head_paths and head_paths != all_paths
 
 

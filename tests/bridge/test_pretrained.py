@@ -108,7 +108,9 @@ def test_failed_download_names_url_and_path(tmp_path) -> None:
     code = (
         "from jaxtl.bridge import pretrained, BridgeError\n"
         "try:\n    pretrained('resnet34', weights='DEFAULT', progress=False)\n"
-        "except BridgeError as e:\n    print('ERROR', e)\n"
+        "except BridgeError as e:\n"
+        "    print('ERROR', e)\n"
+        "    print('ALONE', isinstance(e, OSError), e.__cause__ is None and e.__suppress_context__)\n"
     )
     env = {
         **os.environ,
@@ -123,6 +125,8 @@ def test_failed_download_names_url_and_path(tmp_path) -> None:
     path = tmp_path / "th" / "hub" / "checkpoints" / "resnet34-b627a593.pth"
     assert out.stdout.startswith("ERROR cannot download ResNet34_Weights.IMAGENET1K_V1 from https://download"), out
     assert f"put it at {path}" in out.stdout
+    # One error, not the last line of urllib's chained traceback (an OSError too: the CLI's one-line class).
+    assert "ALONE True True" in out.stdout
     assert not path.exists()
 
 
