@@ -36,8 +36,19 @@ from jaxtl.compile_cache import enable_compile_cache
 from jaxtl.data.loaders import load_digits
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.models.autoencoder import ConvNet
+from jaxtl.recipes import (
+    FinetuneConfig,
+    PretrainConfig,
+    Split,
+    build_classifier,
+    evaluate_classifier,
+    finetune,
+    parse_denoise,
+    pretrain,
+)
+from jaxtl.recipes.pretraining import corruption
+from jaxtl.train.config import Loop, Optimizer
 from jaxtl.train.progress import Progress
-from jaxtl.transfer import build_classifier, evaluate_classifier, finetune, parse_denoise, pretrain_autoencoder
 
 __all__ = ["ARMS", "DemoConfig", "run_demo"]
 
@@ -254,32 +265,29 @@ def run_demo(
 
     t0 = time.perf_counter()
     encoder = ConvNet(num_classes=0, widths=cfg.widths)
-    ae, ae_vars, ae_hist = pretrain_autoencoder(
-        encoder,
-        pool,
-        steps=cfg.pretrain_steps,
-        batch_size=min(cfg.pretrain_batch_size, len(pool)),
-        lr=cfg.pretrain_lr,
-        optimizer=cfg.optimizer,
+    pre_config = PretrainConfig(
+        channels=cfg.channels,
         denoise=cfg.denoise,
         decoder_widths=cfg.decoder_widths,
-        seed=cfg.split_seed,
-        parallel=cfg.parallel,
-        progress=False,
-        on_step=tick,
+        optimizer=Optimizer(name=cfg.optimizer, lr=cfg.pretrain_lr),
+        loop=Loop(
+            steps=cfg.pretrain_steps,
+            batch_size=min(cfg.pretrain_batch_size, len(pool)),
+            seed=cfg.split_seed,
+            parallel=cfg.parallel,
+        ),
     )
+    pretrained = pretrain(pre_config, pool, init=encoder, progress=False, callbacks=(tick,))
+    ae, ae_vars, ae_hist = pretrained.state.module, pretrained.state.variables, pretrained.history
     pretrain_s = time.perf_counter() - t0
     train_losses = [h["loss"] for h in ae_hist if h.get("split") == "train"]
     show = test.images[:10]
     recon = np.asarray(ae.apply(ae_vars, jnp.asarray(show), train=False))
     test_mse = float(np.mean((np.asarray(ae.apply(ae_vars, jnp.asarray(test.images), train=False)) - test.images) ** 2))
     noisy = recon_noisy = None
-    denoise = parse_denoise(cfg.denoise)
-    if denoise is not None:
-        from jaxtl.transfer import _corrupt_fn
-
-        corrupt = _corrupt_fn(denoise)
-        assert corrupt is not None
+    denoise = pre_config.denoise
+    corrupt = corruption(denoise)
+    if corrupt is not None:
         corrupted = corrupt(jax.random.PRNGKey(0), jnp.asarray(show))  # the model's input during pretraining
         recon_noisy = np.asarray(ae.apply(ae_vars, corrupted, train=False))
         noisy = np.asarray(corrupted)[..., : cfg.channels]
@@ -300,22 +308,19 @@ def run_demo(
                     variables = module.init(rng, jnp.zeros((1, *shape), jnp.float32), train=False)
                 else:
                     module, variables = build_classifier((ae.encoder, ae_vars), data.num_classes, rng, shape)
-                variables, _ = finetune(
-                    module,
-                    variables,
-                    labeled,
+                ft_config = FinetuneConfig(
                     mode="full" if arm == "scratch" else arm,
-                    steps=cfg.steps,
-                    batch_size=batch_size,
-                    lr=cfg.head_lr if arm in ("linear_probe", "frozen") else cfg.lr,
-                    optimizer=cfg.optimizer,
-                    seed=seed,
-                    parallel=cfg.parallel,
-                    progress=False,
-                    on_step=tick,
+                    optimizer=Optimizer(
+                        name=cfg.optimizer, lr=cfg.head_lr if arm in ("linear_probe", "frozen") else cfg.lr
+                    ),
+                    loop=Loop(steps=cfg.steps, batch_size=batch_size, seed=seed, parallel=cfg.parallel),
+                    split=Split(test_fraction=0),
                     # frozen runs the backbone every step, so its agreement with linear_probe checks the fast path
                     feature_cache=False if arm == "frozen" else None,
                 )
+                variables = finetune(
+                    ft_config, (module, variables), labeled, progress=False, callbacks=(tick,)
+                ).variables
                 metrics = evaluate_classifier(module, variables, test)
                 runs.append(
                     {

@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from jaxtl.errors import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The CLI options of a multi-process run (all optional; a single process needs none)."""
@@ -35,12 +37,12 @@ def initialize(
     explicit = [coordinator, num_processes, process_id]
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
-            raise ValueError("multi-process runs need all of --coordinator, --num-processes and --process-id")
+            raise ConfigError("multi-process runs need all of --coordinator, --num-processes and --process-id")
         assert num_processes is not None and process_id is not None and coordinator is not None
         if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise ValueError(f"--process-id must lie in [0, {num_processes}), got {process_id}")
+            raise ConfigError(f"--process-id must lie in [0, {num_processes}), got {process_id}")
         if ":" not in coordinator:
-            raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+            raise ConfigError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
         _start(lambda: jax.distributed.initialize(coordinator, num_processes, process_id), f"coordinator {coordinator}")
         return True
     if auto:
@@ -54,7 +56,7 @@ def _start(init: Any, what: str) -> None:
         init()
     except (RuntimeError, ValueError) as e:  # no cluster found, coordinator unreachable, initialised twice
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"jax.distributed could not start with {what}: {first}") from None
+        raise ConfigError(f"jax.distributed could not start with {what}: {first}") from None
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:

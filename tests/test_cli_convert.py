@@ -16,7 +16,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxtl.bridge import from_torchvision, load_flax_safetensors  # noqa: E402
 from jaxtl.cli import main  # noqa: E402
-from jaxtl.train.checkpoint import load_variables  # noqa: E402
+from jaxtl.train.model_files import load_variables  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_convert_happy_path(weights, tmp_path, capsys) -> None:
         main(["convert", str(weights), str(out), "--num-classes", "10", "--seed", "1", "--safetensors", str(st)]) == 0
     )
     summary = capsys.readouterr().out.strip()
-    assert summary.count("\n") == 0 and "resnet18" in summary and "new 10-class fc (seed 1)" in summary
+    assert summary.count("\n") == 0 and "resnet18" in summary and "new 10-class head (seed 1)" in summary
     module, restored, card = load_variables(out)
     assert module.num_classes == 10 and card.arch == "resnet18" and card.extra["seed"] == 1
     _, expected = from_torchvision(weights, num_classes=10, seed=1)
@@ -48,7 +48,7 @@ def test_convert_happy_path(weights, tmp_path, capsys) -> None:
     assert jax.tree.all(jax.tree.map(np.array_equal, flat, expected))
 
     assert main(["convert", str(weights), str(out)]) == 2
-    assert "already exists; pass overwrite=True (--overwrite)" in _one_line_error(capsys)
+    assert "already exists; pass --overwrite to replace it" in _one_line_error(capsys)
     assert main(["convert", str(weights), str(out), "--overwrite"]) == 0
     assert load_variables(out)[0].num_classes == 1000
 
@@ -59,7 +59,7 @@ def test_inspect_reports_arch_sizes_and_problems(weights, tmp_path, capsys) -> N
     assert "architecture:  resnet18" in text
     assert "params:        62 tensors, 11,689,512 elements" in text
     assert "batch stats:   60 tensors, 9,620 elements" in text
-    assert "fc:            [1000, 512] (num_classes=1000)" in text
+    assert "head:          [1000, 512] (num_classes=1000)" in text
     assert "problems:      none" in text
 
     sd = torch.load(weights, weights_only=True)
@@ -82,6 +82,8 @@ def test_inspect_reports_arch_sizes_and_problems(weights, tmp_path, capsys) -> N
         (["convert", "{w}", "{tmp}/o", "--arch", "resnet99"], "invalid choice: 'resnet99'"),
         (["convert", "{w}", "{tmp}/o", "--num-classes", "ten"], "invalid int value: 'ten'"),
         (["convert", "{w}", "{tmp}/o", "--num-classes", "-1"], "--num-classes must be >= 0"),
+        (["convert", "{w}", "{w}"], "OUT {w} is the input"),
+        (["convert", "{w}", "{tmp}/o", "--safetensors", "{w}"], "safetensors {w} is the input"),
         (["convert", "{w}", "{tmp}/o", "--arch", "resnet50"], "cannot convert"),
         (["convert", "{w}"], "required: OUT"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -91,7 +93,7 @@ def test_inspect_reports_arch_sizes_and_problems(weights, tmp_path, capsys) -> N
 def test_bad_input_exits_2_with_one_line(argv, message, weights, tmp_path, capsys) -> None:
     argv = [a.format(tmp=tmp_path, w=weights) for a in argv]
     assert main(argv) == 2
-    assert message in _one_line_error(capsys)
+    assert message.format(tmp=tmp_path, w=weights) in _one_line_error(capsys)
     assert not (tmp_path / "o").exists()
 
 

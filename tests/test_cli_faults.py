@@ -15,9 +15,9 @@ from PIL import Image
 
 import jaxtl
 from jaxtl.cli import main
+from jaxtl.lifecycle import WorkdirLock
 from jaxtl.models import ModelCard
 from jaxtl.train import load_variables, save_variables
-from jaxtl.train.checkpoint import WorkdirLock
 
 
 def _one_line_error(capsys) -> str:
@@ -75,10 +75,10 @@ def test_convert_overwrite_never_deletes_a_users_folder_or_file(r18, tmp_path, m
     (work / "train.py").write_text("x")
     monkeypatch.chdir(work)
     assert main(["convert", "r18.pth", ".", "--overwrite"]) == 2
-    assert "not a jaxtl checkpoint: refusing to overwrite" in _one_line_error(capsys)
+    assert "is not exactly what jaxtl wrote there" in _one_line_error(capsys)
     assert sorted(p.name for p in work.iterdir()) == ["r18.pth", "train.py"]
     assert main(["convert", "r18.pth", "train.py", "--overwrite"]) == 2
-    assert "is a file, not a jaxtl checkpoint" in _one_line_error(capsys)
+    assert "is not exactly what jaxtl wrote there" in _one_line_error(capsys)
     assert (work / "train.py").read_text() == "x"
     assert main(["convert", "r18.pth", "out"]) == 0
     assert main(["convert", "r18.pth", "out", "--num-classes", "4", "--overwrite"]) == 0  # a jaxtl output: replaced
@@ -95,8 +95,7 @@ def _finetune(encoder: Path, data: str, workdir: Path, *extra: str) -> list[str]
 
 
 def test_a_second_writer_is_refused(encoder, tmp_path, capsys):
-    (tmp_path / "run").mkdir()
-    lock = WorkdirLock(tmp_path / "run")
+    lock = WorkdirLock(tmp_path)
     try:
         assert main(_finetune(encoder, "digits", tmp_path, "--labels-per-class", "2")) == 2
         assert "is in use by another run (host" in _one_line_error(capsys)
@@ -107,18 +106,18 @@ def test_a_second_writer_is_refused(encoder, tmp_path, capsys):
 def test_resume_with_other_options_is_refused_unless_allowed(encoder, tmp_path, capsys):
     data = f"folder:{_folder(tmp_path / 'imgs', ('a', 'b', 'c'))}"
     assert main(_finetune(encoder, data, tmp_path / "w")) == 0
-    before = (tmp_path / "w" / "run" / "metrics.jsonl").read_text()
+    before = (tmp_path / "w" / "metrics.jsonl").read_text()
     capsys.readouterr()
-    for extra, field in (
-        (["--seed", "1"], "seed"),
-        (["--batch-size", "4"], "batch_size"),
-        (["--lr", "0.1"], "optimizer"),
+    for extra, words in (
+        (["--seed", "1"], "the seed changed (0 -> 1)"),
+        (["--batch-size", "4"], "the batch size changed (8 -> 4)"),
+        (["--lr", "0.1"], "the learning rate changed (0.01 -> 0.1)"),
     ):
         assert main(_finetune(encoder, data, tmp_path / "w", *extra)) == 2
-        assert "holds another run; what differs: " in (err := _one_line_error(capsys)) and field in err, err
+        assert "holds another run: " in (err := _one_line_error(capsys)) and words in err, err
     assert main(_finetune(encoder, "digits", tmp_path / "w", "--labels-per-class", "2")) == 2
-    assert "data" in _one_line_error(capsys)
-    assert (tmp_path / "w" / "run" / "metrics.jsonl").read_text() == before  # nothing was mixed in
+    assert "the training data (its files or contents) changed" in _one_line_error(capsys)
+    assert (tmp_path / "w" / "metrics.jsonl").read_text() == before  # nothing was mixed in
     assert main(_finetune(encoder, data, tmp_path / "w", "--seed", "1", "--allow-changed-run")) == 0
 
 
@@ -166,12 +165,15 @@ def test_an_edited_card_is_one_line_naming_the_field(always_c, tmp_path, field, 
 
 CASES = {
     "lr inf": (["--lr", "inf"], "--lr must be finite"),
-    "momentum nan": (["--optimizer", "sgd", "--momentum", "nan"], "--momentum must be >= 0, got nan"),
-    "weight decay nan": (["--weight-decay", "nan"], "--weight-decay must be >= 0, got nan"),
-    "warmup beyond the run": (["--warmup-steps", "100000"], "must exceed warmup_steps=100000"),
+    "momentum nan": (["--optimizer", "sgd", "--momentum", "nan"], "--momentum must be finite, got nan"),
+    "weight decay nan": (["--weight-decay", "nan"], "--weight-decay must be finite, got nan"),
+    "warmup beyond the run": (["--warmup-steps", "100000"], "not more than --warmup-steps 100000"),
+    "negative seed": (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    "zero batch": (["--batch-size", "0"], "--batch-size must be >= 1"),
     "num-processes alone": (["--num-processes", "2"], "need all of --coordinator, --num-processes and --process-id"),
     "distributed without a cluster": (["--distributed"], "jax.distributed could not start"),
-    "labels per class too many": (["--labels-per-class", "500"], "labels_per_class=500"),
+    "labels per class too many": (["--labels-per-class", "500"], "--labels-per-class 500 but some classes"),
+    "batch not a multiple of the devices": (["--batch-size", "6", "--parallel", "pmap"], "use 4 or 8"),
     "non-finite loss": (["--optimizer", "sgd", "--lr", "1e30"], "non-finite loss"),
     "workers negative": (["--workers", "-1"], "--workers must be >= 0"),
 }
@@ -201,25 +203,29 @@ def test_pretrain_failures_are_one_line_exit_2(tmp_path, extra, expected, capsys
 def test_all_checkpoints_damaged_is_one_line(encoder, tmp_path, capsys):
     data = f"folder:{_folder(tmp_path / 'imgs', ('a', 'b'))}"
     assert main(_finetune(encoder, data, tmp_path / "w")) == 0
-    for step in (tmp_path / "w" / "run" / "checkpoints").iterdir():
+    for step in (tmp_path / "w" / "checkpoints").iterdir():
         if step.name.isdigit():
             for f in step.rglob("*"):
                 if f.is_file() and f.stat().st_size > 100:
                     f.write_bytes(b"\0" * 10)
     capsys.readouterr()
-    with pytest.warns(RuntimeWarning):
-        assert main(_finetune(encoder, data, tmp_path / "w")) == 2
-    assert "every checkpoint in" in _one_line_error(capsys)
+    assert main(_finetune(encoder, data, tmp_path / "w")) == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()  # a warning is one line too
+    assert warning.startswith("jaxtl: warning: checkpoint step ") and "falling back" in warning, warning
+    assert error.startswith("jaxtl: error: every checkpoint in"), error
 
 
 def test_batch_larger_than_the_data_is_clamped_to_the_devices(encoder, tmp_path, capsys):
+    # The same rule in every route (fit, finetune, the CLI): clamped to the data, said in one warning line.
     # 48 images, 20% held out: 38 to train on 4 devices with --batch-size 64 -> batches of 36 (not 38: 4 devices).
     data = f"folder:{_folder(tmp_path / 'imgs', ('a', 'b', 'c'), per_class=16)}"
     argv = _finetune(encoder, data, tmp_path / "w", "--parallel", "pmap")
     argv[argv.index("--batch-size") + 1] = "64"
     assert main(argv) == 0
-    assert "on 38 images" in capsys.readouterr().out
-    rec = json.loads((tmp_path / "w" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    out, err = capsys.readouterr()
+    assert "on 38 images" in out
+    assert "jaxtl: warning: --batch-size 64 is larger than the 38 training examples: training with batches of 36" in err
+    rec = json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["count"] == 36
 
 
@@ -234,7 +240,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(encoder, tmp_path):
     argv = _finetune(encoder, f"folder:{data}", tmp_path / "w", "--workers", "0", "--epochs", "50")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "jaxtl.cli", *argv], stderr=subprocess.PIPE, text=True, env=env)
-    metrics = tmp_path / "w" / "run" / "metrics.jsonl"
+    metrics = tmp_path / "w" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text()):
         time.sleep(0.2)
@@ -244,7 +250,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(encoder, tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("jaxtl: SIGTERM received: stopped after step ") and "saved in" in last, err
     assert "Traceback" not in err
-    steps = [int(p.name) for p in (tmp_path / "w" / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) == int(last.split("stopped after step ")[1].split(";")[0])
 
 
@@ -259,7 +265,7 @@ def test_a_full_disk_during_convert_is_one_line(r18, tmp_path, monkeypatch, caps
     monkeypatch.setattr(ocp.Checkpointer, "save", no_space)
     assert main(["convert", str(r18), str(tmp_path / "out")]) == 2
     err = _one_line_error(capsys)
-    assert "cannot write checkpoint" in err and "No space left on device" in err and "MiB free" in err, err
+    assert f"cannot write {tmp_path / 'out'}" in err and "No space left on device" in err and "MiB free" in err, err
     assert not list(tmp_path.iterdir())  # no half-written output, no temporary folder left
 
 
@@ -272,13 +278,13 @@ def test_a_value_error_from_inside_a_library_is_a_bug_not_bad_input(always_c, tm
     def numpy_error(*a, **k):
         return np.add(np.zeros(3), np.zeros(4))  # numpy's own "operands could not be broadcast" ValueError
 
-    import jaxtl.transfer
+    import jaxtl.recipes.evaluation as evaluation
 
-    monkeypatch.setattr(jaxtl.transfer, "evaluate_classifier", numpy_error)
+    monkeypatch.setattr(evaluation, "evaluate_classifier", numpy_error)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "could not be broadcast" in err and "internal error" in err, err
 
-    monkeypatch.setattr(jaxtl.transfer, "evaluate_classifier", lambda *a, **k: jaxtl.models.get_spec("resnet9"))
+    monkeypatch.setattr(evaluation, "evaluate_classifier", lambda *a, **k: jaxtl.models.get_spec("resnet9"))
     assert main(args) == 2
     assert "unknown architecture 'resnet9'" in _one_line_error(capsys)

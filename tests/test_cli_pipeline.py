@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxtl.cli import main
-from jaxtl.train.checkpoint import load_variables
+from jaxtl.train.model_files import load_variables
 
 
 def _one_line_error(capsys) -> str:

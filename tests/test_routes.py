@@ -4,6 +4,7 @@ bitwise-identical params and batch_stats after 3 steps, and the backbone did not
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from flax import traverse_util
 
 import jaxtl
 from jaxtl.cli import main
-from jaxtl.train import Loop, ParamGroups, fit, load_variables
+from jaxtl.recipes import FinetuneConfig, Split
+from jaxtl.train import Loop, Optimizer, ParamGroups, fit, load_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "TrainState.create("  # the README's lower-level snippet is the python block that builds a state by hand
@@ -73,19 +75,16 @@ def routes(tmp_path_factory):
         loop=Loop(steps=3, batch_size=16),
         progress=False,
     ).state
-    tuned, _ = jaxtl.finetune(
-        model_,
-        variables,
-        train,
+    config = FinetuneConfig(
         mode="frozen",
-        steps=3,
-        batch_size=16,
-        lr=0.01,
-        optimizer="sgd",
+        optimizer=Optimizer("sgd", lr=0.01),
+        loop=Loop(steps=3, batch_size=16),
+        split=Split(test_fraction=0),  # the snippet split the data itself
         feature_cache=False,
-        progress=False,
     )
-    out["finetune"] = {"params": tuned["params"], "batch_stats": tuned["batch_stats"]}
+    out["finetune"] = jaxtl.finetune(config, (model_, variables), train, progress=False).variables
+    cached = dataclasses.replace(config, feature_cache=None)  # the default: features computed once
+    out["cached"] = jaxtl.finetune(cached, (model_, variables), train, progress=False).variables
     argv = ["finetune", "--torch-weights", str(work / "resnet18.pth"), "--data", "digits", "--image-size", "32"]
     argv += ["--freeze", "backbone", "--optimizer", "sgd", "--lr", "0.01", "--steps", "3", "--batch-size", "16"]
     assert main([*argv, "--no-feature-cache", "--workdir", str(work / "cli"), "--no-progress"]) == 0
@@ -103,6 +102,20 @@ def test_every_route_trains_the_same_model(routes, route):
     stats = got.batch_stats if hasattr(got, "batch_stats") else got["batch_stats"]
     _assert_same(ref.params, params, f"params ({route} vs README)")
     _assert_same(ref.batch_stats, stats, f"batch_stats ({route} vs README)")
+
+
+def test_the_cached_feature_route_trains_the_same_head(routes):
+    # Features computed once, then the head trained on them: the same model to float rounding (the backbone's
+    # forward pass runs in other batch shapes), and the backbone and its statistics exactly the same.
+    out, _, _ = routes
+    ref, got = _flat(out["readme"].params), _flat(out["cached"]["params"])
+    assert ref.keys() == got.keys()
+    for k in ref:
+        if k.startswith("fc/"):
+            np.testing.assert_allclose(ref[k], got[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(ref[k], got[k], err_msg=k)
+    _assert_same(out["readme"].batch_stats, out["cached"]["batch_stats"], "batch_stats (cached vs README)")
 
 
 def test_frozen_means_the_backbone_and_its_statistics_never_move(routes):

@@ -14,10 +14,14 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jaxtl.data.sources import PACK_INDEX, list_image_folder
+from jaxtl.errors import DataError
+from jaxtl.lifecycle import Output, write_outputs
 
 __all__ = ["PackResult", "pack_image_folder"]
 
@@ -35,35 +39,6 @@ class PackResult:
     class_names: tuple[str, ...]
 
 
-def _clear_previous(out: str, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless it is a pack and ``overwrite``; then remove only what the pack wrote."""
-    if not os.path.exists(out):
-        return
-    if not os.path.isdir(out):
-        raise ValueError(f"pack output {out!r} exists and is not a directory")
-    entries = os.listdir(out)
-    if not entries:
-        return
-    index_path = os.path.join(out, PACK_INDEX)
-    if not os.path.isfile(index_path):
-        raise ValueError(f"pack output {out!r} is a non-empty directory that is not a jaxtl pack; refusing to write")
-    if not overwrite:
-        raise ValueError(f"pack output {out!r} already holds a pack; pass overwrite (--overwrite) to replace it")
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-        written = [str(s["file"]) for s in index["shards"]] + [str(index.get("labels_file", _LABELS_FILE))]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"pack output {out!r}: its {PACK_INDEX} could not be read ({e}); refusing to overwrite") from e
-    os.remove(index_path)  # first: a half-removed pack is never mistaken for a whole one
-    for name in written:
-        if os.path.basename(name) != name:
-            continue  # an index naming files outside the pack: not ours to delete
-        path = os.path.join(out, name)
-        if os.path.isfile(path):
-            os.remove(path)
-
-
 def pack_image_folder(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -77,24 +52,39 @@ def pack_image_folder(
 
     ``num_shards`` defaults to ``ceil(N / records_per_shard)``; records keep the folder's order, split into
     contiguous shards. File bytes are copied, not decoded: an unreadable image is found (and replaced) when it is
-    streamed, as it would be from the folder. ``out`` must be absent, empty, or a previous pack with
-    ``overwrite=True`` (only the files that pack wrote are removed). The index is written last, so an interrupted
-    pack is never read as a complete one.
+    streamed, as it would be from the folder. The pack is written under a temporary name and renamed into place
+    when complete (:func:`jaxtl.lifecycle.write_outputs`): a failed pack leaves nothing behind and an earlier pack
+    intact. ``out`` must not exist, or with ``overwrite=True`` be exactly a pack jaxtl wrote (its record).
     """
+    if records_per_shard < 1:
+        raise DataError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if num_shards is not None and num_shards < 1:
+        raise DataError(f"num_shards must be >= 1, got {num_shards}")
+    listing = list_image_folder(root, class_names)  # a bad folder fails before anything is written
+    final = os.path.abspath(os.fspath(out))
+    written: list[PackResult] = []
+    write_outputs(
+        [Output(Path(final), "dir", "pack output")],
+        lambda tmps: written.append(_write_pack(listing, root, str(tmps[0]), num_shards, records_per_shard)),
+        overwrite=overwrite,
+        sources=[Path(root)],
+    )
+    r = written[0]
+    shards = tuple(os.path.join(final, os.path.basename(p)) for p in r.shards)
+    return dataclasses.replace(r, out=final, shards=shards)
+
+
+def _write_pack(listing: Any, root: Any, out_s: str, num_shards: int | None, records_per_shard: int) -> PackResult:
+    """Write the pack of ``listing`` into the new directory ``out_s``."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     from jaxtl.data.sources import FileReader, encode_record
 
-    listing = list_image_folder(root, class_names)
     n = len(listing.labels)
-    if records_per_shard < 1:
-        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
     shards = num_shards if num_shards is not None else max(1, math.ceil(n / records_per_shard))
     if not 1 <= shards <= n:
-        raise ValueError(f"num_shards must lie in [1, {n}] for {n} images, got {shards}")
-    out_s = os.fspath(out)
-    _clear_previous(out_s, overwrite)
-    os.makedirs(out_s, exist_ok=True)
+        raise DataError(f"num_shards must lie in [1, {n}] for {n} images, got {shards}")
+    os.makedirs(out_s)
 
     reader = FileReader(listing.paths)
     bounds = np.linspace(0, n, shards + 1).round().astype(np.int64)
@@ -109,7 +99,7 @@ def pack_image_folder(
                 try:
                     data = reader.read(i)
                 except OSError as e:
-                    raise ValueError(f"image {reader.name(i)!r} could not be read while packing: {e}") from e
+                    raise DataError(f"image {reader.name(i)!r} could not be read while packing: {e}") from e
                 total += len(data)
                 writer.write(encode_record(data, int(listing.labels[i]), os.path.relpath(reader.name(i), root_s)))
         finally:
@@ -125,8 +115,6 @@ def pack_image_folder(
         "labels_file": _LABELS_FILE,
         "shards": entries,
     }
-    tmp = os.path.join(out_s, PACK_INDEX + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(os.path.join(out_s, PACK_INDEX), "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1)
-    os.replace(tmp, os.path.join(out_s, PACK_INDEX))
     return PackResult(out_s, tuple(paths), n, total, listing.class_names)

@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxtl.data.dataset import ArrayDataset
 
-__all__ = ["labeled_unlabeled_split", "train_test_split"]
+__all__ = ["labeled_unlabeled_split", "split_indices", "train_test_split"]
 
 
 def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -19,6 +19,32 @@ def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
     return base
 
 
+def split_indices(
+    num_examples: int, labels: np.ndarray | None, test_fraction: float, seed: int, stratified: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(train, test)`` indices of :func:`train_test_split` (each sorted): ``round(test_fraction * N)`` test
+    examples, per class in proportion when ``stratified`` and ``labels`` are given, reproducibly for a ``seed``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    n = num_examples
+    n_test = round(test_fraction * n)
+    if n_test == 0 or n_test == n:
+        raise ValueError(f"test_fraction={test_fraction} of {n} examples leaves an empty train or test part")
+    rng = np.random.default_rng(seed)
+    if stratified and labels is not None:
+        classes, counts = np.unique(labels, return_counts=True)
+        per_class = _allocate(counts, n_test)
+        test_idx = []
+        for c, k in zip(classes, per_class, strict=True):
+            members = np.flatnonzero(labels == c)
+            test_idx.append(rng.permutation(members)[:k])
+        test = np.sort(np.concatenate(test_idx))
+    else:
+        test = np.sort(rng.permutation(n)[:n_test])
+    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    return train, test
+
+
 def train_test_split(
     ds: ArrayDataset, test_fraction: float, seed: int, stratified: bool = True
 ) -> tuple[ArrayDataset, ArrayDataset]:
@@ -27,24 +53,7 @@ def train_test_split(
     ``stratified`` keeps each class's share equal in both parts (largest-remainder rounding); it needs labels, and
     for an unlabeled dataset the split is simply random. Examples keep their original order within each part.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    n = len(ds)
-    n_test = round(test_fraction * n)
-    if n_test == 0 or n_test == n:
-        raise ValueError(f"test_fraction={test_fraction} of {n} examples leaves an empty train or test part")
-    rng = np.random.default_rng(seed)
-    if stratified and ds.labels is not None:
-        classes, counts = np.unique(ds.labels, return_counts=True)
-        per_class = _allocate(counts, n_test)
-        test_idx = []
-        for c, k in zip(classes, per_class, strict=True):
-            members = np.flatnonzero(ds.labels == c)
-            test_idx.append(rng.permutation(members)[:k])
-        test = np.sort(np.concatenate(test_idx))
-    else:
-        test = np.sort(rng.permutation(n)[:n_test])
-    train = np.setdiff1d(np.arange(n), test, assume_unique=True)
+    train, test = split_indices(len(ds), ds.labels, test_fraction, seed, stratified)
     return ds.subset(train), ds.subset(test)
 
 

@@ -4,7 +4,7 @@ A run is fully determined by its arguments: the data order of epoch ``e`` is ``d
 last train batch is dropped, and the state (params, batch_stats, opt_state, step, rng) is checkpointed together with
 the data position (epoch, batch). Restarting ``fit`` with the same arguments and work directory restores the latest
 complete checkpoint, skips the batches already consumed, and finishes bit-identical (on CPU) to an uninterrupted
-run. The work directory belongs to one run (:class:`~jaxtl.train.checkpoint.RunStore`: lock + fingerprint).
+run. The work directory belongs to one run (:class:`~jaxtl.lifecycle.Run`: lock, identity, signals).
 
 Multi-process (``jax.distributed``): every process runs ``fit`` with the same arguments and a shared work
 directory; each feeds its slice of every global batch, all of them call the Orbax save/restore (Orbax coordinates
@@ -14,18 +14,14 @@ the writes), and only process 0 writes ``metrics.jsonl`` and shows progress.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import math
-import os
-import pathlib
 import re
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import flax.linen as nn
 import jax
@@ -33,20 +29,27 @@ import optax
 
 from jaxtl.data.batching import run_length
 from jaxtl.data.source import Source, check_labels
+from jaxtl.errors import ConfigError, JaxtlError
+from jaxtl.lifecycle import Run, RunInterrupted, write_atomic
 from jaxtl.models.heads import head_classes, head_name
-from jaxtl.train.checkpoint import RunStore, check_workdir, checkpoint_bytes, data_digest
+from jaxtl.train.config import Checkpoints, Loop, Optimizer
 from jaxtl.train.groups import ParamGroups, TxFactory
 from jaxtl.train.losses import Loss, get_loss
-from jaxtl.train.optim import make_optimizer
 from jaxtl.train.parallel import Parallel, prefetch_to_device
 from jaxtl.train.progress import Progress
+from jaxtl.train.result import RunResult
+from jaxtl.train.run_store import RunStore, checkpoint_bytes, sync
 from jaxtl.train.state import TrainState
 from jaxtl.train.step import Augment, eval_metrics, train_step
 
+__all__ = ["NonFiniteLossError", "evaluate", "evaluate_variables", "fit"]
+
 OnStep = Callable[[int, dict[str, float]], None]
+OptimizerSpec: TypeAlias = "Optimizer | Mapping[str, Any] | optax.GradientTransformation | TxFactory"
+WRITES = ("checkpoints", "metrics.jsonl")  # what fit writes in a work directory
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(JaxtlError, RuntimeError):
     """The training loss became NaN or infinite; the run stopped before checkpointing the bad state."""
 
     def __init__(self, step: int, loss: float, last_checkpoint: int | None):
@@ -57,58 +60,7 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped the run after a step; ``checkpoint`` is the step saved (None without a workdir)."""
-
-    def __init__(self, signum: int, step: int, checkpoint: int | None, workdir: pathlib.Path | None):
-        self.signum, self.step, self.checkpoint, self.workdir = signum, step, checkpoint, workdir
-        name = signal.Signals(signum).name
-        if checkpoint is not None:
-            what = f"checkpoint of step {checkpoint} saved in {workdir}; run the same command again to resume"
-        else:
-            what = "nothing saved (no work directory)"
-        super().__init__(f"{name} received: stopped after step {step}; {what}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Loop:
-    """How long and in what order a run trains. ``batch_size`` is the global batch; run length is ``steps`` or
-    ``epochs`` (``N // batch_size`` steps each: the ragged last batch is dropped). Eval runs every ``eval_every``
-    steps (default: every epoch) and at the end, in batches of ``eval_batch_size`` (default ``batch_size``).
-    ``parallel``: ``"auto"`` (pmap over several devices, else one device), ``"pmap"``, ``"shard_map"`` or
-    ``"none"``; ``prefetch`` batches are kept on the devices ahead of the step."""
-
-    batch_size: int = 32
-    epochs: int | None = None
-    steps: int | None = None
-    seed: int = 0
-    eval_every: int | None = None
-    eval_batch_size: int | None = None
-    parallel: str = "auto"
-    prefetch: int = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoints:
-    """Where and how often a run is saved: ``workdir/checkpoints`` every ``every`` steps (default: every epoch) and
-    at the end, the latest ``keep`` plus the best by eval ``best_metric`` (``"top1"``, or ``"loss"`` minimised;
-    default by the loss). ``allow_changes`` resumes a work directory that holds a run with another fingerprint."""
-
-    workdir: str | os.PathLike
-    every: int | None = None
-    keep: int = 3
-    best_metric: str | None = None
-    allow_changes: bool = False
-
-
-@dataclasses.dataclass
-class FitResult:
-    """The final state (host arrays), its ``{"params", "batch_stats"}`` and the metrics history (dicts)."""
-
-    state: TrainState
-    variables: dict[str, Any]
-    history: list[dict[str, Any]]
-    resumed_from: int = 0
+# --- evaluation --------------------------------------------------------------------------------------------------
 
 
 def evaluate(
@@ -149,7 +101,8 @@ def evaluate_variables(
     norm: Any = None,
 ) -> dict[str, float]:
     """:func:`evaluate` from a module and its variables (no optimizer state); variables already placed by ``par``
-    when ``par`` is given, else host arrays evaluated on one device of this process."""
+    when ``par`` is given, else host arrays evaluated on one device of this process. ``top5`` is reported only
+    when the head has more than 5 classes (with 5 or fewer it is always 1)."""
     loss = get_loss(loss)
     if par is None:
         par = Parallel("none")  # process-local: each process of a multi-process run evaluates everything
@@ -163,11 +116,77 @@ def evaluate_variables(
     out = {"loss": totals["loss_sum"] / count, "count": count}
     if "top1_correct" in totals:
         out["top1"] = totals["top1_correct"] / count
-        out["top5"] = totals["top5_correct"] / count
+        if head_classes(variables, head_name(module)) > 5:
+            out["top5"] = totals["top5_correct"] / count
     return out
 
 
-def _metrics_log(path: pathlib.Path, restored_step: int) -> list[dict[str, Any]]:
+# --- the pieces of fit ---------------------------------------------------------------------------------------------
+
+
+def _check_request(module: nn.Module, variables: Mapping[str, Any], data: Source, loop: Loop, loss: Loss) -> Parallel:
+    if loss.needs_labels and data.labels is None:
+        raise ConfigError(f"loss {loss!r} needs labeled data; use loss='mse' for unlabeled data", "loss")
+    par = Parallel(loop.parallel)
+    if par.kind == "none" and jax.process_count() > 1:
+        raise ConfigError(
+            f"parallel='none' trains on one device; this is a {jax.process_count()}-process run (jax.distributed): "
+            "use parallel='pmap' or 'shard_map'",
+            "parallel",
+        )
+    for name, size in (("batch_size", loop.batch_size), ("eval_batch_size", loop.eval_batch_size)):
+        if size is not None and size % par.num_devices:
+            raise ConfigError(
+                f"{name}={size} is not divisible by the {par.num_devices} devices ({par.kind}); "
+                f"use a multiple of {par.num_devices}",
+                name,
+            )
+    if loss.needs_labels:
+        check_labels(data, head_classes(variables, head_name(module)))
+    return par
+
+
+def _tx(optimizer: OptimizerSpec, total: int) -> optax.GradientTransformation | TxFactory:
+    if isinstance(optimizer, Optimizer):
+        return optimizer.factory(total)
+    if isinstance(optimizer, Mapping):
+        return Optimizer(**{k: v for k, v in optimizer.items() if k != "total_steps"}).factory(total)
+    return optimizer
+
+
+def _fn_name(fn: Any) -> str | None:
+    return None if fn is None else str(getattr(fn, "__qualname__", type(fn).__name__))
+
+
+def _identity(
+    module: nn.Module,
+    state: TrainState,
+    data: Source,
+    loop: Loop,
+    step_kw: Mapping[str, Any],
+    optimizer: OptimizerSpec,
+    total: int,
+) -> dict[str, Any]:
+    # What decides the numbers of a plain ``fit`` run (a recipe records its own config instead).
+    kinds = re.findall(r"namedtuple\[(\w+)\]", str(jax.tree.structure(state.opt_state)))
+    if isinstance(optimizer, Mapping):
+        optimizer = Optimizer(**{k: v for k, v in optimizer.items() if k != "total_steps"})
+    opt = optimizer.identity(total) if isinstance(optimizer, Optimizer) else {"optimizer": "an optax optimizer"}
+    return {
+        "model": " ".join(repr(module).split()),
+        "groups": repr(state.groups),
+        "optimizer_state": ", ".join(kinds),
+        "loss": repr(step_kw["loss"]),
+        "augment": _fn_name(step_kw["augment"]),
+        "corrupt": _fn_name(step_kw["corrupt"]),
+        **opt,
+        **loop.identity(),
+        "data": data.digest(),
+        "num_examples": len(data),
+    }
+
+
+def _metrics_log(path: Path, restored_step: int, main: bool) -> list[dict[str, Any]]:
     # A killed run may have logged steps past its last checkpoint; the resumed run logs them again.
     if not path.exists():
         return []
@@ -179,49 +198,158 @@ def _metrics_log(path: pathlib.Path, restored_step: int) -> list[dict[str, Any]]
             continue  # a line cut by the kill
         if rec.get("step", 0) <= restored_step:
             keep.append(rec)
-    if jax.process_index() == 0:
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    if main:
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
     return keep
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[list[int]]:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step (a second SIGINT interrupts at once)."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
+def _checkpointing(checkpoints: Checkpoints | None, identity: Callable[[], dict[str, Any]], need: int) -> Iterator[Any]:
+    """The open run (``None`` without checkpoints): the recipe's, or one fit opens on a path itself."""
+    if checkpoints is None:
+        yield None
         return
+    if isinstance(checkpoints.workdir, Run):
+        yield checkpoints.workdir
+        return
+    run = Run(
+        Path(checkpoints.workdir),
+        identity(),
+        writes=WRITES,
+        allow_changes=checkpoints.allow_changes,
+        need_bytes=need,
+        kind="fit",
+    )
+    with run:
+        yield run
 
-    def handler(signum: int, frame: Any) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+class _Training:
+    """One fit run's moving parts: the mapped steps, the state on the devices, the store and the log."""
+
+    def __init__(self, state: TrainState, data: Source, loop: Loop, par: Parallel, total: int, **kw: Any):
+        self.data, self.loop, self.par, self.total = data, loop, par, total
+        self.loss: Loss = kw["loss"]
+        self.eval_data: Source | None = kw["eval_data"]
+        self.callbacks: Sequence[OnStep] = kw["callbacks"]
+        self.run: Run | None = kw["run"]
+        self.store: RunStore | None = kw["store"]
+        self.step, self.last_ckpt, self.history = kw["step"], kw["step"] if kw["step"] else None, kw["history"]
+        self.main = jax.process_index() == 0
+        self.metrics_path = None if self.run is None else self.run.workdir / "metrics.jsonl"
+        self.per_epoch = run_length(len(data), loop.batch_size, loop.epochs, loop.steps)[0]
+        self.eval_every = loop.eval_every or self.per_epoch
+        self.ckpt_every: int = kw["every"] or self.per_epoch
+        self.step_fn = par.map(functools.partial(train_step, **kw["step_kw"]))
+        self.eval_fn = _eval_fn(state.module, self.loss, state.normalization, par)
+        self.state = par.put_state(state)
+        self.bar = Progress(total, initial=self.step, desc=kw["desc"], enabled=kw["progress"] and self.main)
+        self.clock = time.perf_counter()
+        self.pending: tuple[int, int, int, Any] | None = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.metrics_path is not None and self.main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def finish(self, done: int, epoch: int, b: int, metrics: Any, callback: bool = True) -> dict[str, float]:
+        """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, run the callbacks."""
+        m = self.par.get_metrics(metrics)
+        if not math.isfinite(m["loss"]):
+            raise NonFiniteLossError(done, m["loss"], self.last_ckpt)
+        now = time.perf_counter()
+        dt, self.clock = now - self.clock, now
+        bs = self.loop.batch_size
+        self.bar.update(1, loss=f"{m['loss']:.4f}", img_s=f"{bs / dt:.0f}")
+        self.log({"step": done, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": bs / dt})
+        if callback:
+            for cb in self.callbacks:
+                cb(done, m)
+        return m
+
+    def epoch_batches(self, epoch: int, start: int) -> Iterator[Any]:
+        batches = self.data.batches(
+            self.loop.batch_size,
+            seed=self.loop.seed,
+            epoch=epoch,
+            start_batch=start,
+            process_index=self.par.process_index,
+            process_count=self.par.process_count,
+            train=True,
+        )
+        return prefetch_to_device(batches, self.loop.prefetch, self.par.put_batch)
+
+    def after_step(self, epoch: int, b: int, metrics: Any, stop: bool) -> None:
+        """Evaluate and checkpoint when due (or stopping); otherwise keep one step in flight."""
+        step = self.step
+        # One step stays in flight: the previous step's metrics are read (a host sync) only once this one is
+        # queued, so the device never waits for the host between steps.
+        if self.pending is not None:
+            self.finish(*self.pending)
+        self.pending = (step, epoch, b, metrics)
+        eval_due = self.eval_data is not None and (step % self.eval_every == 0 or step == self.total)
+        ckpt_due = self.store is not None and (step % self.ckpt_every == 0 or step == self.total or stop)
+        if not (eval_due or ckpt_due or stop):
+            return
+        m = self.finish(*self.pending, callback=False)  # its loss is checked before anything of it is saved
+        self.pending = None
+        evaluated = None
+        if eval_due:
+            assert self.eval_data is not None
+            evaluated = evaluate_variables(
+                self.state.module,
+                self.state.variables,
+                self.eval_data,
+                self.loop.eval_batch_size or self.loop.batch_size,
+                par=self.par,
+                loss=self.loss,
+                eval_fn=self.eval_fn,
+            )
+            self.log({"step": step, "split": "eval", **evaluated})
+        if ckpt_due:
+            assert self.store is not None
+            position = {"step": step, "epoch": step // self.per_epoch, "batch": step % self.per_epoch}
+            self.store.save(self.par.get_state(self.state), position, evaluated)
+            self.last_ckpt = step
+        for cb in self.callbacks:
+            cb(step, m)
+        self.clock = time.perf_counter()  # eval and checkpoint time is not the next step's
+
+    def train(self) -> None:
+        run = self.run
+        stop = (lambda: run.stop_signal) if run is not None else (lambda: None)
+        while self.step < self.total and stop() is None:
+            epoch, start = divmod(self.step, self.per_epoch)
+            end = min(self.per_epoch, start + self.total - self.step)
+            for b, batch in zip(range(start, end), self.epoch_batches(epoch, start)):
+                self.state, metrics = self.step_fn(self.state, batch)
+                self.step += 1
+                self.after_step(epoch, b, metrics, stop() is not None)
+                if stop() is not None:
+                    break
+        if self.pending is not None:
+            self.finish(*self.pending)
+            self.pending = None
+        signum = stop()
+        if signum is not None and self.step < self.total:
+            where = self.run.workdir if self.run is not None else None
+            raise RunInterrupted(signum, self.step, self.last_ckpt if self.store is not None else None, where)
 
 
-def _fingerprint(
-    module: nn.Module, state: TrainState, data: Source, loop: Loop, loss: Loss, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    # The run's length is not in it (a finished run may be extended); a schedule that depends on it is, through
-    # the optimizer's kwargs (fit(optimizer=...) records them with total_steps).
-    state_kinds = re.findall(r"namedtuple\[(\w+)\]", str(jax.tree.structure(state.opt_state)))
-    return {
-        "model": " ".join(repr(module).split()),
-        "groups": repr(state.groups),
-        "optimizer_state": ", ".join(state_kinds),
-        "loss": repr(loss),
-        "batch_size": loop.batch_size,
-        "seed": loop.seed,
-        "data": data_digest(data),
-        "num_examples": len(data),
-        **dict(extra),
-    }
+def _restore(store: RunStore, state: TrainState, per_epoch: int) -> tuple[TrainState, int]:
+    restored = store.restore_latest(state)
+    if restored is None:
+        return state, 0
+    state, position = restored
+    step = int(position["step"])
+    if (position["epoch"], position["batch"]) != divmod(step, per_epoch):
+        raise ConfigError(
+            f"checkpoint at step {step} was written with epoch/batch {position['epoch']}/{position['batch']}, "
+            f"inconsistent with {per_epoch} batches per epoch: was batch_size or the dataset changed?",
+            "batch_size",
+        )
+    return state, step
 
 
 def fit(
@@ -229,10 +357,9 @@ def fit(
     variables: Mapping[str, Any],
     data: Source,
     *,
-    tx: optax.GradientTransformation | TxFactory | None = None,
-    optimizer: Mapping[str, Any] | None = None,
+    optimizer: OptimizerSpec,
     groups: ParamGroups | str | Sequence[str] | None = None,
-    loop: Loop = Loop(),
+    loop: Loop = Loop(),  # noqa: B008  (frozen)
     checkpoints: Checkpoints | None = None,
     loss: Loss | str = "ce",
     augment: Augment | None = None,
@@ -240,196 +367,77 @@ def fit(
     eval_data: Source | None = None,
     callbacks: Sequence[OnStep] = (),
     progress: bool = True,
-    run_info: Mapping[str, Any] | None = None,
-) -> FitResult:
+) -> RunResult:
     """Train ``module`` from ``variables`` on ``data`` (a :class:`~jaxtl.data.source.Source`, e.g. an
-    ``ArrayDataset`` ``[N,H,W,C]`` or a streaming image folder), data-parallel; returns a :class:`FitResult`.
+    ``ArrayDataset`` ``[N,H,W,C]`` or a streaming image folder), data-parallel; returns a
+    :class:`~jaxtl.train.result.RunResult` (``.state``, ``.variables``, ``.history``).
 
-    ``tx`` is a plain optax optimizer (or a factory ``Group -> optimizer``), or ``optimizer`` the keyword
-    arguments of :func:`make_optimizer` (``total_steps`` filled in; groups' ``lr_scale``/``weight_decay_scale``
-    applied). ``groups`` (:class:`ParamGroups`, or regexes of the trainable paths) says what trains: e.g.
-    ``ParamGroups.head_only()`` freezes the backbone, BatchNorm included. ``loss``: ``"ce"``/``CrossEntropy(...)``
-    or ``"mse"``/``Reconstruction()`` (an autoencoder: the target is the clean input). ``augment(rng, images)`` runs
-    on device first; ``corrupt(rng, images)`` then changes only the model's input (denoising).
+    ``optimizer``: an :class:`~jaxtl.train.config.Optimizer` (or its fields as a dict; the schedule spans the run,
+    groups' ``lr_scale``/``weight_decay_scale`` applied), a plain optax optimizer, or a factory
+    ``Group -> optimizer``. ``groups`` (:class:`ParamGroups`, or regexes of the trainable paths) says what trains:
+    e.g. ``ParamGroups.head_only()`` freezes the backbone, BatchNorm included. ``loss``: ``"ce"``/``CrossEntropy``
+    or ``"mse"``/``Reconstruction()`` (an autoencoder: the target is the clean input). ``augment(rng, images)``
+    runs on device first; ``corrupt(rng, images)`` then changes only the model's input (denoising).
 
     ``checkpoints`` (:class:`Checkpoints`): metrics as JSON lines in ``workdir/metrics.jsonl``, resumable
-    checkpoints, automatic resume, the workdir locked and its run fingerprint checked (``run_info`` adds fields
-    that the arguments cannot show, e.g. an optimizer's learning rate when ``tx`` is given). A NaN/inf loss raises
+    checkpoints, automatic resume, the work directory locked and its run's identity checked. A NaN/inf loss raises
     :class:`NonFiniteLossError` before anything of that step is saved; SIGINT/SIGTERM stop the run after the
-    current step with a checkpoint (:class:`RunInterrupted`). ``callbacks``: ``fn(step, train_metrics)`` for every
-    step in order (after its checkpoint if it has one; the next step may already be computing).
+    current step with a checkpoint (:class:`~jaxtl.lifecycle.RunInterrupted`). ``callbacks``: ``fn(step, metrics)``
+    for every step in order (after its checkpoint if it has one; the next step may already be computing).
     """
-    if (tx is None) == (optimizer is None):
-        raise ValueError("give exactly one of tx= (an optax optimizer) or optimizer= (make_optimizer kwargs)")
     loss = get_loss(loss)
-    if loss.needs_labels and data.labels is None:
-        raise ValueError(f"loss {loss!r} needs labeled data; use loss='mse' for unlabeled data")
-    par = Parallel(loop.parallel)
-    if par.kind == "none" and jax.process_count() > 1:
-        raise ValueError(
-            f"parallel='none' trains on one device; this is a {jax.process_count()}-process run (jax.distributed): "
-            "use parallel='pmap' or 'shard_map' (CLI: --parallel pmap)"
-        )
-    batch_size = loop.batch_size
-    if batch_size % par.num_devices:
-        raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {par.num_devices} devices ({par.kind}); "
-            f"use a multiple of {par.num_devices}"
-        )
-    eval_batch_size = loop.eval_batch_size or batch_size
-    if eval_batch_size % par.num_devices:
-        raise ValueError(f"eval_batch_size={eval_batch_size} is not divisible by the {par.num_devices} devices")
-    if loss.needs_labels:
-        check_labels(data, head_classes(variables, head_name(module)))
-        if eval_data is not None:
-            check_labels(eval_data, head_classes(variables, head_name(module)), "eval data")
-    steps_per_epoch, total = run_length(len(data), batch_size, loop.epochs, loop.steps)
-    if tx is None:
-        opts = {"total_steps": total, **(optimizer or {})}
-        tx = functools.partial(_group_optimizer, opts)
-        run_info = {"optimizer": dict(opts), **(run_info or {})}
-    eval_every = loop.eval_every or steps_per_epoch
-    host_state = TrainState.create(
-        module, dict(variables), tx, jax.random.PRNGKey(loop.seed), groups, data.normalization
-    )
-    main = jax.process_index() == 0
-    notices: list[tuple[str, Any]] = []
-    store: RunStore | None = None
-    step, last_ckpt = 0, None
-    history: list[dict[str, Any]] = []
-    metrics_path = None
-    if checkpoints is not None:
-        # Room for one more checkpoint plus Orbax's metadata; the older ones already occupy their space.
-        workdir = check_workdir(checkpoints.workdir, int(checkpoint_bytes(host_state) * 1.1) + 2**20)
-        best = checkpoints.best_metric
-        if best is None and eval_data is not None:
-            best = "top1" if loss.needs_labels else "loss"
-        store = RunStore(
-            workdir,
-            _fingerprint(module, host_state, data, loop, loss, run_info or {}),
-            keep=checkpoints.keep,
-            best_metric=best,
-            best_mode="min" if best == "loss" else "max",
-            allow_changes=checkpoints.allow_changes,
-        )
-        metrics_path = workdir / "metrics.jsonl"
+    par = _check_request(module, variables, data, loop, loss)
+    if eval_data is not None and loss.needs_labels:
+        check_labels(eval_data, head_classes(variables, head_name(module)), "eval data")
+    per_epoch, total = run_length(len(data), loop.batch_size, loop.epochs, loop.steps)
+    tx = _tx(optimizer, total)
+    state = TrainState.create(module, dict(variables), tx, jax.random.PRNGKey(loop.seed), groups, data.normalization)
+    need = int(checkpoint_bytes(state) * 1.1) + 2**20  # one more checkpoint plus Orbax's metadata
+    step_kw = {"loss": loss, "augment": augment, "corrupt": corrupt}
+    with _checkpointing(
+        checkpoints, lambda: _identity(module, state, data, loop, step_kw, optimizer, total), need
+    ) as run:
+        store, step, history = None, 0, []
+        if run is not None:
+            assert checkpoints is not None
+            best = checkpoints.best_metric or (None if eval_data is None else "top1" if loss.needs_labels else "loss")
+            store = RunStore(
+                run.workdir, keep=checkpoints.keep, best_metric=best, best_mode="min" if best == "loss" else "max"
+            )
         try:
-            restored = store.restore_latest(host_state)
-        except BaseException:
-            store.close()
-            raise
-        if restored is not None:
-            host_state, position = restored
-            step = last_ckpt = int(position["step"])
-            if (position["epoch"], position["batch"]) != divmod(step, steps_per_epoch):
+            if store is not None:
+                state, step = _restore(store, state, per_epoch)
+                history = _metrics_log(store.workdir / "metrics.jsonl", step, jax.process_index() == 0)
+                sync("jaxtl_fit_metrics_log")
+            training = _Training(
+                state,
+                data,
+                loop,
+                par,
+                total,
+                loss=loss,
+                eval_data=eval_data,
+                callbacks=callbacks,
+                run=run,
+                store=store,
+                step=step,
+                history=history,
+                every=checkpoints.every if checkpoints is not None else None,
+                step_kw=step_kw,
+                desc="fit",
+                progress=progress,
+            )
+            if step >= total and step:
+                training.bar.already_finished()
+            elif step:
+                training.bar.resuming(step, run.workdir if run is not None else None)
+            training.bar.start()
+            try:
+                training.train()
+            finally:
+                training.bar.close()
+        finally:
+            if store is not None:
                 store.close()
-                raise ValueError(
-                    f"checkpoint at step {step} was written with epoch/batch {position['epoch']}/{position['batch']}, "
-                    f"inconsistent with {steps_per_epoch} batches per epoch: was batch_size or the dataset changed?"
-                )
-            history = _metrics_log(metrics_path, step)
-            notices.append(("finished", None) if step >= total else ("resuming", workdir))
-        from jaxtl.train.checkpoint import _sync
-
-        _sync("jaxtl_fit_metrics_log")
-    checkpoint_every = (checkpoints.every if checkpoints is not None else None) or steps_per_epoch
-    resumed_from = step
-
-    def log(record: dict[str, Any]) -> None:
-        history.append(record)
-        if metrics_path is not None and main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    step_fn = par.map(functools.partial(train_step, loss=loss, augment=augment, corrupt=corrupt))
-    eval_fn = _eval_fn(module, loss, host_state.normalization, par)
-    state = par.put_state(host_state)
-    bar = Progress(total, initial=step, desc="fit", enabled=progress and main)
-    for kind, where in notices:
-        if kind == "finished":
-            bar.already_finished()
-        else:
-            bar.resuming(step, where)
-    bar.start()
-    clock = [time.perf_counter()]
-    pending: tuple[int, int, int, Any] | None = None
-
-    def finish(done: int, epoch: int, b: int, metrics: Any, callback: bool = True) -> dict[str, float]:
-        """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, run the callbacks."""
-        m = par.get_metrics(metrics)
-        if not math.isfinite(m["loss"]):
-            raise NonFiniteLossError(done, m["loss"], last_ckpt)
-        now = time.perf_counter()
-        dt, clock[0] = now - clock[0], now
-        bar.update(1, loss=f"{m['loss']:.4f}", img_s=f"{batch_size / dt:.0f}")
-        log({"step": done, "split": "train", "epoch": epoch, "batch": b, **m, "images_per_s": batch_size / dt})
-        if callback:
-            for cb in callbacks:
-                cb(done, m)
-        return m
-
-    try:
-        with _stop_on_signals() as received:
-            while step < total and not received:
-                epoch, start = divmod(step, steps_per_epoch)
-                stop = min(steps_per_epoch, start + total - step)
-                batches = data.batches(
-                    batch_size,
-                    seed=loop.seed,
-                    epoch=epoch,
-                    start_batch=start,
-                    process_index=par.process_index,
-                    process_count=par.process_count,
-                    train=True,
-                )
-                for b, batch in zip(range(start, stop), prefetch_to_device(batches, loop.prefetch, par.put_batch)):
-                    state, metrics = step_fn(state, batch)
-                    step += 1
-                    # One step stays in flight: the previous step's metrics are read (a host sync) only once this
-                    # one is queued, so the device never waits for the host between steps.
-                    if pending is not None:
-                        finish(*pending)
-                    pending = (step, epoch, b, metrics)
-                    eval_due = eval_data is not None and (step % eval_every == 0 or step == total)
-                    ckpt_due = store is not None and (step % checkpoint_every == 0 or step == total or bool(received))
-                    if not (eval_due or ckpt_due or received):
-                        continue
-                    m = finish(*pending, callback=False)  # its loss is checked before anything of it is saved
-                    pending = None
-                    eval_metrics_ = None
-                    if eval_due:
-                        assert eval_data is not None
-                        eval_metrics_ = evaluate_variables(
-                            module, state.variables, eval_data, eval_batch_size, par=par, loss=loss, eval_fn=eval_fn
-                        )
-                        log({"step": step, "split": "eval", **eval_metrics_})
-                    if ckpt_due:
-                        assert store is not None
-                        position = {"step": step, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch}
-                        store.save(par.get_state(state), position, eval_metrics_)
-                        last_ckpt = step
-                    for cb in callbacks:
-                        cb(step, m)
-                    clock[0] = time.perf_counter()  # eval and checkpoint time is not the next step's
-                    if received:
-                        break
-            if pending is not None:
-                finish(*pending)
-                pending = None
-            if received and step < total:
-                where = store.workdir if store is not None else None
-                raise RunInterrupted(received[0], step, last_ckpt if store is not None else None, where)
-    finally:
-        bar.close()
-        if store is not None:
-            store.close()
-    final = par.get_state(state)
-    return FitResult(final, final.variables, history, resumed_from)
-
-
-def _group_optimizer(opts: Mapping[str, Any], group: Any) -> optax.GradientTransformation:
-    """:func:`make_optimizer` for one parameter group: its learning rate and weight decay scaled."""
-    kwargs = dict(opts)
-    kwargs["lr"] = kwargs.get("lr", 0.01) * group.lr_scale
-    kwargs["weight_decay"] = kwargs.get("weight_decay", 0.0) * group.weight_decay_scale
-    return make_optimizer(**kwargs)
+    final = par.get_state(training.state)
+    return RunResult(module, final.variables, None, training.history, state=final, resumed_from=step)

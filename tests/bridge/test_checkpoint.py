@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import jaxtl
+from jaxtl.errors import CheckpointError, OutputError
 from jaxtl.models.card import ModelCard
-from jaxtl.train.checkpoint import CheckpointError, load_variables, save_variables
+from jaxtl.train.model_files import load_variables, save_variables
 
 CARD = ModelCard.for_arch("resnet18", 5, class_names=("a", "b", "c", "d", "e"), source="test")
 
@@ -39,12 +40,17 @@ def test_roundtrip_and_overwrite(variables, tmp_path) -> None:
     assert module.num_classes == 5 and card == CARD
     assert json.loads((d / "jaxtl.json").read_text())["jaxtl_version"] == jaxtl.__version__
     assert _equal(restored, variables)
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         save_variables(d, variables, CARD)
     changed = jax.tree.map(lambda a: a * 2, variables)
     save_variables(d, changed, CARD, overwrite=True)
     assert _equal(load_variables(d)[1], changed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "temporary siblings left behind"
+    # A file of the user's inside it: the folder is no longer what jaxtl wrote, and is never replaced.
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not exactly what jaxtl wrote there"):
+        save_variables(d, variables, CARD, overwrite=True)
+    assert (d / "notes.txt").read_text() == "mine" and _equal(load_variables(d)[1], changed)
 
 
 def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch) -> None:
@@ -75,10 +81,10 @@ def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch) -> None:
 
 
 def test_missing_and_damaged(variables, tmp_path) -> None:
-    with pytest.raises(CheckpointError, match=r"no checkpoint directory at .*nothing"):
+    with pytest.raises(CheckpointError, match=r"nothing does not exist"):
         load_variables(tmp_path / "nothing")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(CheckpointError, match=r"plain is not a jaxtl checkpoint: jaxtl\.json is missing"):
+    with pytest.raises(CheckpointError, match=r"plain is not a jaxtl model directory: jaxtl\.json is missing"):
         load_variables(tmp_path / "plain")
     d = tmp_path / "ck"
     save_variables(d, variables, CARD)

@@ -16,7 +16,10 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxtl.bridge import from_torchvision  # noqa: E402
 from jaxtl.data import ArrayDataset, load_digits, train_test_split  # noqa: E402
-from jaxtl.transfer import build_classifier, evaluate_classifier, finetune, normalize_dataset  # noqa: E402
+from jaxtl.data.loaders import normalize  # noqa: E402
+from jaxtl.models import ModelCard  # noqa: E402
+from jaxtl.recipes import FinetuneConfig, Split, build_classifier, evaluate_classifier, finetune  # noqa: E402
+from jaxtl.train import Loop, Optimizer  # noqa: E402
 
 # Chance is 20% on five classes; a frozen backbone trained on the other five digits gives far more (measured ~80-90%).
 MIN_TRANSFER_TOP1 = 0.6
@@ -33,7 +36,9 @@ def _classes(ds: ArrayDataset, lo: int) -> ArrayDataset:
 @pytest.fixture(scope="module")
 def digits() -> tuple[ArrayDataset, ArrayDataset]:
     # ImageNet normalisation, identical for torch and Flax: both sides get these very arrays.
-    ds = normalize_dataset(load_digits(size=32, channels=3), "resnet18")
+    pre = ModelCard.for_arch("resnet18", 0).preprocessing
+    raw = load_digits(size=32, channels=3)
+    ds = ArrayDataset(normalize(raw.images, pre.mean, pre.std), raw.labels, raw.num_classes, raw.class_names)
     return train_test_split(ds, 0.25, seed=0)
 
 
@@ -78,7 +83,10 @@ def test_frozen_backbone_transfers_to_new_classes(digits, torch_model) -> None:
     module, variables = from_torchvision(torch_model)
     clf, start = build_classifier((module, variables), 5, jax.random.PRNGKey(0), (32, 32, 3))
     before = evaluate_classifier(clf, start, test)
-    tuned, _ = finetune(clf, start, train, mode="frozen", steps=60, batch_size=32, lr=1e-2, progress=False)
+    config = FinetuneConfig(
+        mode="frozen", optimizer=Optimizer(lr=1e-2), loop=Loop(steps=60, batch_size=32), split=Split(test_fraction=0)
+    )
+    tuned = finetune(config, (clf, start), train, progress=False).variables
     for col in ("params", "batch_stats"):
         keys = [k for k in variables[col] if k != "fc"]
         assert keys and set(keys) == {k for k in tuned[col] if k != "fc"}

@@ -15,6 +15,7 @@ import pytest
 from tiny import Tiny, tiny_dataset, tiny_variables
 
 from jaxtl.data import ArrayDataset
+from jaxtl.lifecycle import WorkdirLock
 from jaxtl.train import (
     Checkpoints,
     Loop,
@@ -26,10 +27,8 @@ from jaxtl.train import (
     fit,
     fit_linear_probe,
 )
-from jaxtl.train.checkpoint import WorkdirLock
 
 BASE = dict(
-    tx=None,
     optimizer={"name": "adamw", "lr": 1e-2},
     groups=None,
     loop=Loop(steps=4, batch_size=8, parallel="none"),
@@ -37,13 +36,12 @@ BASE = dict(
 )
 
 
-def _run(workdir, *, module=None, data=None, callbacks=(), allow=False, run_info=None, **overrides):
+def _shift(rng, images):
+    return images + 0.0
+
+
+def _run(workdir, *, module=None, data=None, callbacks=(), allow=False, **overrides):
     module = module or Tiny()
-    kw = {**BASE, **overrides}
-    if kw["tx"] is not None:
-        kw.pop("optimizer")
-    else:
-        kw.pop("tx")
     return fit(
         module,
         jax.device_get(tiny_variables(module)),
@@ -51,8 +49,7 @@ def _run(workdir, *, module=None, data=None, callbacks=(), allow=False, run_info
         checkpoints=Checkpoints(workdir, every=2, allow_changes=allow),
         progress=False,
         callbacks=callbacks,
-        run_info=run_info,
-        **kw,
+        **{**BASE, **overrides},
     )
 
 
@@ -73,12 +70,12 @@ def _copy(src, dst):
 CHANGES = {
     "model": dict(module=Tiny(width=4)),
     "groups": dict(groups=ParamGroups.head_only()),
-    "optimizer": dict(optimizer={"name": "adamw", "lr": 3e-2}),
-    "optimizer_state": dict(tx=optax.sgd(0.1)),
-    "batch_size": dict(loop=Loop(steps=4, batch_size=4, parallel="none")),
-    "seed": dict(loop=Loop(steps=4, batch_size=8, seed=1, parallel="none")),
+    "optimizer.lr": dict(optimizer={"name": "adamw", "lr": 3e-2}),
+    "optimizer_state": dict(optimizer=optax.sgd(0.1)),
+    "loop.batch_size": dict(loop=Loop(steps=4, batch_size=4, parallel="none")),
+    "loop.seed": dict(loop=Loop(steps=4, batch_size=8, seed=1, parallel="none")),
     "data": dict(data=tiny_dataset(40, seed=3)),
-    "augment": dict(run_info={"augment": True}),
+    "augment": dict(augment=_shift),
 }
 
 
@@ -86,20 +83,22 @@ CHANGES = {
 def test_resume_with_another_run_is_refused_naming_what_differs(finished, tmp_path, field):
     workdir = _copy(finished, tmp_path / "w")
     change = dict(CHANGES[field])
-    with pytest.raises(RunMismatchError, match=rf"holds another run; what differs: .*\b{field}\b"):
+    with pytest.raises(RunMismatchError, match=rf"holds another run: .*\b{field} changed"):
         _run(workdir, **change)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]  # nothing touched
 
 
 def test_changed_run_resumes_when_allowed_and_more_steps_extend(finished, tmp_path):
     workdir = _copy(finished, tmp_path / "w")
-    with pytest.warns(RuntimeWarning, match=r"resuming .* with a changed run: .*total_steps.*; seed: 0 -> 1"):
+    with pytest.warns(
+        UserWarning, match=r"continuing .* with a changed run: loop.seed changed \(0 -> 1\); .*total_steps changed"
+    ):
         result = _run(workdir, loop=Loop(steps=6, batch_size=8, seed=1, parallel="none"), allow=True)
     assert result.resumed_from == 4
     # The run's length is not its identity when the optimizer does not depend on it (tx given): 4 -> 6 steps.
     workdir2 = tmp_path / "tx"
-    _run(workdir2, tx=optax.sgd(0.1))
-    assert _run(workdir2, tx=optax.sgd(0.1), loop=Loop(steps=6, batch_size=8, parallel="none")).resumed_from == 4
+    _run(workdir2, optimizer=optax.sgd(0.1))
+    assert _run(workdir2, optimizer=optax.sgd(0.1), loop=Loop(steps=6, batch_size=8, parallel="none")).resumed_from == 4
 
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path):
@@ -164,7 +163,7 @@ def test_resume_and_finished_runs_say_so_in_one_line_each(tmp_path, capsys):
             module,
             jax.device_get(tiny_variables(module)),
             tiny_dataset(40),
-            tx=optax.sgd(0.01),  # no schedule over the run's length: the run may be extended
+            optimizer=optax.sgd(0.01),  # no schedule over the run's length: the run may be extended
             loop=Loop(steps=steps, batch_size=8, parallel="none"),
             checkpoints=Checkpoints(tmp_path, every=2),
             progress=True,

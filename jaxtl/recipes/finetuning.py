@@ -1,0 +1,258 @@
+"""Fine-tuning, the whole run (what ``jaxtl finetune`` does): a held-out split, the head rule, training in the
+config's mode, evaluation on the held-out part, and with a work directory the classifier saved with its card and
+its held-out record. Every mode goes through the same run lifecycle (:class:`~jaxtl.lifecycle.Run`): the
+cached-feature path keeps the same promises as the per-step one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtl.data.augment import random_crop_flip
+from jaxtl.data.batching import run_length
+from jaxtl.data.source import Source
+from jaxtl.errors import ConfigError
+from jaxtl.lifecycle import Run
+from jaxtl.models.card import ModelCard
+from jaxtl.models.heads import head_name
+from jaxtl.recipes.config import WORDS, FinetuneConfig
+from jaxtl.recipes.data import open_data, resolve_augment, split_for_training, write_heldout
+from jaxtl.recipes.evaluation import evaluate_classifier
+from jaxtl.recipes.model import ModelLike, as_model, classifier_for, variables_digest
+from jaxtl.train.config import Checkpoints, fit_batch
+from jaxtl.train.fit import OnStep, fit
+from jaxtl.train.groups import ParamGroups
+from jaxtl.train.losses import CrossEntropy
+from jaxtl.train.model_files import write_variables
+from jaxtl.train.parallel import Parallel
+from jaxtl.train.probe import extract_features, fit_linear_probe
+from jaxtl.train.result import RunResult
+
+__all__ = ["finetune"]
+
+WRITES = ("checkpoints", "metrics.jsonl", "classifier", "features.npy")
+FEATURES_IN_MEMORY = 1 << 30  # cached features beyond 1 GiB go to a memory-mapped .npy file
+
+
+def crop_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """``augment="crop-flip"`` on the device: shifts by up to 1/8 of the side (zero padding) and mirroring."""
+    pad = max(1, min(images.shape[1], images.shape[2]) // 8)
+    return random_crop_flip(rng, images, padding=pad, flip=True)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What one fine-tuning run does, settled before any work."""
+
+    config: FinetuneConfig
+    module: nn.Module
+    variables: dict[str, Any]
+    card: ModelCard | None
+    train: Source
+    test: Source | None
+    heldout: dict[str, Any]
+    batch_size: int
+    total: int
+    on_device: bool
+    data_name: str
+
+
+def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source) -> tuple[_Plan, dict[str, Any]]:
+    module, variables, card = as_model(model)
+    if isinstance(data, str) and card is None:
+        raise ConfigError("a data spec needs the model card to prepare images: pass (module, variables, card)", "model")
+    if card is not None:
+        source = open_data(data, card, config.input)
+    else:
+        assert not isinstance(data, str)
+        source = data
+    _, on_device = resolve_augment(config.input.augment, source)
+    train, test, heldout = split_for_training(source, config.split, config.loop.seed)
+    clf, clf_vars, _ = classifier_for(
+        module, variables, card, tuple(source.class_names or ()), source.num_classes, config.loop.seed
+    )
+    dtype = config.dtype or (card.dtype if card is not None else None)
+    if dtype == "bfloat16":
+        clf = clf.clone(dtype=jnp.bfloat16)
+    devices = Parallel(config.loop.parallel).num_devices
+    batch = fit_batch(config.loop.batch_size, len(train), devices)
+    _, total = run_length(len(train), batch, config.loop.epochs, config.loop.steps)
+    identity = {
+        **config.identity(total),
+        "data": source.digest(),
+        "num_examples": len(train),
+        "init": variables_digest(variables),
+        "classes": list(source.class_names or ()),
+    }
+    if card is not None:
+        identity["arch"] = card.arch
+    name = data if isinstance(data, str) else repr(data)
+    plan = _Plan(config, clf, clf_vars, card, train, test, heldout, batch, total, on_device, name)
+    return plan, identity
+
+
+@contextlib.contextmanager
+def _feature_file(module: nn.Module, n: int, run: Run | None) -> Iterator[pathlib.Path | None]:
+    """Where a large feature cache is memory-mapped (``workdir/features.npy`` or a temporary file, removed after),
+    or None when ``n`` examples' features fit comfortably in memory."""
+    if n * int(module.num_features) * 4 <= FEATURES_IN_MEMORY:
+        yield None
+        return
+    if run is not None:
+        yield run.workdir / "features.npy"
+        return
+    with tempfile.TemporaryDirectory(prefix="jaxtl-features-") as tmp:
+        yield pathlib.Path(tmp) / "features.npy"
+
+
+def _train_cached(
+    p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    c = p.config
+    if c.mode == "frozen" and progress and jax.process_index() == 0:
+        print(
+            "finetune: frozen backbone without augmentation -> its features are computed once and the head is "
+            "trained on them (feature_cache=False to run the backbone every step)",
+            file=sys.stderr,
+        )
+    head = head_name(p.module)
+    with _feature_file(p.module, len(p.train), run) as out_path:
+        feats = extract_features(
+            p.module, p.variables, p.train, batch_size=p.batch_size, parallel=c.loop.parallel, out_path=out_path
+        )
+        if run is not None:
+            run.check_stop("feature extraction")
+        probe = fit_linear_probe(
+            feats,
+            np.asarray(p.train.labels),
+            p.train.num_classes,
+            c.optimizer.build(p.total),
+            variables=p.variables,
+            classifier=head,
+            steps=p.total,
+            batch_size=p.batch_size,
+            seed=c.loop.seed,
+            label_smoothing=c.label_smoothing,
+        )
+    assert probe.variables is not None
+    history = [{"split": "train", **rec} for rec in probe.history]
+    for rec in probe.history:
+        for cb in callbacks:
+            cb(int(rec["step"]), rec)
+    if run is not None and run.main:
+        (run.workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    return jax.tree.map(jnp.asarray, probe.variables), history
+
+
+def _train_steps(p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep]) -> RunResult:
+    c = p.config
+    head = head_name(p.module)
+    groups = ParamGroups.head_only(head) if c.mode == "frozen" else ParamGroups.finetune(head, c.backbone_lr_scale)
+    loop = dataclasses.replace(c.loop, batch_size=p.batch_size, epochs=None, steps=p.total)
+    return fit(
+        p.module,
+        p.variables,
+        p.train,
+        optimizer=c.optimizer,
+        groups=groups,
+        loop=loop,
+        checkpoints=None if run is None else Checkpoints(run),
+        loss=CrossEntropy(label_smoothing=c.label_smoothing),
+        augment=crop_flip if p.on_device else None,
+        callbacks=callbacks,
+        progress=progress,
+    )
+
+
+def _classifier_card(p: _Plan, metrics: dict[str, float]) -> ModelCard | None:
+    if p.card is None:
+        return None
+    c, card, train = p.config, p.card, p.train
+    size = train.image_shape[0]
+    pre = card.preprocessing if size == card.preprocessing.crop_size else card.preprocessing.with_size(size)
+    split = {"test_fraction": c.split.test_fraction, "seed": c.loop.seed, "labels_per_class": c.split.labels_per_class}
+    return card.replace(
+        num_classes=train.num_classes,
+        class_names=tuple(train.class_names or ()),
+        kind="classifier",
+        dtype=c.dtype or card.dtype,
+        preprocessing=pre,
+        extra={
+            **{k: v for k, v in card.extra.items() if k not in ("test", "split", "mode")},
+            "data": p.data_name,
+            "split": split,
+            "mode": c.mode,
+            "test": metrics,
+        },
+    )
+
+
+def finetune(
+    config: FinetuneConfig,
+    model: ModelLike,
+    data: str | Source,
+    *,
+    workdir: str | pathlib.Path | None = None,
+    progress: bool = True,
+    allow_changes: bool = False,
+    callbacks: Sequence[OnStep] = (),
+) -> RunResult:
+    """Fine-tune ``model`` into a classifier of ``data``'s classes as ``config`` says (what ``jaxtl finetune``
+    runs); returns a :class:`~jaxtl.train.result.RunResult` (``.metrics``: held-out top1/top5/loss/n).
+
+    ``model``: ``(module, variables, card)`` as :func:`jaxtl.bridge.pretrained`, :func:`jaxtl.pretrain`,
+    :func:`load_variables` or another ``finetune`` give it (``(module, variables)`` with a ready Source as data).
+    ``data``: a data spec (``"folder:DIR"``, ``"digits"``, ...; prepared as the card says) or a Source.
+    ``workdir``: the run is resumable there (lock, identity, checkpoints, ``metrics.jsonl``) and the classifier
+    is saved to ``workdir/classifier`` with its card and held-out record; SIGINT/SIGTERM stop it cleanly.
+    ``callbacks``: ``fn(step, train_metrics)`` after every step, in order (as :func:`~jaxtl.train.fit` calls them).
+    """
+    if not isinstance(config, FinetuneConfig):
+        raise ConfigError(f"config must be a FinetuneConfig, got {type(config).__name__}", "config")
+    plan, identity = _plan(config, model, data)
+    if workdir is not None and plan.card is None:
+        raise ConfigError("saving a classifier needs the model card: pass (module, variables, card)", "model")
+    run = None
+    if workdir is not None:
+        need = 3 * sum(np.asarray(x).nbytes for x in jax.tree.leaves(plan.variables)) + 2**20
+        run = Run(
+            pathlib.Path(workdir),
+            identity,
+            WORDS,
+            WRITES,
+            allow_changes=allow_changes,
+            need_bytes=need,
+            kind="finetune",
+        )
+    with run if run is not None else contextlib.nullcontext():
+        if run is not None:
+            run.check_output("classifier")
+            run.note("heldout", {k: v for k, v in plan.heldout.items() if k != "test"})
+        state, resumed = None, 0
+        if config.cached_features:
+            variables, history = _train_cached(plan, run, progress, callbacks)
+        else:
+            result = _train_steps(plan, run, progress, callbacks)
+            variables, history, state, resumed = result.variables, result.history, result.state, result.resumed_from
+        metrics = evaluate_classifier(plan.module, variables, plan.test) if plan.test is not None else {}
+        card = _classifier_card(plan, metrics)
+        path = None
+        if run is not None and run.main:
+            assert card is not None
+            with run.output("classifier") as tmp:
+                write_variables(tmp, variables, card)
+                write_heldout(tmp, plan.heldout)
+            path = run.workdir / "classifier"
+    return RunResult(plan.module, variables, card, history, metrics, path, state, resumed, len(plan.train))
