@@ -133,6 +133,7 @@ def load_image_folder(
         images[j] = decoded[i]
         decoded[i] = None  # free the uint8 copy as we go
     images /= 255.0
+    assert listing.labels is not None  # a labeled listing (the default)
     labels = listing.labels[keep].astype(np.int32)
     return ArrayDataset(images, labels, len(listing.class_names), listing.class_names)
 
@@ -201,7 +202,8 @@ def load_npz(
         raise ValueError(f"npz file {str(p)!r} does not exist or is not a file")
     try:
         npz = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: a zero-byte file
+    # EOFError: a zero-byte file; NotImplementedError: zipfile on a damaged header (unknown compression or version)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as e:
         raise ValueError(f"npz file {str(p)!r} could not be read: {e or type(e).__name__}") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"npz file {str(p)!r} holds a single array (.npy), not named arrays (np.savez)")
@@ -213,14 +215,14 @@ def load_npz(
                 raise ValueError(f"npz file {str(p)!r} has no key {key!r}; keys present: {keys}")
             try:
                 _check_before_inflating(_npy_header(npz, key), limit, image_shape if key == images_key else None)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
                 raise ValueError(f"npz file {str(p)!r}, key {key!r}: {e}") from e
 
         def get(key: str) -> np.ndarray:
             try:
                 return np.asarray(npz[key])
             # ValueError: object arrays need pickle, which we refuse; the others: a damaged or truncated member.
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
                 raise ValueError(f"npz file {str(p)!r}, key {key!r}: could not be read ({e})") from e
 
         raw = get(images_key)

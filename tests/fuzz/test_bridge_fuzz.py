@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 import jaxtl
 from jaxtl.bridge import BridgeError, from_torchvision, load_safetensors, load_state_dict, save_safetensors
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The number of examples and the deadline come from the profile tests/conftest.py loads ("explore" searches more).
+FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 ARCH, CLASSES = "resnet18", 3
 
 
@@ -42,12 +43,17 @@ def expected_shapes():
     return jax.tree.map(lambda s: s.shape, dict(shapes))
 
 
-def _assert_loads_or_bridge_error(source, expected_shapes, **kwargs) -> bool:
+def _assert_loads_or_bridge_error(source, expected_shapes, headless_ok: bool = False, **kwargs) -> bool:
+    """``headless_ok``: the head's weight is gone and unexpected keys are ignored (strict=False), so the checkpoint
+    reads as a backbone: a complete load without ``fc`` is right too."""
     try:
         _, variables = from_torchvision(source, **kwargs)
     except BridgeError:
         return False
     got = jax.tree.map(lambda a: a.shape, {k: variables[k] for k in ("params", "batch_stats")})
+    if headless_ok and "fc" not in got["params"]:
+        params = {k: v for k, v in expected_shapes["params"].items() if k != "fc"}
+        expected_shapes = {**expected_shapes, "params": params}
     assert got == expected_shapes, "a partial or mis-shaped load"
     for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
         a = np.asarray(leaf)
@@ -100,6 +106,32 @@ def _weird(a: np.ndarray, kind: str):
     return {"string": "weights", "none": None, "list": [1.0, 2.0]}[kind]
 
 
+WRAPS = ("plain", "state_dict", "module.", "torch")
+
+
+def _wrapped(sd: dict, wrap: str) -> object:
+    if wrap == "state_dict":
+        return {"state_dict": sd, "epoch": 3}
+    if wrap == "module.":
+        return {(f"module.{k}" if isinstance(k, str) else k): v for k, v in sd.items()}
+    if wrap == "torch":
+        # np.array(copy=True), not np.ascontiguousarray: that returns at least 1-d, so every 0-d
+        # num_batches_tracked became shape [1] and the untouched dict was (rightly) refused.
+        return {k: (torch.from_numpy(np.array(v, copy=True)) if _torchable(v) else v) for k, v in sd.items()}
+    return sd
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("wrap", WRAPS)
+def test_untouched_state_dict_loads_in_every_wrapping(valid, expected_shapes, wrap, strict):
+    """The explicit case behind the fuzz test below (st.data() takes no @example): found by a random draw, the
+    "torch" wrapping once reshaped every 0-d num_batches_tracked to [1]."""
+    source = _wrapped(dict(valid), wrap)
+    if wrap == "torch":
+        assert source["bn1.num_batches_tracked"].shape == ()
+    assert _assert_loads_or_bridge_error(source, expected_shapes, arch=ARCH, strict=strict)
+
+
 @FUZZ
 @given(data=st.data())
 def test_malformed_state_dicts(valid, expected_shapes, data):
@@ -119,18 +151,33 @@ def test_malformed_state_dicts(valid, expected_shapes, data):
     if non_string:
         sd[7] = np.zeros((1,), np.float32)
     untouched = not (dropped or altered or extra or non_string)
-    wrap = data.draw(st.sampled_from(["plain", "state_dict", "module.", "torch"]), label="wrap")
-    source: object = sd
-    if wrap == "state_dict":
-        source = {"state_dict": sd, "epoch": 3}
-    elif wrap == "module.":
-        source = {(f"module.{k}" if isinstance(k, str) else k): v for k, v in sd.items()}
-    elif wrap == "torch":
-        source = {k: (torch.from_numpy(np.ascontiguousarray(v)) if _torchable(v) else v) for k, v in sd.items()}
+    wrap = data.draw(st.sampled_from(WRAPS), label="wrap")
+    source = _wrapped(sd, wrap)
     strict = data.draw(st.booleans(), label="strict")
-    loaded = _assert_loads_or_bridge_error(source, expected_shapes, arch=ARCH, strict=strict)
+    # Found by this test (fc.weight dropped): without a 2-d fc.weight there is no head to infer, and strict=False
+    # ignores the other fc keys as unexpected.
+    fc = sd.get("fc.weight")
+    headless_ok = not strict and not (isinstance(fc, np.ndarray) and fc.ndim == 2)
+    try:
+        loaded = _assert_loads_or_bridge_error(source, expected_shapes, headless_ok, arch=ARCH, strict=strict)
+    except AttributeError:
+        if wrap == "module." and any(not _torchable(v) for v in sd.values()):
+            return  # the known bridge bug pinned by test_prefixed_state_dict_with_a_non_tensor_value (xfail)
+        raise
     if untouched:
         assert loaded, "the valid state dict must load"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="bridge bug found by test_malformed_state_dicts: looking for a key prefix, bridge/infer.py reads "
+    "'.shape' of every value (AttributeError on a str); remove the exception in that test when this passes",
+)
+def test_prefixed_state_dict_with_a_non_tensor_value(valid, expected_shapes):
+    sd = {f"module.{k}": v for k, v in valid.items()}
+    sd["module.fc.weight"] = "weights"
+    assert not _assert_loads_or_bridge_error(sd, expected_shapes, arch=ARCH)
 
 
 def _torchable(v) -> bool:
@@ -277,6 +324,22 @@ def test_random_safetensors_entries(tmp_path_factory, dtype, shape, offsets):
     assert tensors["w"].nbytes == 16
 
 
+def _ambiguous_wrapper(wrappers: list[str], others: dict[str, str]) -> bool:
+    """Whether a level of the chain leaves the bridge's unwrapping rule without one answer: above the innermost
+    level no entry holds tensors itself, and the bridge takes the most preferred of its WRAPPER_KEYS holding a
+    mapping, else the one non-empty mapping. A sibling mapping ({"lr": 0.1}) beside an unnamed wrapper makes two
+    candidates, and one under a more preferred name is taken first (its contents are then no state dict)."""
+    from jaxtl.bridge.checkpoints import WRAPPER_KEYS
+
+    rank = {k: i for i, k in enumerate(WRAPPER_KEYS)}
+    dicts = [k for k, kind in others.items() if kind == "dict"]
+    for w in wrappers[:-1]:
+        for k in dicts:
+            if k != w and (w not in rank or rank.get(k, len(rank)) < rank[w]):
+                return True
+    return False
+
+
 PREFIX_PART = st.text(alphabet="abcdemnorstu_", min_size=1, max_size=6)
 
 
@@ -287,6 +350,8 @@ PREFIX_PART = st.text(alphabet="abcdemnorstu_", min_size=1, max_size=6)
     others=st.dictionaries(st.text(max_size=8), st.sampled_from(["int", "str", "tensor", "dict"]), max_size=3),
 )
 @example(parts=[], wrappers=["x", "state_dict"], others={})  # found by this test: an unnamed wrapper around one
+@example(parts=[], wrappers=["x", "state_dict"], others={"": "dict"})  # found: an unnamed wrapper beside a dict
+@example(parts=[], wrappers=["net", "state_dict"], others={"model": "dict"})  # a preferred name beside it
 def test_wrapped_and_prefixed_state_dicts(valid, parts, wrappers, others):
     """Any nesting and key prefix either loads exactly the bare state dict's variables or raises BridgeError."""
     prefix = "".join(p + "." for p in parts)
@@ -303,7 +368,9 @@ def test_wrapped_and_prefixed_state_dicts(valid, parts, wrappers, others):
     try:
         _, got = from_torchvision(obj, arch=ARCH)
     except BridgeError:
-        assert stray_tensor, "a wrapped/prefixed state dict with nothing odd beside it must load"
+        assert stray_tensor or _ambiguous_wrapper(wrappers, others), (
+            "a wrapped/prefixed state dict with nothing odd beside it must load"
+        )
         return
     _, expected = from_torchvision(valid, arch=ARCH)
     assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
