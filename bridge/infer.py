@@ -24,8 +24,12 @@ _CONVNEXT_BLOCK = re.compile(r"^features\.(\d+)\.(\d+)\.layer_scale$")
 
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...] | None:
-    a = sd.get(key)
-    return None if a is None else tuple(int(d) for d in a.shape)
+    """The shape of ``sd[key]``; None when absent or not an array (a non-tensor value is reported later, by key)."""
+    shape = getattr(sd.get(key), "shape", None)
+    try:
+        return None if shape is None else tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        return None
 
 
 def _resnet(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +169,7 @@ def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
                 if seen["image_size"] is None:
                     raise BridgeError(
                         f"the state dict looks like {name}, but its position embedding "
-                        f"{list(state_dict['encoder.pos_embedding'].shape)} is not a class token plus a square grid"
+                        f"{list(_shape(state_dict, 'encoder.pos_embedding') or ())} is not a class token plus a square grid"
                     )
                 if seen["image_size"] != get_spec(name).input_size:
                     overrides["image_size"] = seen["image_size"]

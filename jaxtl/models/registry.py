@@ -181,7 +181,7 @@ def families(torchvision: bool | None = None) -> list[str]:
 
 
 def get_spec(name: str) -> ArchSpec:
-    """The metadata of a registered architecture; a clear KeyError naming the choices otherwise."""
+    """The metadata of a registered architecture; an UnknownArchError (a KeyError) naming the choices otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:

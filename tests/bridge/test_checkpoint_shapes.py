@@ -204,7 +204,7 @@ def test_jaxtl_flax_safetensors_is_a_source_and_inspectable(model, x, tmp_path, 
     assert main(["inspect", str(tmp_path / "flax.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "layout:        jaxtl Flax-layout .safetensors" in out
-    assert "architecture:  resnet18" in out and "fc:            [10, 512] (num_classes=10)" in out
+    assert "architecture:  resnet18" in out and "head:          [10, 512] (num_classes=10)" in out
     assert "problems:      none" in out
 
 
@@ -218,7 +218,7 @@ def test_inspect_describes_what_convert_safetensors_wrote(model, tmp_path, capsy
     assert main(["inspect", str(tmp_path / "flax.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "layout:        jaxtl Flax-layout .safetensors" in out
-    assert "architecture:  resnet18" in out and "fc:            [10, 512] (num_classes=10)" in out
+    assert "architecture:  resnet18" in out and "head:          [10, 512] (num_classes=10)" in out
     assert "model card:    classifier, 10 classes, source " + str(tmp_path / "ddp.pth") in out
     assert "eval input:    resize 256, crop 224, bilinear" in out
     assert "problems:      none" in out and "not a torchvision ResNet" not in out
