@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             module,
             variables,
             ds,
-            tx=tx,
+            optimizer=tx,
             groups=ParamGroups.head_only(),
             loop=Loop(batch_size=args.batch_size, epochs=args.epochs, parallel=par.kind),
             progress=False,
@@ -92,18 +92,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def jaxtl_finetune() -> None:
         # What a user calls: mode="frozen" without augmentation takes the cached-feature path by itself.
-        opt = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "constant"}  # = optax.sgd(0.01, momentum=0.9)
-        new_vars, _ = jaxtl.finetune(
-            module,
-            variables,
-            ds,
+        config = jaxtl.FinetuneConfig(
             mode="frozen",
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            optimizer=opt,
-            parallel=par.kind,
-            progress=False,
+            optimizer=jaxtl.Optimizer("sgd", lr=0.01, momentum=0.9, schedule="constant"),  # = optax.sgd(0.01, 0.9)
+            loop=jaxtl.Loop(batch_size=args.batch_size, epochs=args.epochs, parallel=par.kind),
+            split=jaxtl.Split(test_fraction=0),  # the same examples as fit and the probe
         )
+        new_vars = jaxtl.finetune(config, (module, variables), ds, progress=False).variables
         head_out["finetune"] = new_vars["params"]["fc"]
 
     if args.worker_cache:

@@ -4,8 +4,8 @@ One generated JPEG folder (:func:`benchmarks.data_pipeline.make_folder`), one ra
 to a ``.pth`` (nothing downloaded), and per mode (``frozen``: only the new head trains, the backbone runs
 BatchNorm on running averages; ``full``: everything trains) whole runs of:
 
-- ``jaxtl``: what a user calls, ``jaxtl.pretrained(path)`` then ``jaxtl.finetune_classifier(..., "folder:DIR",
-  augment="rrc")`` (the route of ``jaxtl finetune --data folder:DIR --augment rrc``): grain workers decode,
+- ``jaxtl``: what a user calls, ``jaxtl.pretrained(path)`` then ``jaxtl.finetune(FinetuneConfig(..., input=Input(augment="rrc")),
+  model, "folder:DIR")`` (the route of ``jaxtl finetune --data folder:DIR --augment rrc``): grain workers decode,
   RandomResizedCrop + flip; a stratified 80/20 split, ``--epochs`` epochs, evaluation on the held-out part.
 - ``torch``: the loop a PyTorch user writes (:func:`benchmarks.torch_ref.folder_finetune`): ``ImageFolder`` +
   ``DataLoader(num_workers, persistent_workers)`` + v2 transforms, the same split, SGD, evaluation.
@@ -74,20 +74,14 @@ def jaxtl_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     model = jaxtl.pretrained("resnet18", args.weights, use_cache=False, progress=False)
-    res = jaxtl.finetune_classifier(
-        tuple(model),  # type: ignore[arg-type]
-        f"folder:{args.folder}",
+    config = jaxtl.FinetuneConfig(
         mode=args.worker_mode,
-        test_fraction=args.test_fraction,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer={"name": "sgd", "momentum": args.momentum, "schedule": "constant"},
-        augment="rrc",
-        workers=args.workers,
-        image_size=args.image_size,
-        progress=False,
+        optimizer=jaxtl.Optimizer("sgd", lr=args.lr, momentum=args.momentum, schedule="constant"),
+        loop=jaxtl.Loop(batch_size=args.batch_size, epochs=args.epochs),
+        input=jaxtl.Input(image_size=args.image_size, workers=args.workers, augment="rrc"),
+        split=jaxtl.Split(test_fraction=args.test_fraction),
     )
+    res = jaxtl.finetune(config, model, f"folder:{args.folder}", progress=False)
     train = [r for r in res.history if r.get("split") == "train"]
     steps = max(int(r["step"]) for r in train)
     rates = [float(r["images_per_s"]) for r in train if r["batch"]]  # the first of an epoch waits for workers

@@ -278,6 +278,12 @@ def _pretrain(a: argparse.Namespace) -> int:
     progress = _start(a)
     init = None
     if a.torch_weights:
+        from jaxtl.models import get_spec
+
+        if not get_spec(a.arch).torchvision:
+            raise UsageError(
+                f"--torch-weights needs a torchvision --arch (resnet50, vit_b_16, ...); {a.arch} has no torchvision weights"
+            )
         if a.channels != 3:
             raise UsageError("--torch-weights needs --channels 3 (torchvision models take RGB)")
         from jaxtl.bridge import pretrained

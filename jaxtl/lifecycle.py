@@ -15,9 +15,7 @@ A :class:`Run` owns a work directory while it is open:
   is replaced only when it is exactly what that record says this run wrote. A user's file is never replaced or
   deleted; temporaries are removed on failure.
 
-Standalone outputs (``jaxtl convert OUT``, ``jaxtl pack OUT``) use :func:`write_outputs`: every output is prepared
-under a temporary name first, checked for room and permission before the work, and committed together (a failure
-puts back what was there). Their record is the ``jaxtl-outputs.json`` written inside an output folder.
+Standalone outputs (``jaxtl convert OUT``, ``jaxtl pack OUT``) go through :func:`jaxtl.outputs.write_outputs`.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -35,29 +32,26 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from jaxtl.errors import ConfigError, OutputError
+from jaxtl.errors import OutputError
+from jaxtl.outputs import file_digests, is_disk_full, os_error_message, remove_path, replace_path, sibling, write_atomic
 
 __all__ = [
-    "OUTPUTS_RECORD",
     "Run",
     "RunInterrupted",
     "RunMismatchError",
     "WorkdirError",
     "WorkdirLock",
+    "check_workdir",
     "describe_changes",
-    "file_digests",
-    "os_error_message",
     "stop_on_signals",
-    "write_atomic",
-    "write_outputs",
 ]
 
+T = TypeVar("T")
 RUN_RECORD = "run.json"
-OUTPUTS_RECORD = "jaxtl-outputs.json"
 _FORMAT = "jaxtl-run"
 
 
@@ -87,70 +81,6 @@ class RunInterrupted(KeyboardInterrupt):
         else:
             text = f"{name} received: stopped after step {step}; nothing saved (no work directory)"
         super().__init__(text)
-
-
-# --- small pieces ----------------------------------------------------------------------------------------------
-
-
-def os_error_message(what: str, e: OSError, where: Path) -> str:
-    """``"<what>: <reason> (<free> MiB free on <where>)"``, one line; the free space only for a full disk."""
-    text = f"{what}: {e.strerror or e}"
-    if getattr(e, "errno", None) == errno.ENOSPC:
-        with contextlib.suppress(OSError):
-            text += f" ({shutil.disk_usage(where).free / 2**20:.1f} MiB free on {where}); free some space and run again"
-    elif getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
-        text += f"; choose a writable location or fix the permissions of {where}"
-    return text
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    # tensorstore (Orbax) reports a full disk as its own error type with a long text.
-    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e) or "ENOSPC" in str(e)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_digests(path: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``path`` (a folder), or ``{"": sha256}`` of a file."""
-    path = Path(path)
-    if path.is_file():
-        return {"": _sha256(path)}
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            p = Path(root) / name
-            out[p.relative_to(path).as_posix()] = _sha256(p)
-    return dict(sorted(out.items()))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-def _sibling(target: Path, tag: str) -> Path:
-    return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename (readers see the old or the new file)."""
-    path = Path(path)
-    tmp = _sibling(path, "tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _process_index() -> int:
@@ -248,7 +178,7 @@ def check_workdir(workdir: str | os.PathLike[str], need_bytes: int = 0) -> Path:
             f.write(b"jaxtl")
         probe.unlink()
     except OSError as e:
-        _remove(probe)
+        remove_path(probe)
         raise WorkdirError(os_error_message(f"work directory {path} is not writable", e, path)) from None
     free = shutil.disk_usage(path).free
     if free < need_bytes:
@@ -330,7 +260,7 @@ class Run:
 
     def __exit__(self, *exc: object) -> None:
         for tmp in list(self._temporaries):
-            _remove(tmp)
+            remove_path(tmp)
         self._temporaries.clear()
         if self._signals is not None:
             self._signals.close()
@@ -396,6 +326,14 @@ class Run:
         if self._received:
             raise RunInterrupted(self._received[0], 0, None, self.workdir, during=during)
 
+    def watch(self, items: Iterable[T], during: str) -> Iterator[T]:
+        """``items``, checking between them for a signal (:meth:`check_stop`): long work with nothing to save
+        (feature extraction) stops cleanly after the current item."""
+        for item in items:
+            self.check_stop(during)
+            yield item
+        self.check_stop(during)
+
     def note(self, key: str, value: Any) -> None:
         """Keep a JSON-able fact in ``run.json`` (e.g. the held-out split); process 0 writes it."""
         if self.main:
@@ -432,147 +370,23 @@ class Run:
         A failure removes the temporary and keeps the previous output; a full disk is one line naming the path."""
         target = self.workdir / name
         self.check_output(name)
-        tmp = _sibling(target, "tmp")
+        tmp = sibling(target, "tmp")
         self._temporaries.add(tmp)
         try:
             yield tmp
             digests = file_digests(tmp)
-            _replace(tmp, target)
+            replace_path(tmp, target)
         except OSError as e:
             raise WorkdirError(os_error_message(f"cannot write {target}", e, self.workdir)) from None
         except Exception as e:
-            if _is_disk_full(e):
+            if is_disk_full(e):
                 raise WorkdirError(
                     os_error_message(f"cannot write {target}", OSError(errno.ENOSPC, "No space left on device"), target)
                 ) from None
             raise
         finally:
-            _remove(tmp)
+            remove_path(tmp)
             self._temporaries.discard(tmp)
         if self.main:
             self.record.setdefault("outputs", {})[name] = digests
             self._save_record()
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target``; an existing target is moved aside first and put back if the rename fails."""
-    if not target.exists():
-        tmp.rename(target)
-        return
-    old = _sibling(target, "old")
-    target.rename(old)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    _remove(old)
-
-
-# --- standalone outputs (convert, pack) ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Output:
-    """One path a command writes: ``kind`` ``"dir"`` or ``"file"``; ``what`` names it in messages (``"OUT"``)."""
-
-    path: Path
-    kind: str = "dir"
-    what: str = "output"
-
-
-def _recorded_files(folder: Path) -> dict[str, Any] | None:
-    try:
-        rec = json.loads((folder / OUTPUTS_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) and isinstance(rec.get("files"), dict) else None
-
-
-def _ours(out: Output, records: Sequence[dict[str, Any]]) -> bool:
-    """Whether the existing ``out.path`` is exactly what a jaxtl command wrote there (by its record)."""
-    p = out.path
-    if p.is_symlink():
-        return False
-    if out.kind == "dir":
-        rec = _recorded_files(p) if p.is_dir() else None
-        if rec is None:
-            return False
-        have = file_digests(p)
-        have.pop(OUTPUTS_RECORD, None)
-        return have == rec["files"]
-    want = {str(Path(k).absolute()): v for r in records for k, v in r.get("companions", {}).items()}
-    return p.is_file() and want.get(str(p.absolute())) == _sha256(p)
-
-
-def write_outputs(
-    outputs: Sequence[Output],
-    produce: Callable[[Sequence[Path]], None],
-    *,
-    overwrite: bool = False,
-    sources: Sequence[Path] = (),
-) -> None:
-    """Write every path of ``outputs`` atomically and together: ``produce`` receives one temporary path per output
-    (nothing there yet) and writes them. Checked before ``produce`` runs: no output is one of ``sources``, the
-    folders are writable, and an existing output is replaced only with ``overwrite`` and only when it is exactly
-    what a jaxtl command recorded writing (a folder's ``jaxtl-outputs.json``, or a file listed as a companion in the
-    record of a folder among ``outputs``). Folder outputs get their record (files + SHA-256) written last.
-    """
-    resolved_sources = {s.resolve() for s in sources if s.exists()}
-    existing_records = [r for o in outputs if o.kind == "dir" and (r := _recorded_files(o.path)) is not None]
-    for out in outputs:
-        if out.path.exists() and out.path.resolve() in resolved_sources:
-            raise ConfigError(f"{out.what} {out.path} is the input; choose another path", field=out.what)
-        empty_dir = (
-            out.kind == "dir" and out.path.is_dir() and not out.path.is_symlink() and not any(out.path.iterdir())
-        )
-        if (out.path.exists() or out.path.is_symlink()) and not empty_dir:
-            if not overwrite:
-                raise OutputError(
-                    f"{out.what} {out.path} already exists; pass overwrite=True (--overwrite) to replace it"
-                )
-            if not _ours(out, existing_records):
-                raise OutputError(
-                    f"{out.what} {out.path} is not exactly what jaxtl wrote there (a file or folder of yours, or "
-                    "changed since): refusing to replace it; choose a new path"
-                )
-        parent = out.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(os_error_message(f"cannot create {parent} for {out.what}", e, parent.parent)) from None
-    temps = [_sibling(o.path, "tmp") for o in outputs]
-    committed: list[tuple[Path, Path | None]] = []
-    try:
-        for t in temps:  # proves each folder writable before the work
-            t.touch()
-            t.unlink()
-        produce(temps)
-        companions = {str(o.path.absolute()): _sha256(t) for o, t in zip(outputs, temps) if o.kind == "file"}
-        for o, t in zip(outputs, temps):
-            if o.kind == "dir":
-                rec = {"format": "jaxtl-outputs", "files": file_digests(t), "companions": companions}
-                (t / OUTPUTS_RECORD).write_text(json.dumps(rec, indent=2))
-        for o, t in zip(outputs, temps):
-            old = None
-            if o.path.exists():
-                old = _sibling(o.path, "old")
-                o.path.rename(old)
-            committed.append((o.path, old))
-            t.rename(o.path)
-    except BaseException as e:
-        for path, old in reversed(committed):  # put back what was there
-            if old is not None or path.exists():
-                _remove(path)
-            if old is not None:
-                old.rename(path)
-        for t in temps:
-            _remove(t)
-        if isinstance(e, OSError) or _is_disk_full(e):
-            where = next((o.path for o in outputs), Path("."))
-            err = e if isinstance(e, OSError) else OSError(errno.ENOSPC, "No space left on device")
-            raise OutputError(os_error_message(f"cannot write {where}", err, where.parent)) from None
-        raise
-    for _, old in committed:
-        if old is not None:
-            _remove(old)

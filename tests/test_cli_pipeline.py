@@ -48,12 +48,12 @@ def test_pretrain_writes_encoder_and_resumes(pretrained, capsys) -> None:
     assert card.arch == "convnet_small" and card.num_classes == 0 and "fc" not in variables["params"]
     assert card.kind == "encoder" and card.preprocessing.crop_size == 16 and card.preprocessing.mean == (0.5,) * 3
     assert card.extra["train_mse_last"] < card.extra["train_mse_first"]
-    assert (pretrained / "run" / "metrics.jsonl").exists() and any((pretrained / "run" / "checkpoints").iterdir())
+    assert (pretrained / "metrics.jsonl").exists() and any((pretrained / "checkpoints").iterdir())
     # The same command again finds the finished run in its workdir: nothing is retrained.
-    lines = (pretrained / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = (pretrained / "metrics.jsonl").read_text().splitlines()
     args = ["pretrain", "--data", "digits", "--image-size", "16", "--epochs", "1", "--batch-size", "128"]
     assert main([*args, "--denoise", "noise:0.2", "--lr", "3e-3", "--workdir", str(pretrained), "--no-progress"]) == 0
-    assert (pretrained / "run" / "metrics.jsonl").read_text().splitlines() == lines
+    assert (pretrained / "metrics.jsonl").read_text().splitlines() == lines
     assert "encoder ->" in capsys.readouterr().out
 
 
@@ -109,7 +109,7 @@ def test_finetune_from_torch_weights_linear_probe(torch_weights, folder, tmp_pat
     args += ["--freeze", "linear-probe", "--epochs", "2", "--batch-size", "8", "--lr", "0.01"]
     assert main([*args, "--workdir", str(tmp_path), "--no-progress"]) == 0
     assert "resnet18 (--freeze linear-probe)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["split"] == "train"
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["split"] == "train"
 
 
 def test_demo_quick(tmp_path, capsys) -> None:
@@ -134,14 +134,17 @@ def test_help(command, capsys) -> None:
         (["pretrain", "--data", "mnist", "--workdir", "W"], "'mnist' is not a data spec"),
         (["pretrain", "--data", "npz:/no/such.npz", "--workdir", "W"], "does not exist"),
         (["pretrain", "--data", "digits", "--denoise", "blur:1", "--workdir", "W"], "--denoise"),
-        (["pretrain", "--data", "digits", "--epochs", "0", "--workdir", "W"], "--epochs must be > 0"),
+        (["pretrain", "--data", "digits", "--epochs", "0", "--workdir", "W"], "--epochs must be >= 1, got 0"),
         (["pretrain", "--data", "digits", "--arch", "vgg", "--workdir", "W"], "invalid choice: 'vgg'"),
-        (["pretrain", "--data", "digits", "--torch-weights", "x.pth", "--workdir", "W"], "resnet-family"),
+        (
+            ["pretrain", "--data", "digits", "--torch-weights", "x.pth", "--workdir", "W"],
+            "convnet_small has no torchvision weights",
+        ),
         (["pretrain", "--data", "digits"], "--workdir"),
         (["finetune", "--data", "digits", "--workdir", "W"], "one of the arguments --weights --torch-weights --init"),
-        (["finetune", "--init", "/no/ckpt", "--data", "digits", "--workdir", "W"], "no checkpoint directory"),
+        (["finetune", "--init", "/no/ckpt", "--data", "digits", "--workdir", "W"], "/no/ckpt does not exist"),
         (["finetune", "--torch-weights", "/no/w.pth", "--data", "digits", "--workdir", "W"], "/no/w.pth"),
-        (["evaluate", "/no/ckpt", "--data", "digits"], "no checkpoint directory"),
+        (["evaluate", "/no/ckpt", "--data", "digits"], "/no/ckpt does not exist"),
         (["demo", "--seeds", "0"], "--seeds must be >= 1"),
         (["pretrain", "--data", "digits", "--clip-norm", "0", "--workdir", "W"], "--clip-norm must be > 0"),
         (["pretrain", "--data", "digits", "--schedule", "step", "--workdir", "W"], "invalid choice: 'step'"),
@@ -159,7 +162,7 @@ def test_bad_input_against_real_checkpoints(pretrained, folder, tmp_path, capsys
     assert "num_classes=0" in _one_line_error(capsys)
     argv = ["finetune", "--init", enc, "--data", "digits", "--freeze", "linear-probe", "--augment"]
     assert main([*argv, "--workdir", str(tmp_path)]) == 2
-    assert "--augment cannot be used" in _one_line_error(capsys)
+    assert "--freeze linear-probe computes features once and cannot augment" in _one_line_error(capsys)
     argv = ["finetune", "--init", enc, "--data", "digits", "--labels-per-class", "500", "--workdir", str(tmp_path)]
     assert main(argv) == 2
-    assert "labels_per_class=500" in _one_line_error(capsys)
+    assert "--labels-per-class 500 but some classes have fewer examples" in _one_line_error(capsys)

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxtl.data.sources import PACK_INDEX, list_image_folder
 from jaxtl.errors import DataError
-from jaxtl.lifecycle import Output, write_outputs
+from jaxtl.outputs import Output, write_outputs
 
 __all__ = ["PackResult", "pack_image_folder"]
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from jaxtl.errors import ConfigError
-from jaxtl.lifecycle import Output, write_outputs
+from jaxtl.outputs import Output, write_outputs
 from jaxtl.recipes.config import ConvertConfig
 from jaxtl.train.model_files import write_variables
 from jaxtl.train.result import RunResult

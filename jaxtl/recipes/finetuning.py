@@ -117,6 +117,22 @@ def _feature_file(module: nn.Module, n: int, run: Run | None) -> Iterator[pathli
         yield pathlib.Path(tmp) / "features.npy"
 
 
+class _Watched:
+    """A Source whose batches stop cleanly when the run receives SIGINT/SIGTERM (nothing to save mid-extraction)."""
+
+    def __init__(self, source: Source, run: Run):
+        self._source, self._run = source, run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._run.watch(self._source.batches(*args, **kwargs), "feature extraction")
+
+
 def _train_cached(
     p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -128,12 +144,11 @@ def _train_cached(
             file=sys.stderr,
         )
     head = head_name(p.module)
+    train = p.train if run is None else _Watched(p.train, run)  # SIGINT/SIGTERM stop between batches
     with _feature_file(p.module, len(p.train), run) as out_path:
         feats = extract_features(
-            p.module, p.variables, p.train, batch_size=p.batch_size, parallel=c.loop.parallel, out_path=out_path
+            p.module, p.variables, train, batch_size=p.batch_size, parallel=c.loop.parallel, out_path=out_path
         )
-        if run is not None:
-            run.check_stop("feature extraction")
         probe = fit_linear_probe(
             feats,
             np.asarray(p.train.labels),

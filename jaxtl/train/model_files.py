@@ -27,9 +27,9 @@ import jax.numpy as jnp
 from jaxtl._trees import tree_mismatch
 from jaxtl._version import __version__
 from jaxtl.errors import CheckpointError, JaxtlError
-from jaxtl.lifecycle import Output, write_outputs
 from jaxtl.models.card import ModelCard, ModelCardError, Preprocessing
 from jaxtl.models.registry import create, get_spec
+from jaxtl.outputs import Output, write_outputs
 
 __all__ = ["is_saved_model", "load_variables", "read_card", "save_variables", "write_variables"]
 

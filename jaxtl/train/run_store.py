@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from jaxtl.errors import CheckpointDamagedError
-from jaxtl.lifecycle import WorkdirError, os_error_message
+from jaxtl.lifecycle import WorkdirError
+from jaxtl.outputs import os_error_message
 
 __all__ = ["RunStore", "checkpoint_bytes", "digest", "sync"]
 
