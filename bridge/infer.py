@@ -99,20 +99,37 @@ def _convnext_match(kw: Mapping[str, Any], seen: Mapping[str, Any]) -> bool:
     return tuple(w for w, _, _ in setting) == seen["widths"] and tuple(n for _, _, n in setting) == seen["depths"]
 
 
+def _no_overrides(name: str, seen: Mapping[str, Any], sd: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _vit_overrides(name: str, seen: Mapping[str, Any], sd: Mapping[str, Any]) -> dict[str, Any]:
+    """A ViT's input size, read from its position embedding (SWAG: 384, 512, 518 px)."""
+    if seen["image_size"] is None:
+        pos = list(_shape(sd, "encoder.pos_embedding") or ())
+        raise BridgeError(
+            f"the state dict looks like {name}, but its position embedding {pos} is not a class token plus a "
+            "square grid of patches"
+        )
+    return {"image_size": seen["image_size"]} if seen["image_size"] != get_spec(name).input_size else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """How one family's state dict looks: two ``anchors`` keys that identify it, what its shapes say
-    (``describe``), whether a registered architecture's arguments fit that (``match``)."""
+    (``describe``), whether a registered architecture's arguments fit that (``match``), and the ``create()``
+    arguments the weights fix beyond the registry's (``overrides``)."""
 
     name: str
     anchors: tuple[str, str]
     describe: Callable[[Mapping[str, Any]], dict[str, Any]]
     match: Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+    overrides: Callable[[str, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] = _no_overrides
 
 
 FAMILIES: dict[str, Family] = {
     "resnet": Family("resnet", ("conv1.weight", "layer1.0.conv1.weight"), _resnet, _resnet_match),
-    "vit": Family("vit", ("class_token", "conv_proj.weight"), _vit, _vit_match),
+    "vit": Family("vit", ("class_token", "conv_proj.weight"), _vit, _vit_match, _vit_overrides),
     "convnext": Family("convnext", ("features.0.0.weight", "features.1.0.layer_scale"), _convnext, _convnext_match),
 }
 
@@ -164,16 +181,7 @@ def infer(state_dict: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     fam = FAMILIES[family]
     for name in list_models(family):
         if fam.match(get_spec(name).kwargs, seen):
-            overrides: dict[str, Any] = {}
-            if family == "vit":
-                if seen["image_size"] is None:
-                    raise BridgeError(
-                        f"the state dict looks like {name}, but its position embedding "
-                        f"{list(_shape(state_dict, 'encoder.pos_embedding') or ())} is not a class token plus a square grid"
-                    )
-                if seen["image_size"] != get_spec(name).input_size:
-                    overrides["image_size"] = seen["image_size"]
-            return name, overrides
+            return name, fam.overrides(name, seen, state_dict)
     shown = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in seen.items() if k != "num_classes")
     raise BridgeError(
         f"no registered architecture matches the state dict: saw {shown}; known {family} architectures: "
