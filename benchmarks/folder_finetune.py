@@ -4,9 +4,10 @@ One generated JPEG folder (:func:`benchmarks.data_pipeline.make_folder`), one ra
 to a ``.pth`` (nothing downloaded), and per mode (``frozen``: only the new head trains, the backbone runs
 BatchNorm on running averages; ``full``: everything trains) whole runs of:
 
-- ``jaxtl``: what a user calls, ``jaxtl.pretrained(path)`` then ``jaxtl.finetune(FinetuneConfig(..., input=Input(augment="rrc")),
-  model, "folder:DIR")`` (the route of ``jaxtl finetune --data folder:DIR --augment rrc``): grain workers decode,
-  RandomResizedCrop + flip; a stratified 80/20 split, ``--epochs`` epochs, evaluation on the held-out part.
+- ``jaxtl``: what a user calls, ``jaxtl.pretrained(path)`` then
+  ``jaxtl.finetune(FinetuneConfig(..., input=Input(augment="rrc")), model, "folder:DIR")`` (the route of
+  ``jaxtl finetune --data folder:DIR --augment rrc``): grain workers decode, RandomResizedCrop + flip; a
+  stratified 80/20 split, ``--epochs`` epochs, evaluation on the held-out part.
 - ``torch``: the loop a PyTorch user writes (:func:`benchmarks.torch_ref.folder_finetune`): ``ImageFolder`` +
   ``DataLoader(num_workers, persistent_workers)`` + v2 transforms, the same split, SGD, evaluation.
 - ``jaxtl CLI`` (``--cli``): ``jaxtl finetune`` itself, which also saves checkpoints and the classifier.

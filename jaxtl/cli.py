@@ -282,7 +282,8 @@ def _pretrain(a: argparse.Namespace) -> int:
 
         if not get_spec(a.arch).torchvision:
             raise UsageError(
-                f"--torch-weights needs a torchvision --arch (resnet50, vit_b_16, ...); {a.arch} has no torchvision weights"
+                f"--torch-weights needs a torchvision --arch (resnet50, vit_b_16, ...); {a.arch} has no "
+                "torchvision weights"
             )
         if a.channels != 3:
             raise UsageError("--torch-weights needs --channels 3 (torchvision models take RGB)")
