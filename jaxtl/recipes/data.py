@@ -92,9 +92,10 @@ def open_data(
 
 
 def _without_augmentation(data: Source) -> Source:
-    transform = getattr(data, "transform", None)
-    if transform is not None and getattr(transform, "augment", "none") != "none":
-        return data.with_options(augment="none")  # type: ignore[attr-defined, no-any-return]
+    from jaxtl.data.pipeline import ImageSource
+
+    if isinstance(data, ImageSource) and data.transform.augment != "none":
+        return data.with_options(augment="none")
     return data
 
 

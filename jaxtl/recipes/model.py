@@ -84,7 +84,7 @@ def build_classifier(
     else:
         enc = strip_head(variables, head_name(module))
         ae_vars = {"params": {"encoder": enc["params"]}, "batch_stats": {"encoder": enc.get("batch_stats", {})}}
-    backbone = module.clone(num_classes=0) if getattr(module, "num_classes", 0) else module
+    backbone = module.clone(num_classes=0) if module.num_classes else module
     return classifier_from_autoencoder(ae_vars, backbone, num_classes, rng, input_shape)
 
 
