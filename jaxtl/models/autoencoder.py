@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtl._trees import tree_mismatch
 from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
-from jaxtl.models.card import Preprocessing
+from jaxtl.models.preprocessing import Preprocessing
 from jaxtl.models.registry import ArchSpec, register
 from jaxtl.models.resnet import ConvLayer, pooled_head
 

@@ -20,12 +20,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxtl.errors import UnknownArchError
-from jaxtl.models import vit
-from jaxtl.models.card import Preprocessing
 from jaxtl.models.convnext import ConvNeXt
+from jaxtl.models.preprocessing import Preprocessing
 from jaxtl.models.protocol import Classifier
 from jaxtl.models.resnet import ResNet
-from jaxtl.models.vit import VisionTransformer
+from jaxtl.models.vit import VisionTransformer, resize
 
 # Kept for older callers (jaxtl.data imports them); ImageNet's mean/std are data constants and belong to jaxtl.data.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -218,7 +217,7 @@ def at_image_size(module: Any, variables: Mapping[str, Any], image_size: int) ->
     position embedding interpolated (torchvision's ``interpolate_embeddings``, bicubic); a convolutional network
     takes any size and comes back unchanged."""
     if isinstance(module, VisionTransformer):
-        return vit.resize(module, variables, image_size)
+        return resize(module, variables, image_size)
     return module, dict(variables)
 
 
