@@ -115,3 +115,24 @@ def test_real_entry_point(weights, tmp_path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"jaxtl: error: no such file: {tmp_path / 'nope.pth'}"]
+
+
+def test_convert_backbone_counts_the_params_it_saved_and_inspect_reads_the_folder(weights, tmp_path, capsys) -> None:
+    out = tmp_path / "backbone"
+    assert main(["convert", str(weights), str(out), "--num-classes", "0"]) == 0
+    summary = capsys.readouterr().out
+    # resnet18 has 11,689,512 parameters, 513,000 of them in fc: the backbone saved has the rest.
+    assert "resnet18, 11,176,512 params, no head (backbone)" in summary, summary
+    assert main(["inspect", str(out)]) == 0  # the folder convert just wrote
+    text = capsys.readouterr().out
+    assert "layout:        jaxtl model directory (backbone)" in text
+    assert "params:        60 tensors, 11,176,512 elements" in text and "head:          none (backbone)" in text
+
+
+def test_a_run_folder_given_for_a_model_names_the_model_inside(weights, tmp_path, capsys) -> None:
+    run = tmp_path / "ft"
+    assert main(["convert", str(weights), str(run / "classifier"), "--num-classes", "3"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", "digits"]) == 2
+    err = _one_line_error(capsys)
+    assert f"the run there saved its model in {run / 'classifier'}" in err, err

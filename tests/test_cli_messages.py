@@ -72,3 +72,56 @@ def test_bad_choice_names_the_subcommand_help(capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize("argv", [["--bogus", "demo"], ["nosuchcommand"], []])
 def test_top_level_errors_name_the_top_level_help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     assert _error_line(capsys, argv).endswith("(see 'jaxtl --help')")
+
+
+# --- messages in the command line's own words (#21) ----------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import jaxtl
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"jaxtl {jaxtl.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("feature_cache=False to run the backbone every step", "--no-feature-cache to run the backbone every step"),
+        ("or allow_changes=True to resume", "or --allow-changed-run to resume"),
+        ("pass overwrite=True (--overwrite) to replace it", "pass --overwrite to replace it"),
+        ("labels_per_class=40 but some classes", "--labels-per-class 40 but some classes"),
+        (
+            "mode='linear_probe' cannot augment (augment='auto')",
+            "--freeze linear-probe cannot augment (--augment auto)",
+        ),
+        ("batch_size=30 is not a multiple", "--batch-size 30 is not a multiple"),
+        ("the seed changed (0 -> 1)", "the seed changed (0 -> 1)"),  # English words stay English
+    ],
+)
+def test_library_messages_are_worded_as_flags(message: str, expected: str) -> None:
+    from jaxtl.cli_options import flag_words
+
+    assert flag_words(message, _subparsers()["finetune"]) == expected
+
+
+def test_a_config_error_leads_with_its_flag(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    line = _error_line(capsys, ["finetune", "--init", "x", "--data", "digits", "--workdir", str(tmp_path), "--lr", "0"])
+    assert line == "jaxtl: error: --lr must be > 0, got 0.0"
+    line = _error_line(capsys, ["pretrain", "--data", "digits", "--workdir", str(tmp_path), "--test-fraction", "1"])
+    assert line == "jaxtl: error: --test-fraction must lie in [0, 1), got 1.0"
+
+
+def test_help_texts_give_defaults_and_say_what_options_are_for(capsys: pytest.CaptureFixture[str]) -> None:
+    helps = {}
+    for name in ("finetune", "evaluate", "convert", "inspect"):
+        assert main([name, "--help"]) == 0
+        helps[name] = " ".join(capsys.readouterr().out.split())
+    assert "(default all)" in helps["evaluate"]
+    assert "linear-probe: a head on features computed once" in helps["finetune"]
+    assert "cosine decay to 0 at the last step, or constant" in helps["finetune"]
+    assert "peak learning rate, after --warmup-steps" in helps["finetune"]
+    assert (
+        "or a jaxtl model directory" in helps["inspect"]
+        and "jaxtl model directory" not in helps["convert"].split("OUT")[0]
+    )

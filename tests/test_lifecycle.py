@@ -188,6 +188,7 @@ def test_evaluate_with_a_workdir_writes_through_the_lifecycle(encoder, images, t
     assert main(["evaluate", clf, "--data", f"folder:{images}", "--workdir", str(tmp_path / "e")]) == 0
     saved = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert saved["n"] == 24 and 0 <= saved["top1"] <= 1
+    assert "top5" not in saved and "top-5" not in capsys.readouterr().out  # always 100% with 3 classes: not shown
 
 
 # --- convert and pack own only what they wrote ---------------------------------------------------------------------
