@@ -157,8 +157,7 @@ def pretrained(
     trust_pickle: bool = False,
     download: bool | None = None,
     progress: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
+    use_cache: bool | str | os.PathLike = True,
 ) -> Pretrained:
     """Pretrained torchvision weights (ResNet, ViT, ConvNeXt) as ``(module, variables, card)``; also ``.report``.
 
@@ -171,9 +170,9 @@ def pretrained(
     ``num_classes``: None keeps the weights' head (1000 ImageNet classes, named in ``card.class_names``); another
     size puts a new head initialised from ``seed``; 0 gives the backbone. A ViT is built for the input size of its
     weights (SWAG E2E: 384, 512 or 518 px; see :meth:`Pretrained.at_image_size` for another). ``prefix``/``entry``/
-    ``strict``/``trust_pickle`` as in :func:`~jaxtl.bridge.from_torchvision`. The conversion is cached under
-    ``cache_dir`` (default :func:`~jaxtl.bridge.cache.default_cache_dir`), so a second load of the same file needs
-    no torch; ``use_cache=False`` converts afresh and stores nothing.
+    ``strict``/``trust_pickle`` as in :func:`~jaxtl.bridge.from_torchvision`. The conversion is cached, so a second
+    load of the same file needs no torch: ``use_cache=True`` in :func:`~jaxtl.bridge.cache.default_cache_dir`, a
+    folder there, ``False`` converts afresh and stores nothing.
     """
     named: NamedWeights | None = None
     if is_weights_enum(weights):
@@ -195,15 +194,16 @@ def pretrained(
     if arch is not None:
         check_arch(arch)
     options = {"prefix": prefix, "entry": entry, "strict": strict}
-    entry_file = cache.entry_path(Path(cache_dir or cache.default_cache_dir()), path, {**options, "arch": arch})
-    hit = cache.read_entry(entry_file) if use_cache else None
+    cache_dir = cache.default_cache_dir() if use_cache is True or use_cache is False else Path(use_cache)
+    entry_file = cache.entry_path(cache_dir, path, {**options, "arch": arch})
+    hit = cache.read_entry(entry_file) if use_cache is not False else None
     if hit is not None:
         variables, card_dict, report_dict = hit
         report = BridgeReport.from_dict(report_dict)
         report.cached = str(entry_file)
     else:
         variables, card_dict, report = _convert_file(path, arch, named, options, trust_pickle)
-        if use_cache:
+        if use_cache is not False:
             cache.write_entry(entry_file, variables, card_dict, report.to_dict())
     card = ModelCard.from_dict(card_dict, where=str(entry_file))
     variables = adapt_head(variables, report, num_classes, seed)

@@ -131,3 +131,11 @@ def test_named_weights_nowhere_is_one_clear_error(tmp_path, monkeypatch) -> None
     monkeypatch.setenv("JAXTL_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match="downloads are off"):
         pretrained("vit_l_16", weights="IMAGENET1K_V1")
+
+
+def test_use_cache_takes_a_folder(hub, tmp_path) -> None:
+    folder = tmp_path / "mine"
+    first = pretrained("convnext_tiny", num_classes=0, use_cache=folder)
+    second = pretrained("convnext_tiny", num_classes=0, use_cache=folder)
+    assert first.report.cached is None and second.report.cached.startswith(str(folder))
+    assert pretrained("convnext_tiny", num_classes=0, use_cache=False).report.cached is None
