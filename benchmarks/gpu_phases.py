@@ -1,173 +1,21 @@
-"""The phases of ``benchmarks.gpu_run``, most important first. Each takes the run (``gpu_run.Run``), records every
-result the moment it is measured (``run.record``) and raises to report a failure; the run goes on to the next."""
+"""The phases of ``benchmarks.gpu_run``, most important first (``PHASES``). Each takes the run (``gpu_run.Run``),
+records every result the moment it is measured (``run.record``) and raises to report a failure; the run goes on
+to the next."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
+import concurrent.futures
 import os
-import shutil
-import subprocess
-import sys
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from benchmarks import common, gpu_programs
+from benchmarks.gpu_checks import PhaseFailed, nvidia_smi, phase_env
 
 if TYPE_CHECKING:
     from benchmarks.gpu_run import Run
-
-DISTRIBUTIONS = (
-    "jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax", "optax",
-    "orbax-checkpoint", "grain", "array_record", "portpicker", "numpy", "ml_dtypes", "torch", "torchvision", "pillow",
-    "psutil", "jaxtl",
-)  # fmt: skip
-_SMI_FIELDS = (
-    "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,memory.total,memory.used,"
-    "power.draw,power.limit,temperature.gpu,pstate"
-)
-
-
-class PhaseFailed(Exception):
-    """A phase measured what it could but something it checks failed (the message says what)."""
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def nvidia_smi() -> dict[str, str] | None:
-    """One row of ``nvidia-smi --query-gpu`` (name, driver, clocks, memory, power, temperature), None without it."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, f"--query-gpu={_SMI_FIELDS}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"error": str(e)}
-    values = [v.strip() for v in out.splitlines()[0].split(",")] if out else []
-    return dict(zip(_SMI_FIELDS.split(","), values))
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        return None
-
-
-def _meminfo() -> dict[str, float]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, value = line.split(":", 1)
-                if key in ("MemTotal", "MemAvailable"):
-                    out[key + "_gib"] = int(value.split()[0]) / 2**20
-    except OSError:
-        pass
-    return out
-
-
-def _error(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".strip()[:2000]
-
-
-def _check(run: Run, checks: dict[str, Any], name: str, fn: Any) -> None:
-    """Run one import/tiny-step check and record its result or its error at once (a timeout keeps the earlier)."""
-    t0 = time.perf_counter()
-    try:
-        result = {"ok": True, **(fn() or {})}
-    except Exception as e:  # every check is reported, whatever it raised
-        result = {"ok": False, "error": _error(e), "traceback": traceback.format_exc()[-3000:]}
-    checks[name] = {**result, "s": time.perf_counter() - t0}
-    run.record("check", name=name, **checks[name])
-
-
-def phase_env(run: Run) -> None:
-    """Versions, the machine, and whether jax, jaxtl, jaxtl.bridge and grain import and run one tiny step."""
-    shm = shutil.disk_usage("/dev/shm") if os.path.isdir("/dev/shm") else None
-    run.record(
-        "machine",
-        python=sys.version.split()[0],
-        executable=sys.executable,
-        versions={d: _version(d) for d in DISTRIBUTIONS},
-        cores=os.cpu_count(),
-        cores_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        cpu_model=_cpu_model(),
-        memory=_meminfo(),
-        dev_shm_free_gib=None if shm is None else shm.free / 2**30,
-        nvidia_smi=nvidia_smi(),
-        env={
-            k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "PYTHONPATH")
-        },
-        source=run.source,
-    )
-    checks: dict[str, Any] = {}
-
-    def jax_check() -> dict[str, Any]:
-        import jax
-
-        devs = jax.devices()
-        return {"backend": jax.default_backend(), "devices": [str(d) for d in devs], "device_kind": devs[0].device_kind}
-
-    def jaxtl_check() -> dict[str, Any]:
-        import jaxtl
-
-        where = os.path.realpath(jaxtl.__file__)
-        return {"file": where, "from_checkout": where.startswith(str(run.repo) + os.sep), "tuning": run.cpu_tuning}
-
-    def bridge_check() -> dict[str, Any]:
-        import jaxtl.bridge
-
-        if importlib.util.find_spec("torch") is None:
-            return {"converted": None, "note": "torch is not installed: import only"}
-        import torchvision
-
-        sd = torchvision.models.resnet18(weights=None).state_dict()
-        _, variables = jaxtl.bridge.from_torchvision(sd, arch="resnet18")
-        return {"converted": "resnet18", "params": len(jaxtl.bridge.to_torchvision(variables, "resnet18"))}
-
-    def grain_check() -> dict[str, Any]:
-        import grain
-
-        got = [int(x) for x in grain.MapDataset.range(6).map(lambda i: i * 2)]
-        if got != [0, 2, 4, 6, 8, 10]:
-            raise RuntimeError(f"grain MapDataset gave {got}")
-        return {"version": _version("grain")}
-
-    def step_check() -> dict[str, Any]:
-        variables = run.variables("convnet_small", 10, 16)
-        prog = gpu_programs.build(
-            "full", arch="convnet_small", dtype="float32", batch=8, size=16, variables=variables, num_classes=10
-        )
-        loss = float(prog()["loss"])
-        if not np.isfinite(loss):
-            raise RuntimeError(f"the tiny train step's loss is {loss}")
-        return {"loss": loss, "compile_s": prog.compile_s, "platform": prog.device.platform}
-
-    for name, fn in (("jax", jax_check), ("jaxtl", jaxtl_check), ("grain", grain_check), ("tiny_step", step_check),
-                     ("jaxtl.bridge", bridge_check)):  # fmt: skip
-        _check(run, checks, name, fn)
-    bad = [k for k, v in checks.items() if not v["ok"]]
-    if checks.get("jaxtl", {}).get("from_checkout"):
-        bad.append("jaxtl imported from the checkout, not the installed wheel")
-    run.headline(
-        f"{checks.get('jax', {}).get('kind', '?')}; " + ("all imports and the tiny step ok" if not bad else "")
-    )
-    if bad:
-        raise PhaseFailed(
-            "failed: " + "; ".join(f"{k}: {checks[k].get('error', '')}" if k in checks else k for k in bad)
-        )
 
 
 def _model_rates(run: Run, prog: gpu_programs.Program, images_per_s: float) -> dict[str, Any]:
@@ -198,7 +46,7 @@ def measure_steps(run: Run, dtype: str, batch: int) -> None:
             prog, target_s=p.target_s, min_steps=p.min_steps, max_steps=p.max_steps, per_step=p.per_step
         )
         rec = {**prog.describe(), **timing, **_model_rates(run, prog, timing["images_per_s"])}
-        rec["device_peak_mib"] = gpu_programs.device_peak_mib(prog.device)
+        rec["device_peak_mib_so_far"] = gpu_programs.device_peak_mib(prog.device)  # the process's, not this program's
         rec["clocks_after"] = nvidia_smi()
         run.record("step", **rec)
         conds = rec["census"]["conditionals"]
@@ -366,39 +214,54 @@ def _compare(test: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
 def phase_gpu_vs_cpu(run: Run) -> None:
     """One SGD step on the accelerator vs the CPU backend, same variables and batch: f32 at highest precision, f32
     at the default (TF32 on a GPU), bf16; relative differences of the loss, the update and the BatchNorm statistics
-    (their change in the step). Without an accelerator the CPU is compared with itself (the code path only)."""
+    (their change in the step)."""
     import jax
 
-    acc, cpu = jax.devices()[0], jax.devices("cpu")[0]
-    same = acc.platform == "cpu"
-    if same:
-        run.note("no accelerator: the CPU is compared with itself (this checks the code path, not the numbers)")
-    steps: dict[tuple[Any, ...], dict[str, Any]] = {}
+    # Without an accelerator: the last CPU device against the first (--smoke makes two), so the rehearsal runs the
+    # same code, threads included; the numbers are then identical by construction.
+    acc, cpu = jax.devices()[0], jax.devices("cpu")[-1]
+    same = acc == cpu
+    if acc.platform == "cpu":
+        run.note(f"no accelerator: {acc} against {cpu} (this checks the code path, not the numbers)")
+    steps: dict[tuple[Any, ...], Any] = {}
 
     def step(dtype: str, precision: str, device: Any) -> dict[str, Any]:
         key = (device.platform, device.id, dtype, precision)  # the CPU compared with itself computes each once
         if key not in steps:
             steps[key] = _one_sgd_step(run, dtype, precision, device)
-        return steps[key]
+        got = steps[key]
+        return got.result() if isinstance(got, concurrent.futures.Future) else got  # type: ignore[no-any-return]
 
+    run.variables(run.plan.check_arch, run.plan.num_classes)  # initialised here, once, before the threads use them
+    pool = None
+    if not same:
+        # The CPU references compile and run in threads while the accelerator's steps compile here (XLA:CPU takes
+        # tens of seconds to compile a ResNet50 train step); waiting on them is interrupted by the deadline.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpu-reference")
+        for dtype, precision in (("float32", "highest"), ("bfloat16", "default")):
+            steps[(cpu.platform, cpu.id, dtype, precision)] = pool.submit(_one_sgd_step, run, dtype, precision, cpu)
     cases = (
         # label, dtype, precision on the accelerator; the CPU reference runs f32 at highest, bf16 at the default
         ("f32 highest", "float32", "highest"),
         ("f32 default (TF32 on GPU)", "float32", "default"),
         ("bf16", "bfloat16", "default"),
     )
-    heads = []
-    for label, dtype, precision in cases:
-        ref = step(dtype, "highest" if dtype == "float32" else "default", cpu)
-        test = step(dtype, precision, acc)
-        rec = {"label": label, "dtype": dtype, "precision": precision, "platform": test["platform"],
-               "reference": f"cpu {dtype}", "arch": run.plan.check_arch, "batch_size": run.plan.check_batch,
-               "image_size": run.plan.size, "compile_s": test["compile_s"], **_compare(test, ref)}  # fmt: skip
-        if dtype == "bfloat16":
-            rec["vs_cpu_f32"] = _compare(test, step("float32", "highest", cpu))
-        run.record("gpu_vs_cpu", **rec)
-        heads.append(f"{label}: update {rec['update_rel_diff']:.1e}")
-        run.headline("; ".join(heads))
+    try:
+        heads = []
+        for label, dtype, precision in cases:
+            test = step(dtype, precision, acc)
+            ref = step(dtype, "highest" if dtype == "float32" else "default", cpu)
+            rec = {"label": label, "dtype": dtype, "precision": precision, "platform": test["platform"],
+                   "reference": f"cpu {dtype}", "arch": run.plan.check_arch, "batch_size": run.plan.check_batch,
+                   "image_size": run.plan.size, "compile_s": test["compile_s"], **_compare(test, ref)}  # fmt: skip
+            if dtype == "bfloat16":
+                rec["vs_cpu_f32"] = _compare(test, step("float32", "highest", cpu))
+            run.record("gpu_vs_cpu", **rec)
+            heads.append(f"{label}: update {rec['update_rel_diff']:.1e}")
+            run.headline("; ".join(heads))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def phase_torch(run: Run) -> None:

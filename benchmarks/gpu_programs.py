@@ -177,11 +177,20 @@ class Program:
     def name(self) -> str:
         return f"{self.arch} {self.mode} {self.dtype} b{self.batch} {self.size}px"
 
+    @property
+    def math(self) -> str:
+        """What the convolutions and matmuls compute in: float32 at the default precision is TF32 on a GPU."""
+        if self.dtype == "bfloat16":
+            return "bf16"
+        tf32 = self.device.platform == "gpu" and self.precision in ("default", "tensorfloat32", "high")
+        return "tf32" if tf32 else "f32"
+
     def describe(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
             "mode": self.mode,
             "dtype": self.dtype,
+            "math": self.math,
             "batch_size": self.batch,
             "image_size": self.size,
             "precision": self.precision,
@@ -221,15 +230,15 @@ def build(
     ``compiler_options`` go to XLA for this compile only (e.g. ``{"xla_gpu_autotune_level": 0}``); refused ones
     are dropped and the program compiled without them (``info["compiler_options"]`` says which applied).
     """
+    import jax.numpy as jnp
     import optax
 
     import jaxtl
-    from benchmarks.train_steps import _jnp_dtype
     from jaxtl.train import CrossEntropy, Parallel, ParamGroups, TrainState, prepare_images, train_step
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    module = jaxtl.create(arch, num_classes=num_classes, dtype=_jnp_dtype(dtype))
+    module = jaxtl.create(arch, num_classes=num_classes, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     par = Parallel("none", devices=None if device is None else [device])
     norm = normalization()
     batch_dev = par.put_batch(uint8_batch(batch, size, num_classes))
@@ -266,7 +275,7 @@ def build(
     if compiled is None:
         compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    census = hlo_census(compiled.as_text())
+    census = hlo_census(compiled.as_text() or "")
     census["stablehlo_cases"] = cases
     info = {
         "memory": memory_analysis(compiled),

@@ -60,13 +60,13 @@ def tables(phases: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) 
     for r in of("step"):
         c, mem = r.get("census", {}), r.get("memory") or {}
         rows.append([
-            f"{r['arch']} {r['mode']}", r["dtype"], r["batch_size"], r["compile_s"], r["images_per_s"],
-            _ms(r["step_median_s"]), r.get("model_tflops"), r.get("mfu"), r.get("device_peak_mib"),
+            f"{r['arch']} {r['mode']}", r.get("math", r["dtype"]), r["batch_size"], r["compile_s"], r["images_per_s"],
+            _ms(r["step_median_s"]), r.get("model_tflops"), r.get("mfu"), r.get("device_peak_mib_so_far"),
             _mib(mem.get("temp_size_in_bytes")), c.get("cudnn_convolutions"), c.get("copies"), c.get("transposes"),
             c.get("conditionals"),
         ])  # fmt: skip
     if rows:
-        heads = ["program", "dtype", "batch", "compile_s", "img/s", "step_ms", "TFLOP/s", "MFU", "peak_MiB",
+        heads = ["program", "math", "batch", "compile_s", "img/s", "step_ms", "TFLOP/s", "MFU", "peak_MiB_so_far",
                  "temp_MiB", "cudnn_conv", "copies", "transposes", "conditionals"]  # fmt: skip
         out.append(("jaxtl steps (img/s: n steps, one sync; step_ms: median of synced steps)", heads, rows))
     rows = [["pipeline alone", r["workers"], r["steady_images_per_s"], None, None] for r in of("pipeline")]

@@ -194,7 +194,7 @@ class Run:
             self._current["status"] = "terminated"
             raise
         except (Exception, SystemExit) as e:  # reported; the next phase runs
-            from benchmarks.gpu_phases import PhaseFailed
+            from benchmarks.gpu_checks import PhaseFailed
 
             self._current["status"] = "failed"
             self._current["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -275,7 +275,12 @@ def parser() -> argparse.ArgumentParser:
     names = [p[0] for p in PHASES]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, default=os.environ.get("OUT"), help="results folder (default $OUT)")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all phases (default 480)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all phases (default 480; --smoke 900: a check that the code runs, not a timing)",
+    )
     p.add_argument("--smoke", action="store_true", help="every phase on the CPU at a tiny size (the rehearsal)")
     p.add_argument("--phases", nargs="+", choices=names, default=names, help="run only these (in the fixed order)")
     p.add_argument("--arch", default=None, help="model of the step, pipeline and PyTorch phases (default resnet50)")
@@ -292,8 +297,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _setup_jax(run: Run, cache_dir: str, smoke: bool) -> None:
     """Before any computation: the platform (CPU for --smoke), jaxtl's CPU tuning, the compile cache."""
-    if smoke:
+    if smoke:  # two CPU devices: the accelerator-vs-CPU phase compares one with the other
         os.environ["JAX_PLATFORMS"] = "cpu"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
     try:
         import jaxtl
 
@@ -325,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plan.workers == 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         plan = dataclasses.replace(plan, workers=max(1, min(16, cores - 1)))
-    budget = args.budget or 480.0
+    budget = args.budget or (900.0 if args.smoke else 480.0)
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", args.mem_fraction)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

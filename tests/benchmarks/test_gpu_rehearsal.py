@@ -87,7 +87,7 @@ def test_rehearsal_runs_every_phase_from_the_installed_wheel(tmp_path: pathlib.P
     for name, *_ in gpu_phases.PHASES:
         assert f"\n{name} " in text
     assert (out / "driver.log").read_text().count("=== summary ===") == 1
-    assert "| convnet_small full | bfloat16 | 8 |" in (out / "summary.md").read_text()
+    assert "| convnet_small full | bf16 | 8 |" in (out / "summary.md").read_text()
 
 
 def test_missing_grain_is_a_reported_phase_failure(tmp_path: pathlib.Path, site: pathlib.Path) -> None:
