@@ -19,7 +19,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtl.models.layers import Conv2d, LayerNorm, dense, gelu, pool_and_flatten, stochastic_depth, trunc_normal
+from jaxtl.models.layers import (
+    Conv2d,
+    LayerNorm,
+    check_rng,
+    dense,
+    gelu,
+    pool_and_flatten,
+    stochastic_depth,
+    trunc_normal,
+)
 
 Dtype = Any
 LN_EPS = 1e-6
@@ -190,6 +199,7 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"ConvNeXt expects NHWC images [N, H, W, 3], got shape {tuple(x.shape)}")
         if min(x.shape[1], x.shape[2]) < 32:
             raise ValueError(f"ConvNeXt needs images of at least 32x32, got {x.shape[1]}x{x.shape[2]}")
+        check_rng(self, train, {"stochastic_depth_prob": self.stochastic_depth_prob})
         x, feats = Features(
             self.block_setting, self.layer_scale, self.stochastic_depth_prob, self.dtype, name="features"
         )(x, train)

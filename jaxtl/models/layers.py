@@ -115,6 +115,18 @@ def stochastic_depth(module: nn.Module, x: jax.Array, rate: float, train: bool) 
     return x * noise
 
 
+def check_rng(module: nn.Module, train: bool, rates: dict[str, float]) -> None:
+    """A clear error when ``module`` runs in train mode with a nonzero rate in ``rates`` (names for the message)
+    but was given no ``"dropout"`` rng."""
+    active = {k: v for k, v in rates.items() if v}
+    if train and active and not module.has_rng(RNG_COLLECTION):
+        said = ", ".join(f"{k}={v:g}" for k, v in active.items())
+        raise ValueError(
+            f"{type(module).__name__} in train mode with {said} draws random numbers: pass "
+            f"apply(..., rngs={{'{RNG_COLLECTION}': key}}), or build it with rate 0"
+        )
+
+
 def pool_and_flatten(x: jax.Array) -> jax.Array:
     """``AdaptiveAvgPool2d(1)`` + ``flatten``: ``[N, H, W, C]`` -> ``[N, C]``, averaged in float32."""
     return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.models.heads import torch_linear_init
-from jaxtl.models.layers import RNG_COLLECTION, LayerNorm, dense, gelu, trunc_normal
+from jaxtl.models.layers import RNG_COLLECTION, LayerNorm, check_rng, dense, gelu, trunc_normal
 
 Dtype = Any
 LN_EPS = 1e-6  # torchvision: partial(nn.LayerNorm, eps=1e-6)
@@ -244,6 +244,7 @@ class VisionTransformer(nn.Module):
                 f"{x.shape[1]}x{x.shape[2]}; build it with image_size={x.shape[1]} and interpolate the position "
                 "embedding (jaxtl.models.vit.resize)"
             )
+        check_rng(self, train, {"dropout": self.dropout, "attention_dropout": self.attention_dropout})
         n = x.shape[0]
         g = self.image_size // self.patch_size
         tokens = PatchEmbed(self.hidden_dim, self.patch_size, self.dtype, name="conv_proj")(x)

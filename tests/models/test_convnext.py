@@ -180,7 +180,7 @@ def test_train_mode_with_stochastic_depth_draws_from_the_dropout_rng(small) -> N
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     np.testing.assert_array_equal(sd.apply(variables, nhwc(x)), module.apply(variables, nhwc(x)))
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(ValueError, match=r"train mode with .* pass apply\(\.\.\., rngs=\{'dropout': key\}\)"):
         sd.apply(variables, nhwc(x), train=True)
 
 

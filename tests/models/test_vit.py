@@ -191,5 +191,5 @@ def test_dropout_draws_from_the_dropout_rng(small) -> None:
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     np.testing.assert_array_equal(drop.apply(variables, nhwc(x)), module.apply(variables, nhwc(x)))
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(ValueError, match=r"train mode with .* pass apply\(\.\.\., rngs=\{'dropout': key\}\)"):
         drop.apply(variables, nhwc(x), train=True)
