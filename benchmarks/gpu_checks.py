@@ -100,7 +100,7 @@ def phase_env(run: Run) -> None:
     """Versions, the machine, and whether jax, jaxtl, jaxtl.bridge and grain import and run one tiny step."""
     shm = shutil.disk_usage("/dev/shm") if os.path.isdir("/dev/shm") else None
     smi = nvidia_smi()
-    run.record(
+    machine = run.record(
         "machine",
         python=sys.version.split()[0],
         executable=sys.executable,
@@ -116,6 +116,12 @@ def phase_env(run: Run) -> None:
         },
         source=run.source,
     )
+    # Printed in full: the end of the output comes back even when no file does.
+    print("  versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v), flush=True)
+    gpu = ", ".join(f"{k} {v}" for k, v in smi.items()) if smi else "no nvidia-smi"
+    shm_free = "-" if machine["dev_shm_free_gib"] is None else f"{machine['dev_shm_free_gib']:.1f} GiB"
+    print(f"  python {machine['python']}; {machine['cores']} cores ({machine['cpu_model']}); /dev/shm free {shm_free}; "
+          f"source {run.source}\n  gpu: {gpu}", flush=True)  # fmt: skip
     checks: dict[str, Any] = {}
 
     def jax_check() -> dict[str, Any]:
@@ -129,8 +135,21 @@ def phase_env(run: Run) -> None:
 
     def jaxtl_check() -> dict[str, Any]:
         import jaxtl
+        import jaxtl.bridge
 
         where = os.path.realpath(jaxtl.__file__)
+        home = os.path.dirname(where) + os.sep
+        # A module the wheel lacks (a subpackage missing from pyproject's list) may still be found elsewhere, e.g. by
+        # an editable install's finder: every jaxtl module must come from the same installed package.
+        strays = sorted(
+            f"{name} from {mod.__file__}"
+            for name, mod in list(sys.modules.items())
+            if (name == "jaxtl" or name.startswith("jaxtl."))
+            and getattr(mod, "__file__", None)
+            and not os.path.realpath(mod.__file__).startswith(home)
+        )
+        if strays:
+            raise RuntimeError(f"jaxtl is {where}, but {'; '.join(strays)} (is the wheel missing a subpackage?)")
         return {"file": where, "from_checkout": where.startswith(str(run.repo) + os.sep), "tuning": run.cpu_tuning}
 
     def bridge_check() -> dict[str, Any]:

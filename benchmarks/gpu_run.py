@@ -258,9 +258,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def _short(rec: dict[str, Any]) -> str:
-    keys = ("name", "ok", "mode", "dtype", "batch_size", "label", "compile_s", "images_per_s", "mfu",
-            "steady_images_per_s", "fed_images_per_s", "limit", "update_rel_diff", "max_abs_diff",
-            "jaxtl_over_torch")  # fmt: skip
+    keys = ("name", "ok", "device_kind", "file", "error", "mode", "dtype", "batch_size", "label", "compile_s",
+            "images_per_s", "mfu", "steady_images_per_s", "fed_images_per_s", "limit", "update_rel_diff",
+            "max_abs_diff", "jaxtl_over_torch")  # fmt: skip
     parts = []
     for k in keys:
         if k in rec and rec[k] is not None:

@@ -27,7 +27,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     target = base / "site"
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target"]
     subprocess.run([*cmd, str(target), str(wheel)], check=True, capture_output=True, timeout=120)
-    assert (target / "jaxtl" / "bridge" / "__init__.py").exists()  # the package-dir mapping, applied by the wheel
+    # Every source file is in the wheel (pyproject lists the packages one by one: a new subpackage must be added),
+    # bridge/ mapped to jaxtl/bridge by the package-dir rule.
+    sources = {p.relative_to(ROOT / "jaxtl") for p in (ROOT / "jaxtl").rglob("*.py")}
+    sources |= {"bridge" / p.relative_to(ROOT / "bridge") for p in (ROOT / "bridge").rglob("*.py")}
+    installed = {p.relative_to(target / "jaxtl") for p in (target / "jaxtl").rglob("*.py")}
+    assert not sources - installed, f"not in the jaxtl wheel: {sorted(map(str, sources - installed))}"
     return target
 
 
