@@ -18,9 +18,11 @@ import jax.numpy as jnp
 from jaxtl._trees import tree_mismatch
 from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
+from jaxtl.models.heads import get_head, head_path, set_head, strip_head
 from jaxtl.models.preprocessing import Preprocessing
 from jaxtl.models.registry import ArchSpec, register
 from jaxtl.models.resnet import ConvLayer, pooled_head
+from jaxtl.models.vit import VisionTransformer
 
 Dtype = Any
 
@@ -228,11 +230,13 @@ def classifier_from_autoencoder(
     rng: jax.Array,
     input_shape: tuple[int, int, int] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The encoder with a fresh ``fc`` of ``num_classes`` outputs: ``(classifier_module, variables)``.
+    """The encoder with a fresh head of ``num_classes`` outputs: ``(classifier_module, variables)``.
 
     The encoder's ``params`` and ``batch_stats`` are taken unchanged (the very same arrays) from
-    ``ae_variables[...]["encoder"]``; only ``fc`` is newly initialised from ``rng``. ``input_shape`` ``(H, W, C)``
-    is the shape used to initialise; by default 32x32 with the channels of the encoder's first conv kernel.
+    ``ae_variables[...]["encoder"]``; only the head (at the encoder's ``head_path``: ``fc``, ``heads/head``,
+    ``classifier/2``) is newly initialised from ``rng``, as the module initialises it. ``input_shape``
+    ``(H, W, C)`` is the shape used to initialise; by default 32x32 (a ViT: its own size) with the channels of the
+    encoder's first conv kernel.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 for a classifier, got {num_classes}")
@@ -242,20 +246,22 @@ def classifier_from_autoencoder(
     enc_params = ae_variables["params"]["encoder"]
     enc_stats = ae_variables.get("batch_stats", {}).get("encoder", {})
     clf = encoder_module.clone(num_classes=num_classes)
+    head = head_path(clf)
     if input_shape is None:
-        input_shape = (32, 32, _first_conv_channels(enc_params))
+        size = clf.image_size if isinstance(clf, VisionTransformer) else 32
+        input_shape = (size, size, _first_conv_channels(enc_params))
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
     def init(key: jax.Array) -> Any:
         return clf.init(key, dummy, train=False)
 
     expected = jax.eval_shape(init, rng)
-    fresh_params = dict(expected["params"])
-    if "fc" not in fresh_params:
+    if get_head(expected, head) is None:
         raise ValueError(
-            f"{type(clf).__name__} with num_classes={num_classes} has no 'fc'; params: {list(fresh_params)}"
+            f"{type(clf).__name__} with num_classes={num_classes} has no {'/'.join(head)!r}; "
+            f"params: {list(expected['params'])}"
         )
-    fresh_params.pop("fc")
+    fresh_params = strip_head(expected, head)["params"]
     for what, mine, theirs in (
         ("params", enc_params, fresh_params),
         ("batch_stats", enc_stats, expected.get("batch_stats", {})),
@@ -264,11 +270,11 @@ def classifier_from_autoencoder(
         if problems:
             raise ValueError(
                 f"the autoencoder's encoder {what} do not match {type(clf).__name__}(num_classes={num_classes}) "
-                f"without fc: {'; '.join(problems)}"
+                f"without its head: {'; '.join(problems)}"
             )
-    # Only fc is returned, so XLA drops the rest of the init (and the forward pass): cheap even for big encoders.
-    fc = jax.jit(lambda key: init(key)["params"]["fc"])(rng)
-    variables: dict[str, Any] = {"params": {**enc_params, "fc": fc}}
+    # Only the head is returned, so XLA drops the rest of the init (and the forward pass): cheap for big encoders.
+    fresh_head = jax.jit(lambda key: get_head(init(key), head))(rng)
+    variables: dict[str, Any] = set_head({"params": dict(enc_params)}, fresh_head, head)
     if enc_stats:
         variables["batch_stats"] = dict(enc_stats)
     return clf, variables

@@ -15,7 +15,9 @@ from flax import traverse_util
 import jaxtl
 from jaxtl.models import (
     Classifier,
+    ConvNeXt,
     ModelCard,
+    VisionTransformer,
     at_image_size,
     create,
     get_head,
@@ -129,3 +131,21 @@ def test_cards_and_modules_for_the_new_families() -> None:
         create("vit_b_16", image_size=0)
     with pytest.raises(ValueError, match="num_classes"):
         create("convnext_tiny", num_classes=-1)
+
+
+def test_a_new_head_over_a_vit_or_convnext_backbone() -> None:
+    # What fine-tuning a bridged backbone does (recipes.build_classifier): the backbone's arrays, a head at the
+    # family's path, initialised as the module initialises it (a ViT's is zero, as torchvision's).
+    from jaxtl.models import classifier_from_autoencoder
+
+    vit = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8)
+    cnx = ConvNeXt(block_setting=((4, None, 2),))
+    for module, size in ((vit.clone(num_classes=0), 16), (cnx.clone(num_classes=0), 32)):
+        backbone = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+        ae_like = {"params": {"encoder": backbone["params"]}}
+        clf, variables = classifier_from_autoencoder(ae_like, module, 5, jax.random.key(1))
+        assert clf.num_classes == 5 and head_classes(variables, clf) == 5
+        assert strip_head(variables, clf)["params"] == backbone["params"]
+        assert clf.apply(variables, jnp.ones((2, size, size, 3))).shape == (2, 5)
+        kernel = np.asarray(get_head(variables, clf)["kernel"])
+        assert kernel.any() != (clf.head_path == "heads/head")  # a ViT head starts at zero, as torchvision's
