@@ -141,12 +141,9 @@ def phase_env(run: Run) -> None:
         home = os.path.dirname(where) + os.sep
         # A module the wheel lacks (a subpackage missing from pyproject's list) may still be found elsewhere, e.g. by
         # an editable install's finder: every jaxtl module must come from the same installed package.
+        files = {n: getattr(m, "__file__", None) for n, m in list(sys.modules.items()) if n.split(".")[0] == "jaxtl"}
         strays = sorted(
-            f"{name} from {mod.__file__}"
-            for name, mod in list(sys.modules.items())
-            if (name == "jaxtl" or name.startswith("jaxtl."))
-            and getattr(mod, "__file__", None)
-            and not os.path.realpath(mod.__file__).startswith(home)
+            f"{n} from {f}" for n, f in files.items() if isinstance(f, str) and not os.path.realpath(f).startswith(home)
         )
         if strays:
             raise RuntimeError(f"jaxtl is {where}, but {'; '.join(strays)} (is the wheel missing a subpackage?)")
