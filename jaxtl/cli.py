@@ -291,7 +291,13 @@ def _pretrain(a: argparse.Namespace) -> int:
 
         init = pretrained(a.arch, a.torch_weights, num_classes=0)
     result = pretrain(
-        config, a.data, init=init, workdir=a.workdir, progress=progress, allow_changes=a.allow_changed_run
+        config,
+        a.data,
+        init=init,
+        workdir=a.workdir,
+        progress=progress,
+        allow_changes=a.allow_changed_run,
+        tensorboard=not a.no_tensorboard,
     )
     if _main_process():
         x = result.card.extra if result.card is not None else {}
@@ -340,6 +346,7 @@ def _finetune(a: argparse.Namespace) -> int:
         workdir=a.workdir,
         progress=progress,
         allow_changes=a.allow_changed_run,
+        tensorboard=not a.no_tensorboard,
     )
     if _main_process():
         m = result.metrics
@@ -347,9 +354,18 @@ def _finetune(a: argparse.Namespace) -> int:
         if m:
             top5 = f", top-5 {100 * m['top5']:.2f}%" if "top5" in m else ""
             held = f"held-out {m['n']}: top-1 {100 * m['top1']:.2f}%{top5}, loss {m['loss']:.4f}"
+            if "ema_top1" in m:
+                held += f"; EMA top-1 {100 * m['ema_top1']:.2f}%, loss {m['ema_loss']:.4f}"
         arch = result.card.arch if result.card is not None else "model"
         what = f"fine-tuned {arch} (--freeze {a.freeze}) on {result.train_size} images"
-        print(f"{what}; {held}; classifier -> {result.path}")
+        stop = next((r for r in result.history if r.get("split") == "stopped"), None)
+        if stop is not None:
+            kept = f", step {stop['best_step']}'s model kept" if stop["restored"] else ""
+            what += f", stopped early at step {stop['step']}{kept}"
+        saved = f"classifier -> {result.path}"
+        if result.path is not None and a.ema is not None:
+            saved += f" (EMA -> {result.path.parent / 'classifier_ema'})"
+        print(f"{what}; {held}; {saved}")
     return 0
 
 
@@ -363,7 +379,13 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         help="all images, or the held-out images finetune recorded (refused if the data lacks them) (default all)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="(default 256)")
-    p.add_argument("--workdir", help="also write the metrics to WORKDIR/evaluation.json")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="per-class precision/recall/F1/support, the confusion matrix and the worst-classified images: printed, "
+        "or with --workdir written to WORKDIR/report (report.json, confusion.png)",
+    )
+    p.add_argument("--workdir", help="also write the metrics to WORKDIR/evaluation.json (and --report's files)")
     _compile_cache_args(p)
 
 
@@ -376,6 +398,11 @@ def _evaluate(a: argparse.Namespace) -> int:
     print(f"{a.ckpt} on {a.data} ({a.split}, {m['n']} images):")
     top5 = f"  top-5: {100 * m['top5']:.2f}%" if "top5" in m else ""
     print(f"top-1: {100 * m['top1']:.2f}%{top5}  loss: {m['loss']:.4f}")
+    report = m.get("report")
+    if report is not None and a.workdir:
+        print(f"per-class report -> {os.path.join(a.workdir, 'report')} (report.json, confusion.png)")
+    elif report is not None:
+        print(f"\n{report.text()}")
     return 0
 
 

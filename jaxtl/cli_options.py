@@ -9,8 +9,10 @@ message in the flags' terms, so every message a command prints names what the us
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 
+from jaxtl.errors import ConfigError
 from jaxtl.recipes.config import (
     AUGMENT_CHOICES,
     ConvertConfig,
@@ -20,7 +22,8 @@ from jaxtl.recipes.config import (
     PretrainConfig,
     Split,
 )
-from jaxtl.train.config import Loop, Optimizer
+from jaxtl.train.config import STOP_METRICS, Loop, Optimizer, Regularization, Stopping
+from jaxtl.train.ema import EMA
 
 FREEZE = {"backbone": "frozen", "none": "full", "linear-probe": "linear_probe"}
 
@@ -29,6 +32,8 @@ _PHRASES = {
     "feature_cache=False": "--no-feature-cache",
     "feature_cache=True": "the feature cache (--freeze backbone without --augment)",
     "allow_changes=True": "--allow-changed-run",
+    "tensorboard=False": "--no-tensorboard",
+    "restore_best=False": "--no-restore-best",
     "allow changes (--allow-changed-run)": "--allow-changed-run",
     "overwrite=True (--overwrite)": "--overwrite",
     "overwrite=True": "--overwrite",
@@ -109,6 +114,20 @@ def add_training(p: argparse.ArgumentParser, data_help: str) -> None:
         help="data-parallel wrapper; auto: pmap over all devices when there are several, else none (default auto)",
     )
     p.add_argument("--seed", type=int, default=0, help="order, augmentation, new head and split (default 0)")
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        metavar="N",
+        help="average the gradients of N batches into one optimizer step: an effective batch of N x --batch-size "
+        "(--steps counts batches, --warmup-steps optimizer steps; the run's batches must be a multiple of N) "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="write no TensorBoard event files (default: WORKDIR/tensorboard; view with tensorboard --logdir WORKDIR)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument(
         "--allow-changed-run",
@@ -132,7 +151,26 @@ def _optimizer(a: argparse.Namespace) -> Optimizer:
 
 def _loop(a: argparse.Namespace) -> Loop:
     epochs = a.epochs if a.epochs is not None or a.steps is not None else 5
-    return Loop(batch_size=a.batch_size, epochs=epochs, steps=a.steps, seed=a.seed, parallel=a.parallel)
+    return Loop(
+        batch_size=a.batch_size,
+        epochs=epochs,
+        steps=a.steps,
+        seed=a.seed,
+        parallel=a.parallel,
+        accumulate=a.accumulate,
+    )
+
+
+def class_weights_arg(text: str) -> str | tuple[float, ...]:
+    """``--class-weights``: ``balanced`` or one number per class, separated by commas."""
+    if text.strip() == "balanced":
+        return "balanced"
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'balanced' or one number per class separated by commas (e.g. 1,2.5,1), got {text!r}"
+        ) from None
 
 
 def _input(a: argparse.Namespace, augment: str = "none") -> Input:
@@ -167,7 +205,90 @@ def add_finetune(p: argparse.ArgumentParser, data_help: str) -> None:
         help="training augmentation: auto (bare --augment) = RandomResizedCrop + flip for folder/csv/arrayrecord "
         "data, random crop + flip for digits/npz; or rrc, flip, crop-flip (default none)",
     )
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="(default 0)")
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="target (1 - S) * onehot + S / classes, as torch's CrossEntropyLoss (default 0)",
+    )
+    p.add_argument(
+        "--class-weights",
+        type=class_weights_arg,
+        metavar="balanced|W1,W2,...",
+        help="weigh each class's loss: balanced (n / (classes x count) over the training split) or one weight per "
+        "class; the mean divides by the weight sum, as torch (default: none)",
+    )
+    p.add_argument(
+        "--mixup",
+        dest="mixup_alpha",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mixup on the device, torchvision's v2.MixUp: lam ~ Beta(ALPHA, ALPHA) per batch, soft targets "
+        "(0.2 in torchvision's recipes; default 0: off)",
+    )
+    p.add_argument(
+        "--cutmix",
+        dest="cutmix_alpha",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="cutmix on the device, torchvision's v2.CutMix (1.0 in torchvision's recipes; with --mixup one of the "
+        "two per batch; default 0: off)",
+    )
+    p.add_argument(
+        "--ema",
+        nargs="?",
+        type=float,
+        const=EMA.decay,
+        metavar="DECAY",
+        help=f"keep a weight average (BatchNorm statistics included), evaluated and saved beside the model as "
+        f"WORKDIR/classifier_ema; bare --ema: decay {EMA.decay} with warm-up min(decay, (1 + n) / (10 + n)) "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--ema-every", type=int, default=1, metavar="N", help="update the average every N optimizer steps (default 1)"
+    )
+    p.add_argument(
+        "--early-stopping",
+        dest="patience",
+        type=int,
+        metavar="PATIENCE",
+        help="stop once PATIENCE held-out evaluations in a row did not improve --stopping-metric, and keep the best "
+        "evaluation's model (needs --test-fraction > 0; default: off)",
+    )
+    p.add_argument(
+        "--reduce-lr-on-plateau",
+        dest="reduce_patience",
+        type=int,
+        metavar="PATIENCE",
+        help="multiply the learning rate by --reduce-lr-factor after more than PATIENCE held-out evaluations without "
+        "improvement (torch's ReduceLROnPlateau; default: off)",
+    )
+    p.add_argument("--reduce-lr-factor", dest="reduce_factor", type=float, default=0.1, help="(default 0.1)")
+    p.add_argument(
+        "--stopping-metric",
+        choices=STOP_METRICS,
+        default="loss",
+        help="what --early-stopping and --reduce-lr-on-plateau watch: the held-out loss (lower is better) or top1 / "
+        "top5 (higher is better) (default loss)",
+    )
+    p.add_argument(
+        "--min-delta", type=float, default=0.0, help="an evaluation improves when it beats the best by more (default 0)"
+    )
+    p.add_argument(
+        "--no-restore-best",
+        dest="restore_best",
+        action="store_false",
+        help="--early-stopping: keep the last model, not the best evaluation's",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="with --early-stopping/--reduce-lr-on-plateau: evaluate the held-out split every N batches (default: "
+        "every epoch)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the weights' card)")
     p.add_argument(
         "--no-feature-cache",
@@ -178,18 +299,56 @@ def add_finetune(p: argparse.ArgumentParser, data_help: str) -> None:
     add_training(p, data_help)
 
 
+def _stopping(a: argparse.Namespace) -> Stopping | None:
+    if a.patience is None and a.reduce_patience is None:
+        return None
+    return Stopping(
+        metric=a.stopping_metric,
+        patience=a.patience,
+        min_delta=a.min_delta,
+        restore_best=a.restore_best,
+        reduce_patience=a.reduce_patience,
+        reduce_factor=a.reduce_factor,
+    )
+
+
+def _check_companions(a: argparse.Namespace) -> None:
+    # A flag that only tunes another one is an error without it, not silently ignored.
+    stopping = a.patience is not None or a.reduce_patience is not None
+    either = "--early-stopping or --reduce-lr-on-plateau"
+    tuned = [
+        (a.ema is None and a.ema_every != 1, "--ema-every", "--ema"),
+        (not stopping and a.stopping_metric != "loss", "--stopping-metric", either),
+        (not stopping and a.min_delta != 0.0, "--min-delta", either),
+        (not stopping and a.eval_every is not None, "--eval-every", either),
+        (a.reduce_patience is None and a.reduce_factor != 0.1, "--reduce-lr-factor", "--reduce-lr-on-plateau"),
+        (a.patience is None and not a.restore_best, "--no-restore-best", "--early-stopping"),
+    ]
+    for bad, flag, needs in tuned:
+        if bad:
+            raise ConfigError(f"{flag} tunes {needs}, which is not given", flag)
+
+
 def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
     """The :class:`FinetuneConfig` of ``jaxtl finetune``'s options."""
+    _check_companions(a)
+    ema = None if a.ema is None else EMA(decay=a.ema, every=a.ema_every)
+    loop = dataclasses.replace(_loop(a), ema=ema, stopping=_stopping(a), eval_every=a.eval_every)
     return FinetuneConfig(
         mode=FREEZE[a.freeze],
         optimizer=_optimizer(a),
-        loop=_loop(a),
+        loop=loop,
         input=_input(a, a.augment),
         split=Split(test_fraction=a.test_fraction, labels_per_class=a.labels_per_class),
         backbone_lr_scale=a.backbone_lr_scale,
         dtype=a.dtype,
         feature_cache=False if a.no_feature_cache else None,
-        label_smoothing=a.label_smoothing,
+        regularization=Regularization(
+            label_smoothing=a.label_smoothing,
+            class_weights=a.class_weights,
+            mixup_alpha=a.mixup_alpha,
+            cutmix_alpha=a.cutmix_alpha,
+        ),
     )
 
 
@@ -225,7 +384,7 @@ def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
 
 def evaluate_config(a: argparse.Namespace) -> EvaluateConfig:
     """The :class:`EvaluateConfig` of ``jaxtl evaluate``'s options."""
-    return EvaluateConfig(split=a.split, batch_size=a.batch_size, input=_input(a))
+    return EvaluateConfig(split=a.split, batch_size=a.batch_size, input=_input(a), report=a.report)
 
 
 def convert_config(a: argparse.Namespace) -> ConvertConfig:

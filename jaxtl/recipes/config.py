@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from jaxtl.errors import ConfigError
-from jaxtl.train.config import Loop, Optimizer, check_choice, check_number
+from jaxtl.train.config import Loop, Optimizer, Regularization, check_choice, check_number
 
 __all__ = [
     "AUGMENT_CHOICES",
@@ -23,6 +23,7 @@ __all__ = [
     "FinetuneConfig",
     "Input",
     "PretrainConfig",
+    "Regularization",
     "Split",
     "WORDS",
     "parse_denoise",
@@ -56,6 +57,12 @@ WORDS = {
     "dtype": "the compute dtype",
     "feature_cache": "the feature cache",
     "label_smoothing": "the label smoothing",
+    "class_weights": "the class weights",
+    "mixup_alpha": "the mixup alpha",
+    "cutmix_alpha": "the cutmix alpha",
+    "loop.accumulate": "the gradient accumulation",
+    "loop.ema": "the weight EMA",
+    "loop.stopping": "early stopping / reduce-on-plateau",
     "denoise": "the denoising",
     "channels": "the channels",
     "decoder_widths": "the decoder widths",
@@ -126,7 +133,14 @@ class FinetuneConfig:
     without augmentation its features are computed once, ``feature_cache=False`` runs the backbone every step);
     ``"linear_probe"`` is that head trained on features computed once (it cannot augment); ``"full"`` trains
     everything, the backbone at ``lr * backbone_lr_scale``. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute
-    (default: the model card's). ``label_smoothing``: torch's convention.
+    (default: the model card's). ``regularization`` (:class:`Regularization`): label smoothing, class weights,
+    mixup/cutmix. ``loop`` also holds gradient accumulation, the weight EMA (its classifier is saved beside the
+    model's, as ``classifier_ema``) and early stopping / reduce-on-plateau (on the held-out split's metric, so
+    ``split.test_fraction`` must be > 0; the held-out numbers then chose the stopping point).
+
+    The features are cached only for what a fixed head input allows: mixup/cutmix, the EMA, accumulation and early
+    stopping train with the backbone running every step (``mode="frozen"`` does so by itself; ``linear_probe`` and
+    ``feature_cache=True`` refuse them).
     """
 
     mode: str = "frozen"
@@ -137,11 +151,11 @@ class FinetuneConfig:
     backbone_lr_scale: float = 1.0
     dtype: str | None = None
     feature_cache: bool | None = None
-    label_smoothing: float = 0.0
+    regularization: Regularization = dataclasses.field(default_factory=Regularization)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
-        _check_types(self, optimizer=Optimizer, loop=Loop, input=Input, split=Split)
+        _check_types(self, optimizer=Optimizer, loop=Loop, input=Input, split=Split, regularization=Regularization)
         if self.loop.epochs is None and self.loop.steps is None:
             raise ConfigError("give the run's length: loop=Loop(epochs=N) or Loop(steps=N)", "epochs")
         check_number(self.backbone_lr_scale, "backbone_lr_scale", low=0, low_open=True)
@@ -154,9 +168,7 @@ class FinetuneConfig:
             check_choice(self.dtype, "dtype", DTYPES)
         if self.feature_cache not in (None, True, False):
             raise ConfigError(f"feature_cache must be None, True or False; got {self.feature_cache!r}", "feature_cache")
-        check_number(self.label_smoothing, "label_smoothing", low=0)
-        if not self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}", "label_smoothing")
+        self._check_per_step_options()
         if self.mode == "linear_probe" and self.input.augment != "none":
             raise ConfigError(
                 f"mode='linear_probe' computes features once and cannot augment (augment={self.input.augment!r}); "
@@ -168,9 +180,45 @@ class FinetuneConfig:
                 "feature_cache=True needs mode='frozen' or 'linear_probe' without augmentation", "feature_cache"
             )
 
+    def _per_step_options(self) -> list[tuple[str, str]]:
+        """``(field, phrase)`` of each option on that needs the backbone every step (images, or a state that
+        checkpoints per step)."""
+        r, loop = self.regularization, self.loop
+        on = []
+        if r.mixup_alpha or r.cutmix_alpha:
+            field = "mixup_alpha" if r.mixup_alpha else "cutmix_alpha"
+            on.append((field, f"mixup/cutmix ({field}={getattr(r, field):g})"))
+        if loop.ema is not None:
+            on.append(("ema", f"the weight EMA (ema={loop.ema.decay:g})"))
+        if loop.accumulate != 1:
+            on.append(("accumulate", f"gradient accumulation (accumulate={loop.accumulate})"))
+        if loop.stopping is not None:
+            on.append(("stopping", "early stopping / reduce-on-plateau"))
+        return on
+
+    def _check_per_step_options(self) -> None:
+        on = self._per_step_options()
+        if on and self.mode == "linear_probe":
+            field, phrase = on[0]
+            raise ConfigError(
+                f"mode='linear_probe' trains a head on features computed once, without {phrase}; use mode='frozen' "
+                "(the backbone then runs every step)",
+                field,
+            )
+        if on and self.feature_cache:
+            field, phrase = on[0]
+            raise ConfigError(f"feature_cache=True cannot train with {phrase}: the backbone must run every step", field)
+        if self.loop.stopping is not None and self.split.test_fraction == 0:
+            raise ConfigError(
+                "early stopping / reduce-on-plateau watch the held-out split's metric: test_fraction must be > 0",
+                "test_fraction",
+            )
+
     @property
     def cached_features(self) -> bool:
         """Whether the backbone's features are computed once and the head trained on them."""
+        if self._per_step_options():
+            return False
         frozen_plain = self.mode == "frozen" and self.input.augment == "none" and self.feature_cache is not False
         return self.mode == "linear_probe" or frozen_plain
 
@@ -178,14 +226,14 @@ class FinetuneConfig:
         """The fields that decide the numbers (workers, parallel and prefetch do not)."""
         return {
             "mode": self.mode,
-            **self.optimizer.identity(total_steps),
+            **self.optimizer.identity(self.loop.optimizer_steps(total_steps)),
             **self.loop.identity(),
             **self.input.identity(),
             **self.split.identity(),
             "backbone_lr_scale": self.backbone_lr_scale,
             "dtype": self.dtype,
             "feature_cache": self.cached_features,
-            "label_smoothing": self.label_smoothing,
+            **self.regularization.identity(),
         }
 
 
@@ -261,6 +309,12 @@ class PretrainConfig:
             raise ConfigError(
                 "labels_per_class is a fine-tuning option; pretraining ignores labels", "labels_per_class"
             )
+        if self.loop.ema is not None:
+            raise ConfigError("the weight EMA is a fine-tuning option; pretraining saves the encoder it trains", "ema")
+        if self.loop.stopping is not None:
+            raise ConfigError(
+                "early stopping / reduce-on-plateau watch a held-out metric; pretraining evaluates none", "stopping"
+            )
 
     def identity(self, total_steps: int) -> dict[str, Any]:
         return {
@@ -268,7 +322,7 @@ class PretrainConfig:
             "channels": self.channels,
             "denoise": list(self.denoise) if self.denoise else None,
             "decoder_widths": list(self.decoder_widths) if self.decoder_widths else None,
-            **self.optimizer.identity(total_steps),
+            **self.optimizer.identity(self.loop.optimizer_steps(total_steps)),
             **self.loop.identity(),
             **self.input.identity(),
             "split.test_fraction": self.split.test_fraction,
@@ -280,16 +334,22 @@ class EvaluateConfig:
     """Evaluating a classifier (``jaxtl.evaluate``, ``jaxtl evaluate``): ``split`` ``"all"`` examples of the data,
     or ``"test"``, the held-out examples its fine-tuning recorded (refused when the data does not hold them);
     ``batch_size``; ``input`` (image size, resize, workers; never augmented); ``parallel`` as in :class:`Loop`
-    (``"none"``: one device)."""
+    (``"none"``: one device). ``report``: also the per-class report (precision, recall, F1 and support per class,
+    the confusion matrix and its picture, the ``worst`` worst-classified examples with their file names)."""
 
     split: str = "all"
     batch_size: int = 256
     input: Input = dataclasses.field(default_factory=Input)
     parallel: str = "none"
+    report: bool = False
+    worst: int = 20
 
     def __post_init__(self) -> None:
         check_choice(self.split, "split", ("all", "test"))
         check_number(self.batch_size, "batch_size", low=1, integer=True)
+        if not isinstance(self.report, bool):
+            raise ConfigError(f"report must be True or False, got {self.report!r}", "report")
+        check_number(self.worst, "worst", low=0, integer=True)
         _check_types(self, input=Input)
         if self.input.augment != "none":
             raise ConfigError("evaluation never augments", "augment")

@@ -1,5 +1,6 @@
 """Evaluating a classifier: exact top-1/top-5/loss over every example, on all of the data or on the held-out
-examples its fine-tuning recorded (what ``jaxtl evaluate`` runs)."""
+examples its fine-tuning recorded (what ``jaxtl evaluate`` runs), and on request the per-class report (precision,
+recall, F1, support, the confusion matrix and its picture, the worst-classified examples by file name)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from jaxtl.models.heads import head_classes, head_name
 from jaxtl.recipes.config import EvaluateConfig
 from jaxtl.recipes.data import heldout_part, open_data
 from jaxtl.recipes.model import ModelLike, as_model, variables_digest
-from jaxtl.train.fit import evaluate_variables
+from jaxtl.train.evaluation import evaluate_variables
 from jaxtl.train.parallel import Parallel
+from jaxtl.train.per_class import ClassReport, collect_predictions
 
-__all__ = ["evaluate", "evaluate_classifier"]
+__all__ = ["REPORT", "class_report", "evaluate", "evaluate_classifier"]
+
+REPORT = "report"  # the report's folder in a work directory: report.json and confusion.png
 
 
 def evaluate_classifier(
@@ -35,6 +39,18 @@ def evaluate_classifier(
     if data.labels is None:
         raise DataError("evaluation needs labeled data (labels=None)")
     check_labels(data, head_classes(variables, head_name(module)), "eval data")
+    par, placed, bs = _placed(variables, data, batch_size, parallel)
+    m = evaluate_variables(module, placed, data, bs, par=par, loss="ce")
+    out = {"top1": float(m["top1"]), "loss": float(m["loss"]), "n": int(m["count"])}
+    if "top5" in m:
+        out["top5"] = float(m["top5"])
+    return out
+
+
+def _placed(
+    variables: Mapping[str, Any], data: Source, batch_size: int, parallel: str
+) -> tuple[Parallel | None, dict[str, Any], int]:
+    """``(par, variables as par places them, batch size)``: at most the data, a multiple of the devices."""
     par = None if parallel == "none" else Parallel(parallel)
     placed = dict(variables)
     if par is not None:
@@ -42,11 +58,27 @@ def evaluate_classifier(
     bs = max(1, min(batch_size, len(data)))
     if par is not None:
         bs = -(-bs // par.num_devices) * par.num_devices
-    m = evaluate_variables(module, placed, data, bs, par=par, loss="ce")
-    out = {"top1": float(m["top1"]), "loss": float(m["loss"]), "n": int(m["count"])}
-    if "top5" in m:
-        out["top5"] = float(m["top5"])
-    return out
+    return par, placed, bs
+
+
+def class_report(
+    module: nn.Module,
+    variables: Mapping[str, Any],
+    data: Source,
+    batch_size: int = 256,
+    parallel: str = "none",
+    worst: int = 20,
+) -> tuple[ClassReport, dict[str, float]]:
+    """The per-class report of a classifier on labeled ``data`` and the metrics of :func:`evaluate_classifier`
+    (``top1``, ``top5``, ``loss``, ``n``), both from one pass; ``worst`` examples named by file when the data has
+    names."""
+    if data.labels is None:
+        raise DataError("a per-class report needs labeled data (labels=None)")
+    check_labels(data, head_classes(variables, head_name(module)), "eval data")
+    par, placed, bs = _placed(variables, data, batch_size, parallel)
+    predictions = collect_predictions(module, placed, data, bs, par=par)
+    report = ClassReport.from_predictions(predictions, data.class_names, names=data.example_names(), worst=worst)
+    return report, predictions.metrics()
 
 
 def evaluate(
@@ -55,13 +87,15 @@ def evaluate(
     data: str | Source,
     *,
     workdir: str | pathlib.Path | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Top-1/top-5/loss of a classifier on ``data``, prepared as its model card says, labels mapped through the
     card's class names (a class the model does not know is an error; a subset of classes is fine).
 
     ``model``: a saved classifier's directory, or ``(module, variables, card)``. ``config.split="test"`` evaluates
     the held-out examples recorded beside a saved classifier (refused if ``data`` does not hold them unchanged).
-    ``workdir``: the metrics are also written to ``workdir/evaluation.json`` (through the run lifecycle).
+    ``config.report``: the result also holds ``"report"``, the :class:`~jaxtl.train.per_class.ClassReport`
+    (``.text()`` is its table). ``workdir``: the metrics are also written to ``workdir/evaluation.json``, and the
+    report to ``workdir/report/`` (``report.json``, ``confusion.png``), through the run lifecycle.
     """
     if not isinstance(config, EvaluateConfig):
         raise ConfigError(f"config must be an EvaluateConfig, got {type(config).__name__}", "config")
@@ -88,16 +122,27 @@ def evaluate(
     run = None
     if workdir is not None:
         identity = {"model": variables_digest(variables), "data": source.digest(), "split": config.split}
-        run = Run(pathlib.Path(workdir), identity, writes=("evaluation.json",), kind="evaluate")
+        run = Run(pathlib.Path(workdir), identity, writes=("evaluation.json", REPORT), kind="evaluate")
         run.__enter__()
     try:
         if run is not None:
             run.check_output("evaluation.json")
-        metrics = evaluate_classifier(module, variables, source, config.batch_size, parallel=config.parallel)
+            if config.report:
+                run.check_output(REPORT)
+        report = None
+        if config.report:
+            report, metrics = class_report(
+                module, variables, source, config.batch_size, config.parallel, worst=config.worst
+            )
+        else:
+            metrics = evaluate_classifier(module, variables, source, config.batch_size, parallel=config.parallel)
         if run is not None and run.main:
             with run.output("evaluation.json") as tmp:
                 tmp.write_text(json.dumps({"model": str(saved or card.source), "data": str(data), **metrics}, indent=2))
+            if report is not None:
+                with run.output(REPORT) as tmp:
+                    report.save(tmp)
     finally:
         if run is not None:
             run.close()
-    return metrics
+    return {**metrics, "report": report} if report is not None else dict(metrics)

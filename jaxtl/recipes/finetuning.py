@@ -1,17 +1,18 @@
 """Fine-tuning, the whole run (what ``jaxtl finetune`` does): a held-out split, the head rule, training in the
 config's mode, evaluation on the held-out part, and with a work directory the classifier saved with its card and
-its held-out record. Every mode goes through the same run lifecycle (:class:`~jaxtl.lifecycle.Run`): the
-cached-feature path keeps the same promises as the per-step one.
+its held-out record (and the weight average's, as ``classifier_ema``, when the loop keeps one). Every mode goes
+through the same run lifecycle (:class:`~jaxtl.lifecycle.Run`): the cached-feature path keeps the same promises as
+the per-step one, TensorBoard event files included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import pathlib
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,15 +35,17 @@ from jaxtl.recipes.model import ModelLike, as_model, classifier_for, variables_d
 from jaxtl.train.config import Checkpoints, fit_batch
 from jaxtl.train.fit import OnStep, fit
 from jaxtl.train.groups import ParamGroups
-from jaxtl.train.losses import CrossEntropy
+from jaxtl.train.losses import CrossEntropy, imbalance_warning
 from jaxtl.train.model_files import write_variables
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.probe import extract_features, fit_linear_probe
 from jaxtl.train.result import RunResult
+from jaxtl.train.run_log import METRICS, TENSORBOARD, RunLog, kept_records
 
 __all__ = ["finetune"]
 
-WRITES = ("checkpoints", "metrics.jsonl", "classifier", "features.npy")
+WRITES = ("checkpoints", METRICS, TENSORBOARD, "classifier", "classifier_ema", "features.npy")
+SAMPLE_IMAGES = 8  # training inputs shown in TensorBoard
 FEATURES_IN_MEMORY = 1 << 30  # cached features beyond 1 GiB go to a memory-mapped .npy file
 
 
@@ -67,6 +70,7 @@ class _Plan:
     total: int
     on_device: bool
     data_name: str
+    loss: CrossEntropy
 
 
 def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source) -> tuple[_Plan, dict[str, Any]]:
@@ -89,6 +93,13 @@ def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source) -> tuple
     devices = Parallel(config.loop.parallel).num_devices
     batch = fit_batch(config.loop.batch_size, len(train), devices)
     _, total = run_length(len(train), batch, config.loop.epochs, config.loop.steps)
+    config.loop.check_length(total)  # before the run opens: a refused length must not leave a recorded run
+    labels = np.asarray(train.labels)
+    loss = config.regularization.loss(labels, train.num_classes)
+    if config.regularization.class_weights is None:
+        imbalance = imbalance_warning(labels, train.num_classes, tuple(train.class_names or ()))
+        if imbalance is not None:
+            warnings.warn(imbalance, stacklevel=3)
     identity = {
         **config.identity(total),
         "data": source.digest(),
@@ -99,7 +110,7 @@ def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source) -> tuple
     if card is not None:
         identity["arch"] = card.arch
     name = data if isinstance(data, str) else repr(data)
-    plan = _Plan(config, clf, clf_vars, card, train, test, heldout, batch, total, on_device, name)
+    plan = _Plan(config, clf, clf_vars, card, train, test, heldout, batch, total, on_device, name, loss)
     return plan, identity
 
 
@@ -134,7 +145,7 @@ class _Watched:
 
 
 def _train_cached(
-    p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep]
+    p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep], tensorboard: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     c = p.config
     if c.mode == "frozen" and progress and jax.process_index() == 0:
@@ -159,19 +170,37 @@ def _train_cached(
             steps=p.total,
             batch_size=p.batch_size,
             seed=c.loop.seed,
-            label_smoothing=c.label_smoothing,
+            loss=p.loss,
         )
     assert probe.variables is not None
-    history = [{"split": "train", **rec} for rec in probe.history]
     for rec in probe.history:
         for cb in callbacks:
             cb(int(rec["step"]), rec)
-    if run is not None and run.main:
-        (run.workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    return jax.tree.map(jnp.asarray, probe.variables), history
+    return jax.tree.map(jnp.asarray, probe.variables), _log_cached(p, run, probe.history, tensorboard)
 
 
-def _train_steps(p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep]) -> RunResult:
+def _log_cached(p: _Plan, run: Run | None, steps: list[dict[str, Any]], tensorboard: bool) -> list[dict[str, Any]]:
+    """The cached-feature path's records, written as ``fit`` writes them: ``metrics.jsonl`` and TensorBoard (with
+    the learning rate of each step and, at the end, a few training inputs)."""
+    lr = np.asarray(p.config.optimizer.schedule_fn(p.total)(np.arange(p.total)))
+    main = run is None or run.main
+    if run is not None:
+        kept_records(run.workdir / METRICS, 0, main)  # a rerun starts the log afresh
+    log = RunLog(None if run is None else run.workdir, [], tensorboard=tensorboard, main=main)
+    try:
+        for rec in steps:
+            log.log({"step": rec["step"], "split": "train", **rec, "lr": float(lr[int(rec["step"]) - 1])})
+        if log.tensorboard:
+            batch = next(iter(p.train.batches(min(SAMPLE_IMAGES, len(p.train)), seed=p.config.loop.seed)))
+            log.images("inputs", batch["images"], p.total)
+    finally:
+        log.close()
+    return log.history
+
+
+def _train_steps(
+    p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep], tensorboard: bool
+) -> RunResult:
     c = p.config
     head = head_name(p.module)
     groups = ParamGroups.head_only(head) if c.mode == "frozen" else ParamGroups.finetune(head, c.backbone_lr_scale)
@@ -183,15 +212,16 @@ def _train_steps(p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[
         optimizer=c.optimizer,
         groups=groups,
         loop=loop,
-        checkpoints=None if run is None else Checkpoints(run),
-        loss=CrossEntropy(label_smoothing=c.label_smoothing),
+        checkpoints=None if run is None else Checkpoints(run, tensorboard=tensorboard),
+        loss=p.loss,
         augment=crop_flip if p.on_device else None,
+        eval_data=p.test if c.loop.stopping is not None else None,  # early stopping watches the held-out split
         callbacks=callbacks,
         progress=progress,
     )
 
 
-def _classifier_card(p: _Plan, metrics: dict[str, float]) -> ModelCard | None:
+def _classifier_card(p: _Plan, metrics: dict[str, float], ema: bool = False) -> ModelCard | None:
     if p.card is None:
         return None
     c, card, train = p.config, p.card, p.train
@@ -210,8 +240,16 @@ def _classifier_card(p: _Plan, metrics: dict[str, float]) -> ModelCard | None:
             "split": split,
             "mode": c.mode,
             "test": metrics,
+            **({"ema": dataclasses.asdict(c.loop.ema)} if ema and c.loop.ema is not None else {}),
         },
     )
+
+
+def _save(run: Run, name: str, variables: dict[str, Any], card: ModelCard | None, heldout: dict[str, Any]) -> None:
+    assert card is not None
+    with run.output(name) as tmp:
+        write_variables(tmp, variables, card)
+        write_heldout(tmp, heldout)
 
 
 def finetune(
@@ -223,16 +261,22 @@ def finetune(
     progress: bool = True,
     allow_changes: bool = False,
     callbacks: Sequence[OnStep] = (),
+    tensorboard: bool = True,
 ) -> RunResult:
     """Fine-tune ``model`` into a classifier of ``data``'s classes as ``config`` says (what ``jaxtl finetune``
-    runs); returns a :class:`~jaxtl.train.result.RunResult` (``.metrics``: held-out top1/top5/loss/n).
+    runs); returns a :class:`~jaxtl.train.result.RunResult` (``.metrics``: held-out top1/top5/loss/n, and the
+    weight average's as ``ema_top1``/``ema_top5``/``ema_loss`` when ``config.loop.ema`` keeps one; ``.state``
+    holds it: ``result.state.ema_variables``).
 
     ``model``: ``(module, variables, card)`` as :func:`jaxtl.bridge.pretrained`, :func:`jaxtl.pretrain`,
     :func:`load_variables` or another ``finetune`` give it (``(module, variables)`` with a ready Source as data).
     ``data``: a data spec (``"folder:DIR"``, ``"digits"``, ...; prepared as the card says) or a Source.
-    ``workdir``: the run is resumable there (lock, identity, checkpoints, ``metrics.jsonl``) and the classifier
-    is saved to ``workdir/classifier`` with its card and held-out record; SIGINT/SIGTERM stop it cleanly.
-    ``callbacks``: ``fn(step, train_metrics)`` after every step, in order (as :func:`~jaxtl.train.fit` calls them).
+    ``workdir``: the run is resumable there (lock, identity, checkpoints, ``metrics.jsonl``, TensorBoard event
+    files in ``workdir/tensorboard`` unless ``tensorboard=False``) and the classifier is saved to
+    ``workdir/classifier`` with its card and held-out record (the EMA's to ``workdir/classifier_ema``);
+    SIGINT/SIGTERM stop it cleanly. ``callbacks``: ``fn(step, train_metrics)`` after every step, in order (as
+    :func:`~jaxtl.train.fit` calls them). A training split whose largest class has more than 10x the examples of
+    its smallest gets a warning, unless class weights are set.
     """
     if not isinstance(config, FinetuneConfig):
         raise ConfigError(f"config must be a FinetuneConfig, got {type(config).__name__}", "config")
@@ -241,7 +285,8 @@ def finetune(
         raise ConfigError("saving a classifier needs the model card: pass (module, variables, card)", "model")
     run = None
     if workdir is not None:
-        need = 3 * sum(np.asarray(x).nbytes for x in jax.tree.leaves(plan.variables)) + 2**20
+        copies = 3 if config.loop.ema is None else 4  # checkpoint, optimizer state, classifier (+ its average)
+        need = copies * sum(np.asarray(x).nbytes for x in jax.tree.leaves(plan.variables)) + 2**20
         run = Run(
             pathlib.Path(workdir),
             identity,
@@ -254,20 +299,24 @@ def finetune(
     with run if run is not None else contextlib.nullcontext():
         if run is not None:
             run.check_output("classifier")
+            if config.loop.ema is not None:
+                run.check_output("classifier_ema")
             run.note("heldout", {k: v for k, v in plan.heldout.items() if k != "test"})
         state, resumed = None, 0
         if config.cached_features:
-            variables, history = _train_cached(plan, run, progress, callbacks)
+            variables, history = _train_cached(plan, run, progress, callbacks, tensorboard)
         else:
-            result = _train_steps(plan, run, progress, callbacks)
+            result = _train_steps(plan, run, progress, callbacks, tensorboard)
             variables, history, state, resumed = result.variables, result.history, result.state, result.resumed_from
         metrics = evaluate_classifier(plan.module, variables, plan.test) if plan.test is not None else {}
         card = _classifier_card(plan, metrics)
+        ema = None if state is None or state.ema is None else state.ema_variables
+        ema_metrics = evaluate_classifier(plan.module, ema, plan.test) if ema and plan.test is not None else {}
         path = None
         if run is not None and run.main:
-            assert card is not None
-            with run.output("classifier") as tmp:
-                write_variables(tmp, variables, card)
-                write_heldout(tmp, plan.heldout)
+            _save(run, "classifier", variables, card, plan.heldout)
+            if ema is not None:
+                _save(run, "classifier_ema", ema, _classifier_card(plan, ema_metrics, ema=True), plan.heldout)
             path = run.workdir / "classifier"
+    metrics = {**metrics, **{f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"}}
     return RunResult(plan.module, variables, card, history, metrics, path, state, resumed, len(plan.train))

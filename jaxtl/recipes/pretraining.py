@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxtl.data.augment import add_noise, random_mask
 from jaxtl.data.batching import run_length
+from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.source import Source
 from jaxtl.data.splits import split_indices
 from jaxtl.errors import ConfigError, DataError
@@ -28,7 +29,9 @@ from jaxtl.recipes.config import WORDS, PretrainConfig
 from jaxtl.recipes.data import open_data
 from jaxtl.recipes.model import ModelLike, as_model, variables_digest
 from jaxtl.train.config import Checkpoints, fit_batch
+from jaxtl.train.fit import WRITES as FIT_WRITES
 from jaxtl.train.fit import OnStep, fit
+from jaxtl.train.losses import Reconstruction
 from jaxtl.train.model_files import write_variables
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.result import RunResult
@@ -36,7 +39,7 @@ from jaxtl.train.step import Augment
 
 __all__ = ["corruption", "encoder_variables", "pretrain"]
 
-WRITES = ("checkpoints", "metrics.jsonl", "encoder")
+WRITES = (*FIT_WRITES, "encoder")
 
 
 def corruption(denoise: tuple[Any, ...] | None) -> Augment | None:
@@ -68,8 +71,7 @@ def encoder_variables(ae_variables: Mapping[str, Any]) -> dict[str, Any]:
 
 def _in_unit_range(data: Source) -> bool:
     # The decoder ends in a sigmoid for data in [0, 1]; uint8 streams are normalised on device, so never.
-    images = getattr(data, "images", None)
-    return images is not None and bool(images.min() >= 0.0 and images.max() <= 1.0)
+    return isinstance(data, ArrayDataset) and bool(data.images.min() >= 0.0 and data.images.max() <= 1.0)
 
 
 def _pretraining_data(config: PretrainConfig, data: str | Source, card: ModelCard) -> Source:
@@ -105,6 +107,7 @@ def pretrain(
     progress: bool = True,
     allow_changes: bool = False,
     callbacks: Sequence[OnStep] = (),
+    tensorboard: bool = True,
 ) -> RunResult:
     """Pretrain ``config.arch``'s backbone as an autoencoder's encoder on ``data``'s images, labels ignored;
     returns a :class:`~jaxtl.train.result.RunResult` holding the encoder (``module, variables, card``; ``.state``
@@ -114,8 +117,9 @@ def pretrain(
     torchvision weights to start from), so the decoder reconstructs normalised images with a linear output; a
     ready Source in ``[0, 1]`` gets a sigmoid output. ``init``: weights to start from (a model with its card), or
     a bare encoder module (``num_classes=0``) to pretrain from a fresh init instead of ``config.arch``'s (not saved
-    by name: no ``workdir``). ``workdir``: resumable there, the encoder saved to ``workdir/encoder`` with its card.
-    ``callbacks``: ``fn(step, train_metrics)`` after every step.
+    by name: no ``workdir``). ``workdir``: resumable there, the encoder saved to ``workdir/encoder`` with its card;
+    TensorBoard event files in ``workdir/tensorboard`` (the loss, and at the end inputs over their reconstructions)
+    unless ``tensorboard=False``. ``callbacks``: ``fn(step, train_metrics)`` after every step.
     """
     if not isinstance(config, PretrainConfig):
         raise ConfigError(f"config must be a PretrainConfig, got {type(config).__name__}", "config")
@@ -158,6 +162,7 @@ def pretrain(
             variables.setdefault("batch_stats", {})["encoder"] = start["batch_stats"]
     batch = fit_batch(config.loop.batch_size, len(source), Parallel(config.loop.parallel).num_devices)
     _, total = run_length(len(source), batch, config.loop.epochs, config.loop.steps)
+    config.loop.check_length(total)  # before the run opens: a refused length must not leave a recorded run
     identity = {
         **config.identity(total),
         "data": source.digest(),
@@ -176,9 +181,8 @@ def pretrain(
             source,
             optimizer=config.optimizer,
             loop=dataclasses.replace(config.loop, batch_size=batch, epochs=None, steps=total),
-            checkpoints=None if run is None else Checkpoints(run),
-            loss="mse",
-            corrupt=corruption(config.denoise),
+            checkpoints=None if run is None else Checkpoints(run, tensorboard=tensorboard),
+            loss=Reconstruction(corrupt=corruption(config.denoise)),
             callbacks=callbacks,
             progress=progress,
         )

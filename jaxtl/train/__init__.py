@@ -1,21 +1,35 @@
-"""Training: TrainState, parameter groups, per-device steps, parallel wrappers, the fit loop and its configs,
-run checkpoints, saved models, probes."""
+"""Training: TrainState, parameter groups, per-device steps, parallel wrappers, the fit loop and its configs
+(gradient accumulation, weight EMA, early stopping), losses (label smoothing, class weights, mixup/cutmix), run
+checkpoints and TensorBoard logs, saved models, probes, the per-class report."""
 
 from jaxtl.errors import CheckpointDamagedError, CheckpointError
 from jaxtl.lifecycle import RunInterrupted, RunMismatchError, WorkdirError
-from jaxtl.train.config import Checkpoints, Loop, Optimizer
+from jaxtl.train.config import Checkpoints, Loop, Optimizer, Stopping
+from jaxtl.train.ema import EMA
 from jaxtl.train.fit import NonFiniteLossError, evaluate, evaluate_variables, fit
 from jaxtl.train.groups import FROZEN, TRAINABLE, Group, ParamGroups
-from jaxtl.train.losses import CrossEntropy, Loss, Reconstruction, cross_entropy, mse, topk_correct
+from jaxtl.train.losses import (
+    CrossEntropy,
+    Loss,
+    Reconstruction,
+    balanced_class_weights,
+    cross_entropy,
+    imbalance_warning,
+    mse,
+    topk_correct,
+)
+from jaxtl.train.mixing import Mixing
 from jaxtl.train.model_files import load_variables, read_card, save_variables
 from jaxtl.train.optim import make_optimizer, make_schedule
 from jaxtl.train.parallel import Parallel, pmap_step, prefetch_to_device, shard_map_step
+from jaxtl.train.per_class import ClassReport, collect_predictions
 from jaxtl.train.probe import LinearProbe, extract_features, fit_linear_probe
 from jaxtl.train.progress import Progress
 from jaxtl.train.result import RunResult
 from jaxtl.train.run_store import RunStore
 from jaxtl.train.state import TrainState
 from jaxtl.train.step import eval_step, prepare_images, train_step
+from jaxtl.train.tensorboard import TensorBoard, read_images, read_scalars
 
 __all__ = [
     "FROZEN",
@@ -23,11 +37,14 @@ __all__ = [
     "CheckpointDamagedError",
     "CheckpointError",
     "Checkpoints",
+    "ClassReport",
     "CrossEntropy",
+    "EMA",
     "Group",
     "LinearProbe",
     "Loop",
     "Loss",
+    "Mixing",
     "NonFiniteLossError",
     "Optimizer",
     "Parallel",
@@ -38,8 +55,12 @@ __all__ = [
     "RunMismatchError",
     "RunResult",
     "RunStore",
+    "Stopping",
+    "TensorBoard",
     "TrainState",
     "WorkdirError",
+    "balanced_class_weights",
+    "collect_predictions",
     "cross_entropy",
     "eval_step",
     "evaluate",
@@ -47,6 +68,7 @@ __all__ = [
     "extract_features",
     "fit",
     "fit_linear_probe",
+    "imbalance_warning",
     "load_variables",
     "make_optimizer",
     "make_schedule",
@@ -55,6 +77,8 @@ __all__ = [
     "prefetch_to_device",
     "prepare_images",
     "read_card",
+    "read_images",
+    "read_scalars",
     "save_variables",
     "shard_map_step",
     "topk_correct",

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax import lax
 
+from jaxtl.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class EMA:
@@ -39,9 +41,11 @@ class EMA:
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, bool) or not (isinstance(self.decay, numbers.Real) and 0.0 <= self.decay < 1.0):
-            raise ValueError(f"EMA decay must lie in [0, 1), got {self.decay!r}")
+            raise ConfigError(f"ema decay must lie in [0, 1), got {self.decay!r}", "ema")
         if isinstance(self.every, bool) or not isinstance(self.every, numbers.Integral) or self.every < 1:
-            raise ValueError(f"EMA every must be an int >= 1 (optimizer steps between updates), got {self.every!r}")
+            raise ConfigError(
+                f"ema_every must be an int >= 1 (optimizer steps between EMA updates), got {self.every!r}", "ema_every"
+            )
         object.__setattr__(self, "decay", float(self.decay))
         object.__setattr__(self, "every", int(self.every))
         object.__setattr__(self, "warmup", bool(self.warmup))

@@ -19,12 +19,15 @@ would rescale the loss the moment mixing is switched on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxtl.train.mixing import Mixing
 
 Batch = Mapping[str, jax.Array]
 
@@ -136,10 +139,14 @@ class Loss:
 
     ``target_images`` is the clean (augmented, normalised) input, which reconstruction losses compare with.
     ``needs_labels`` says whether the batch must hold ``labels`` (and whether top-k metrics are reported).
+    What a training batch goes through before the model sees it, besides augmentation: ``corrupt(rng, images)``
+    (the model's input only; :class:`Reconstruction`) and ``mixing`` (images and targets; :class:`CrossEntropy`).
     """
 
     name: str = "loss"
     needs_labels: bool = False
+    corrupt: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    mixing: Mixing | None = None
 
     def per_example(self, outputs: jax.Array, batch: Batch, target_images: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -154,9 +161,16 @@ class Loss:
         return hash((type(self), tuple(sorted(vars(self).items()))))
 
     def __repr__(self) -> str:
-        # Options at their "off" value (None) are left out, so a run's fingerprint reads as before they existed.
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        # Options at their "off" value (None) are left out, so a run's fingerprint reads as before they existed;
+        # a function by its name (its default repr holds a memory address, different in every process).
+        args = ", ".join(f"{k}={_describe(v)}" for k, v in vars(self).items() if v is not None)
         return f"{type(self).__name__}({args})"
+
+
+def _describe(value: Any) -> str:
+    if callable(value) and not isinstance(value, type) and hasattr(value, "__qualname__"):
+        return str(value.__qualname__)
+    return repr(value)
 
 
 class CrossEntropy(Loss):
@@ -164,15 +178,25 @@ class CrossEntropy(Loss):
     smoothing and class-weight conventions (see the module docstring).
 
     ``class_weights``: one non-negative weight per class (e.g. :func:`balanced_class_weights`), or None.
+    ``mixing``: a :class:`~jaxtl.train.mixing.Mixing` (mixup/cutmix) the train step applies to every training
+    batch, images and targets together; evaluation never mixes.
     """
 
     name = "ce"
     needs_labels = True
 
-    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        mixing: Mixing | None = None,
+    ):
         _check_smoothing(label_smoothing)
+        if mixing is not None and not isinstance(mixing, Mixing):
+            raise TypeError(f"mixing must be a jaxtl.train.mixing.Mixing, got {type(mixing).__name__}")
         self.label_smoothing = float(label_smoothing)
         self.class_weights: tuple[float, ...] | None = None
+        self.mixing = mixing
         if class_weights is not None:
             w = np.asarray(class_weights, np.float64)
             if w.ndim != 1 or w.size == 0:
@@ -200,9 +224,18 @@ class CrossEntropy(Loss):
 
 
 class Reconstruction(Loss):
-    """Mean squared error between the output and the clean input (an autoencoder; no labels needed)."""
+    """Mean squared error between the output and the clean input (an autoencoder; no labels needed).
+
+    ``corrupt(rng, images) -> images`` (a denoising autoencoder): the train step corrupts only what the model sees;
+    the target stays the clean (augmented) input. Evaluation never corrupts.
+    """
 
     name = "mse"
+
+    def __init__(self, corrupt: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+        if corrupt is not None and not callable(corrupt):
+            raise TypeError(f"corrupt must be a function (rng, images) -> images, got {type(corrupt).__name__}")
+        self.corrupt = corrupt
 
     def per_example(self, outputs: jax.Array, batch: Batch, target_images: jax.Array) -> jax.Array:
         return mse(outputs, target_images)

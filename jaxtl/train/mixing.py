@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxtl.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Mixing:
@@ -43,10 +45,13 @@ class Mixing:
             value = getattr(self, name)
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
             if not (ok and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0 (0 turns it off), got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0 (0 turns it off), got {value!r}", name)
             object.__setattr__(self, name, float(value))
         if not self.enabled:
-            raise ValueError("Mixing needs mixup_alpha > 0 or cutmix_alpha > 0; pass mix=None to train without it")
+            raise ConfigError(
+                "Mixing needs mixup_alpha > 0 or cutmix_alpha > 0; train without mixing=... to turn it off",
+                "mixup_alpha",
+            )
 
     @property
     def enabled(self) -> bool:

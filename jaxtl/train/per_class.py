@@ -34,18 +34,33 @@ from jaxtl.train.step import prepare_images, with_axis
 @dataclasses.dataclass(frozen=True)
 class Predictions:
     """Per real example, in data order: ``labels`` ``[N]``, the ``top`` k classes ``[N, k]`` (most probable
-    first, so ``top[:, 0]`` is the prediction) with their probabilities ``top_prob`` ``[N, k]``, and
-    ``true_prob`` ``[N]`` the probability of the true class."""
+    first, so ``top[:, 0]`` is the prediction) with their probabilities ``top_prob`` ``[N, k]``, ``true_prob``
+    ``[N]`` the probability of the true class and ``loss`` ``[N]`` its cross-entropy (``-log p``, from the
+    log-softmax, so it stays finite where the probability underflows)."""
 
     labels: np.ndarray
     top: np.ndarray
     top_prob: np.ndarray
     true_prob: np.ndarray
     num_classes: int
+    loss: np.ndarray | None = None
 
     @property
     def preds(self) -> np.ndarray:
         return self.top[:, 0]
+
+    def metrics(self) -> dict[str, float]:
+        """``top1``, ``top5`` (more than 5 classes), mean cross-entropy ``loss`` and ``n``: what
+        :func:`~jaxtl.train.evaluation.evaluate_variables` reports, from this one pass (the same top-k rule; the
+        loss to float rounding of the sum)."""
+        n = len(self.labels)
+        out = {"top1": float(np.mean(self.preds == self.labels)) if n else 0.0}
+        if self.num_classes > 5 and self.top.shape[1] >= 5:
+            out["top5"] = float(np.mean(np.any(self.top[:, :5] == self.labels[:, None], axis=1))) if n else 0.0
+        if self.loss is not None:
+            out["loss"] = float(np.mean(self.loss.astype(np.float64))) if n else 0.0
+        out["n"] = n
+        return out
 
 
 def predict_step(
@@ -56,9 +71,10 @@ def predict_step(
     axis_name: str | None,
     top_k: int = 5,
 ) -> dict[str, jax.Array]:
-    """Per-device, per-example outputs of this shard: ``top`` ``[n, k]`` int32, ``top_prob`` ``[n, k]``,
-    ``true_prob`` ``[n]`` (softmax in float32) and ``mask`` ``[n]``; ``axis_name`` only for BatchNorm's module
-    clone (eval mode runs no collective)."""
+    """Per-device, per-example outputs of this shard: ``top`` ``[n, k]`` int32 (ranked by the logits, as top-k
+    accuracy ranks them), ``top_prob`` ``[n, k]``, ``true_prob`` ``[n]`` (softmax in float32), ``loss`` ``[n]``
+    (cross-entropy of the true class) and ``mask`` ``[n]``; ``axis_name`` only for BatchNorm's module clone (eval
+    mode runs no collective)."""
     module = with_axis(module, axis_name)
     images = prepare_images(batch["images"], normalization)
     logits = module.apply(dict(variables), images, train=False)
@@ -66,13 +82,18 @@ def predict_step(
         raise ValueError(
             f"a per-class report needs class logits [n, K] from the model, got {jax.tree.map(jnp.shape, logits)}"
         )
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    top_prob, top = lax.top_k(probs, min(top_k, probs.shape[-1]))
-    labels = batch["labels"].astype(jnp.int32)
-    true_prob = jnp.take_along_axis(probs, jnp.clip(labels, 0, probs.shape[-1] - 1)[:, None], axis=-1)[:, 0]
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    probs = jnp.exp(log_probs)
+    _, top = lax.top_k(logits, min(top_k, probs.shape[-1]))
+    top_prob = jnp.take_along_axis(probs, top, axis=-1)
+    labels = jnp.clip(batch["labels"].astype(jnp.int32), 0, probs.shape[-1] - 1)[:, None]
+    true_prob = jnp.take_along_axis(probs, labels, axis=-1)[:, 0]
+    loss = -jnp.take_along_axis(log_probs, labels, axis=-1)[:, 0]
     n = images.shape[0]
     mask = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones((n,), jnp.float32)
-    return {"top": top.astype(jnp.int32), "top_prob": top_prob, "true_prob": true_prob, "mask": mask}
+    out = {"top": top.astype(jnp.int32), "top_prob": top_prob, "true_prob": true_prob, "loss": loss}
+    return {**out, "mask": mask}
 
 
 def collect_predictions(
@@ -100,11 +121,11 @@ def collect_predictions(
         return predict_step(module, v, batch, norm, axis_name, top_k)
 
     fn: Callable[..., Any] = par.map(per_device, donate=False, batch_out=True)
-    parts: dict[str, list[np.ndarray]] = {"top": [], "top_prob": [], "true_prob": [], "labels": []}
+    parts: dict[str, list[np.ndarray]] = {"top": [], "top_prob": [], "true_prob": [], "loss": [], "labels": []}
     for batch in par.full_pass(data, batch_size):
         out = fn(variables, batch)
         keep = par.gather(out["mask"]) > 0
-        for key in ("top", "top_prob", "true_prob"):
+        for key in ("top", "top_prob", "true_prob", "loss"):
             parts[key].append(par.gather(out[key])[keep])
         parts["labels"].append(par.gather(batch["labels"])[keep])
     if not parts["labels"]:  # no example at all
@@ -113,6 +134,7 @@ def collect_predictions(
             "top": [np.zeros((0, k), np.int64)],
             "top_prob": [np.zeros((0, k), np.float32)],
             "true_prob": [np.zeros((0,), np.float32)],
+            "loss": [np.zeros((0,), np.float32)],
             "labels": [np.zeros((0,), np.int64)],
         }
     return Predictions(
@@ -121,6 +143,7 @@ def collect_predictions(
         top_prob=np.concatenate(parts["top_prob"]).astype(np.float32),
         true_prob=np.concatenate(parts["true_prob"]).astype(np.float32),
         num_classes=data.num_classes,
+        loss=np.concatenate(parts["loss"]).astype(np.float32),
     )
 
 
@@ -251,7 +274,8 @@ class ClassReport:
         }
 
     def text(self, digits: int = 3) -> str:
-        """A table like scikit-learn's ``classification_report``, plus accuracy (and top-5)."""
+        """A table like scikit-learn's ``classification_report``, plus accuracy (and top-5), then the worst-classified
+        examples (lowest probability of the true class) by name (else by index)."""
         width = max(12, *(len(n) for n in self.class_names))
         head = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
         lines = [head, ""]
@@ -268,6 +292,11 @@ class ClassReport:
             lines.append(row(f"{name} avg", avg["precision"], avg["recall"], avg["f1"], total))
         if self.top5 is not None:
             lines.append(f"{'top-5':>{width}} {'':>9} {'':>9} {self.top5:>9.{digits}f} {total:>9d}")
+        if self.worst:
+            lines += ["", "worst-classified (probability of the true class):"]
+            for w in self.worst:
+                name = w.get("name", f"#{w['index']}")
+                lines.append(f"  {w['true_prob']:.4f}  {name}: {w['label']}, taken for {w['predicted']}")
         return "\n".join(lines)
 
     def plot_confusion(self, path: str | os.PathLike, normalize: bool = True) -> Path:

@@ -147,3 +147,89 @@ def set_lr_scale(state: Any, scale: float) -> Any:
     if isinstance(old, jax.Array):
         return state.replace(lr_scale=jax.device_put(new, old.sharding))
     return state.replace(lr_scale=new)
+
+
+@dataclasses.dataclass
+class Decision:
+    """What one evaluation decided: whether it ``improved`` (a new best), whether to ``stop``, and the new
+    learning-rate scale when reduce-on-plateau changed it (else None)."""
+
+    improved: bool
+    stop: bool
+    lr_scale: float | None
+
+
+class Monitor:
+    """The trackers of one :class:`~jaxtl.train.config.Stopping` config, fed once per evaluation by the fit loop:
+    the best value and its step (``min_delta`` applies, as for the trackers), :class:`EarlyStopping` when
+    ``patience`` is set, :class:`ReduceLROnPlateau` when ``reduce_patience`` is. All of it round-trips through
+    :meth:`state_dict` (JSON), saved with each checkpoint."""
+
+    def __init__(self, stopping: Any):
+        self.metric: str = stopping.metric
+        mode, delta = stopping.resolved_mode, float(stopping.min_delta)
+        self.best = Plateau(mode=mode, patience=0, min_delta=delta)
+        self.best_step: int | None = None
+        self.improvements = 0
+        self.stopped_at: int | None = None
+        self.early = None
+        if stopping.patience is not None:
+            self.early = EarlyStopping(mode=mode, patience=stopping.patience, min_delta=delta)
+        self.reduce = None
+        if stopping.reduce_patience is not None:
+            self.reduce = ReduceLROnPlateau(
+                mode=mode,
+                patience=stopping.reduce_patience,
+                min_delta=delta,
+                relative=False,  # one improvement rule for every tracker of the run
+                factor=stopping.reduce_factor,
+                cooldown=stopping.cooldown,
+                min_scale=stopping.min_lr_scale,
+            )
+
+    def update(self, step: int, metrics: dict[str, float]) -> Decision:
+        """Record the evaluation of ``step`` (``metrics`` holds the monitored metric)."""
+        value = float(metrics[self.metric])
+        improved = self.best.observe(value)
+        if improved:
+            self.best_step, self.improvements = step, self.improvements + 1
+        stop = self.early.update(value) if self.early is not None else False
+        scale = None
+        if self.reduce is not None:
+            old = self.reduce.scale
+            new = self.reduce.update(value)
+            scale = new if new != old else None
+        if stop and self.stopped_at is None:
+            self.stopped_at = step
+        return Decision(improved, stop, scale)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def rank(self, improved: bool) -> float:
+        """A number whose maximum over the evaluations is the best one, by this monitor's rule (ties and
+        ``min_delta`` included): what a checkpoint store keeps as "the best"."""
+        return float(self.improvements if improved else self.improvements - 0.5)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best.state_dict(),
+            "best_step": self.best_step,
+            "improvements": self.improvements,
+            "stopped_at": self.stopped_at,
+            "early": None if self.early is None else self.early.state_dict(),
+            "reduce": None if self.reduce is None else self.reduce.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (the settings must be this monitor's)."""
+        self.best.load_state_dict(state["best"])
+        self.best_step, self.improvements = state["best_step"], int(state["improvements"])
+        self.stopped_at = state["stopped_at"]
+        for name in ("early", "reduce"):
+            tracker, saved = getattr(self, name), state.get(name)
+            if (tracker is None) != (saved is None):
+                raise ValueError(f"the saved trackers {'lack' if saved is None else 'hold'} {name}; this run differs")
+            if tracker is not None:
+                tracker.load_state_dict(saved)

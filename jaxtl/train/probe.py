@@ -21,7 +21,7 @@ import optax
 from jaxtl.data.batching import epoch_indices, run_length
 from jaxtl.data.source import Normalization, Source
 from jaxtl.models.heads import HEAD, new_head
-from jaxtl.train.losses import cross_entropy, topk_correct
+from jaxtl.train.losses import CrossEntropy, topk_correct
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.step import prepare_images
 
@@ -117,28 +117,33 @@ def _head_step(
     xy: tuple[jax.Array, jax.Array],
     *,
     tx: optax.GradientTransformation,
-    label_smoothing: float,
+    loss: CrossEntropy,
 ) -> tuple[tuple[dict[str, jax.Array], Any], dict[str, jax.Array]]:
-    """One optimizer step of the linear head on a batch of features ``[B, F]`` and labels ``[B]``."""
+    """One optimizer step of the linear head on a batch of features ``[B, F]`` and labels ``[B]``; the mean loss
+    is weighted as in ``fit`` (divided by the batch's class-weight sum when ``loss`` has class weights)."""
     h, opt_state = carry
     x, y = xy
 
     def loss_fn(h: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         logits = x @ h["kernel"] + h["bias"][None, :]
-        return jnp.mean(cross_entropy(logits, y, label_smoothing)), logits
+        per_example = loss.per_example(logits, {"labels": y}, x)
+        weights = loss.example_weight(logits, {"labels": y})
+        if weights is None:
+            return jnp.mean(per_example), logits
+        return jnp.sum(per_example) / jnp.sum(weights), logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(h)
+    (value, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(h)
     updates, opt_state = tx.update(grads, opt_state, h)
-    metrics = {"loss": loss, "top1": jnp.mean(topk_correct(logits, y, 1))}
+    metrics = {"loss": value, "top1": jnp.mean(topk_correct(logits, y, 1))}
     return (optax.apply_updates(h, updates), opt_state), metrics
 
 
 # Module-level and keyed on the optimizer object (static): probing again with the same ``tx`` (another epoch
 # count, another seed) reuses the compiled code instead of compiling a fresh closure per call.
-_head_step_jit = jax.jit(_head_step, static_argnames=("tx", "label_smoothing"), donate_argnums=(0,))
+_head_step_jit = jax.jit(_head_step, static_argnames=("tx", "loss"), donate_argnums=(0,))
 
 
-@functools.partial(jax.jit, static_argnames=("tx", "label_smoothing"), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("tx", "loss"), donate_argnums=(0,))
 def _head_run(
     carry: Any,
     feats: jax.Array,
@@ -146,12 +151,10 @@ def _head_run(
     idx: jax.Array,
     *,
     tx: optax.GradientTransformation,
-    label_smoothing: float,
+    loss: CrossEntropy,
 ) -> Any:
     """All steps in one compiled scan; ``idx`` ``[steps, B]`` holds each step's example indices."""
-    return jax.lax.scan(
-        lambda c, i: _head_step(c, (feats[i], labs[i]), tx=tx, label_smoothing=label_smoothing), carry, idx
-    )
+    return jax.lax.scan(lambda c, i: _head_step(c, (feats[i], labs[i]), tx=tx, loss=loss), carry, idx)
 
 
 def fit_linear_probe(
@@ -166,7 +169,7 @@ def fit_linear_probe(
     steps: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
-    label_smoothing: float = 0.0,
+    loss: CrossEntropy | None = None,
 ) -> LinearProbe:
     """Train a linear head on cached ``features`` ``[N, F]`` and ``labels`` ``[N]`` with ``tx``; one device.
 
@@ -174,8 +177,12 @@ def fit_linear_probe(
     ``fit``), else from torch's Linear init. Batches follow ``fit``'s order (seeded per-epoch permutation, ragged
     last batch dropped), so the same ``seed``, ``batch_size`` and ``tx`` give the head ``fit`` would train.
     Labels outside ``[0, num_classes)`` are an error; a NaN/inf loss raises ``NonFiniteLossError`` naming the first
-    bad step, and no head is returned.
+    bad step, and no head is returned. ``loss``: a :class:`~jaxtl.train.losses.CrossEntropy` (label smoothing,
+    class weights as ``fit`` applies them; mixup/cutmix need images and are refused here); default plain.
     """
+    loss = CrossEntropy() if loss is None else loss
+    if not isinstance(loss, CrossEntropy) or loss.mixing is not None:
+        raise ValueError(f"a linear probe trains with a CrossEntropy loss without mixup/cutmix, got {loss!r}")
     features = np.asarray(features) if not isinstance(features, np.memmap) else features
     labels = np.asarray(labels)
     if features.ndim != 2 or labels.shape != (len(features),):
@@ -208,14 +215,14 @@ def fit_linear_probe(
     if not isinstance(features, np.memmap) and features.nbytes <= _SCAN_BYTES:
         # Features fit on the device: the whole run is one compiled scan, no per-step host round trip.
         feats, labs = jnp.asarray(features, jnp.float32), jnp.asarray(labels, jnp.int32)
-        carry, m = _head_run(carry, feats, labs, batch_idx, tx=tx, label_smoothing=label_smoothing)
+        carry, m = _head_run(carry, feats, labs, batch_idx, tx=tx, loss=loss)
         metrics = {k: np.asarray(v) for k, v in m.items()}
     else:
         # Memory-mapped (large) features: stream one batch at a time from the host.
         per_step = []
         for idx in batch_idx:
             xy = (jnp.asarray(np.asarray(features[idx], np.float32)), jnp.asarray(np.asarray(labels[idx], np.int32)))
-            carry, m = _head_step_jit(carry, xy, tx=tx, label_smoothing=label_smoothing)
+            carry, m = _head_step_jit(carry, xy, tx=tx, loss=loss)
             per_step.append(m)
         metrics = {k: np.asarray([float(m[k]) for m in per_step]) for k in ("loss", "top1")}
     head = carry[0]

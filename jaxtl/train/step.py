@@ -32,7 +32,7 @@ from jax import lax
 from jaxtl.train.ema import update_ema
 from jaxtl.train.groups import merge_params, split_params
 from jaxtl.train.losses import CrossEntropy, Loss, get_loss, hard_labels, topk_correct
-from jaxtl.train.mixing import Mixing, mix_batch
+from jaxtl.train.mixing import mix_batch
 from jaxtl.train.state import Normalization, TrainState
 
 Batch = dict[str, jax.Array]
@@ -100,27 +100,24 @@ def train_step(
     axis_name: str | None = "data",
     loss: Loss | str = CrossEntropy(),  # noqa: B008  (immutable)
     augment: Augment | None = None,
-    corrupt: Augment | None = None,
-    mix: Mixing | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
 
     ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
-    ``corrupt(rng, images) -> images`` (denoising) changes only what the model sees: a reconstruction loss compares
-    with the (augmented) clean input. ``mix`` (:class:`~jaxtl.train.mixing.Mixing`) then applies mixup/cutmix over
-    the global batch, drawn from the step key alone (the same on any device count); ``top1`` is then measured
-    against each example's dominant label. uint8 images are normalised on device (:func:`prepare_images`). Returns
-    the new state and global metrics ``loss``, ``grad_norm``, ``count`` and, for a labeled loss, ``top1``.
+    The loss says what else a training batch goes through: ``Reconstruction(corrupt=fn)`` (denoising) changes only
+    what the model sees, the loss comparing with the (augmented) clean input; ``CrossEntropy(mixing=Mixing(...))``
+    applies mixup/cutmix over the global batch, drawn from the step key alone (the same on any device count);
+    ``top1`` is then measured against each example's dominant label. uint8 images are normalised on device
+    (:func:`prepare_images`). Returns the new state and global metrics ``loss``, ``grad_norm``, ``count`` and, for
+    a labeled loss, ``top1``.
 
     The state's optional parts act here: gradient accumulation (``state.accumulate``, in ``state.tx``), the
     ``lr_scale`` factor on the updates, and the weight EMA update after the optimizer step.
     """
     loss = _check_loss(loss, batch)
-    if mix is not None:
-        if not loss.needs_labels:
-            raise ValueError(f"mixup/cutmix mix labels; loss {loss!r} has none")
-        if "mask" in batch:
-            raise ValueError("mixup/cutmix need whole training batches (drop_remainder=True); this batch has a mask")
+    corrupt, mix = loss.corrupt, loss.mixing
+    if mix is not None and "mask" in batch:
+        raise ValueError("mixup/cutmix need whole training batches (drop_remainder=True); this batch has a mask")
     module = with_axis(state.module, axis_name)
     rng, step_rng = jax.random.split(state.rng)
     images = prepare_images(batch["images"], state.normalization)

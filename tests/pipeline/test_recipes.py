@@ -28,6 +28,7 @@ from jaxtl.recipes import (
 )
 from jaxtl.recipes.pretraining import corruption
 from jaxtl.train import Loop, Optimizer
+from jaxtl.train.config import Regularization
 from jaxtl.train.losses import mse
 
 WIDTH = 128  # convnet_small's feature width
@@ -70,7 +71,7 @@ def test_denoising_trains_on_clean_target() -> None:
     import optax
 
     from jaxtl.models import Autoencoder
-    from jaxtl.train import TrainState, train_step
+    from jaxtl.train import Reconstruction, TrainState, train_step
 
     ae = Autoencoder(ConvNet(num_classes=0, widths=(8, 16)), out_channels=1, decoder_widths=(8,))
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1))
@@ -82,7 +83,7 @@ def test_denoising_trains_on_clean_target() -> None:
     def shift(rng: jax.Array, images: jax.Array) -> jax.Array:
         return images + 0.25  # deterministic, so the expected loss can be computed outside the step
 
-    _, metrics = train_step(state, {"images": x}, axis_name=None, loss="mse", corrupt=shift)
+    _, metrics = train_step(state, {"images": x}, axis_name=None, loss=Reconstruction(corrupt=shift))
     recon, _ = ae.apply(v, x + 0.25, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(metrics["loss"], jnp.mean(mse(recon, x)), rtol=1e-5)
     recon_clean, _ = ae.apply(v, x, train=True, mutable=["batch_stats"])
@@ -165,7 +166,7 @@ def test_held_out_split_is_evaluated(pretrained, split) -> None:
         (lambda: FinetuneConfig(mode="full", feature_cache=True), "feature_cache"),
         (lambda: Split(test_fraction=1.0), "test_fraction"),
         (lambda: FinetuneConfig(loop=Loop(batch_size=32)), "epochs"),
-        (lambda: FinetuneConfig(label_smoothing=1.0), "label_smoothing"),
+        (lambda: FinetuneConfig(regularization=Regularization(label_smoothing=1.0)), "label_smoothing"),
         (lambda: Input(augment="rotate"), "augment"),
     ],
 )

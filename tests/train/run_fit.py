@@ -32,7 +32,7 @@ def run(workdir: str, steps: int, sleep_s: float = 0.0, nan_example: int | None 
         jax.device_get(tiny_variables(module)),
         data,
         eval_data=tiny_dataset(13, seed=5),
-        tx=make_tx(),
+        optimizer=make_tx(),
         loop=Loop(steps=steps, batch_size=8, eval_every=5, parallel="pmap"),
         checkpoints=Checkpoints(workdir, every=2),
         progress=False,

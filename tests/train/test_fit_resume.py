@@ -128,7 +128,7 @@ def test_keeps_latest_and_the_best_checkpoint(tmp_path):
         tiny_variables(module),
         data,
         eval_data=tiny_dataset(24, seed=1),
-        tx=optax.sgd(0.5),  # large steps: eval accuracy moves around, so the best is rarely the last
+        optimizer=optax.sgd(0.5),  # large steps: eval accuracy moves around, so the best is rarely the last
         loop=Loop(batch_size=8, steps=12, eval_every=1, parallel="none"),
         checkpoints=Checkpoints(tmp_path, every=1, keep=1, best_metric="top1"),
         progress=False,

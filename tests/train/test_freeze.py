@@ -184,7 +184,7 @@ def test_linear_probe_matches_frozen_backbone_fit(tmp_path):
         module,
         variables,
         data,
-        tx=tx,
+        optimizer=tx,
         groups=ParamGroups.head_only(),
         loop=Loop(steps=10, batch_size=8, parallel="pmap"),
         progress=False,

@@ -14,7 +14,7 @@ import pytest
 from tiny import Tiny, tiny_variables
 
 from jaxtl.train import Parallel, TrainState, train_step
-from jaxtl.train.losses import mixed_targets
+from jaxtl.train.losses import CrossEntropy, mixed_targets
 from jaxtl.train.mixing import MixDraw, Mixing, apply, cutmix_box, draw, mix_batch
 
 torch = pytest.importorskip("torch")
@@ -137,7 +137,7 @@ def mixed_steps():
     for kind in ("none", "pmap", "shard_map"):
         par = Parallel(kind)
         state = par.put_state(TrainState.create(module, variables, optax.sgd(0.1), rng=0))
-        step = par.map(functools.partial(train_step, mix=mix))
+        step = par.map(functools.partial(train_step, loss=CrossEntropy(mixing=mix)))
         history = []
         for _ in range(3):
             state, metrics = step(state, par.put_batch(data))
@@ -163,13 +163,12 @@ def test_mixed_step_is_device_count_independent(mixed_steps):
     assert abs(ref_hist[0]["loss"] - plain_loss) > 1e-3
 
 
-def test_mixing_refuses_masks_and_unlabeled_losses():
+def test_mixing_refuses_masks_and_non_mixings():
     module = Tiny(num_classes=K)
     state = TrainState.create(module, tiny_variables(module), optax.sgd(0.1), rng=0)
     batch = {"images": np.zeros((2, 16, 16, 3), np.float32), "labels": np.zeros(2, np.int32)}
+    loss = CrossEntropy(mixing=Mixing(1.0))
     with pytest.raises(ValueError, match="whole training batches"):
-        jax.eval_shape(
-            functools.partial(train_step, axis_name=None, mix=Mixing(1.0)), state, {**batch, "mask": np.ones(2)}
-        )
-    with pytest.raises(ValueError, match="mix labels"):
-        jax.eval_shape(functools.partial(train_step, axis_name=None, mix=Mixing(1.0), loss="mse"), state, batch)
+        jax.eval_shape(functools.partial(train_step, axis_name=None, loss=loss), state, {**batch, "mask": np.ones(2)})
+    with pytest.raises(TypeError, match=r"mixing must be a jaxtl\.train\.mixing\.Mixing"):
+        CrossEntropy(mixing=(0.2, 1.0))
