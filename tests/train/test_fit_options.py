@@ -263,3 +263,27 @@ def test_weighted_evaluation_divides_by_the_weight_sum(model, data):
     w = np.asarray(weights)
     want = -(w[None, :] * target * logp).sum() / w[held.labels].sum()
     assert got["loss"] == pytest.approx(want, rel=1e-5)
+
+
+# --- one meaning: finetune's config and fit's arguments train the same model ----------------------------------------
+
+
+def test_finetune_options_train_what_fit_trains(model, data):
+    from jaxtl.recipes import FinetuneConfig, Split, finetune
+    from jaxtl.train import balanced_class_weights
+    from jaxtl.train.config import Regularization
+
+    train = data[0]
+    loop = Loop(steps=4, batch_size=8, accumulate=2, ema=EMA(0.9))
+    config = FinetuneConfig(
+        mode="full",
+        optimizer=SGD,
+        loop=loop,
+        split=Split(test_fraction=0),
+        regularization=Regularization(0.1, "balanced", mixup_alpha=0.2, cutmix_alpha=1.0),
+    )
+    recipe = finetune(config, model, train, progress=False)
+    loss = CrossEntropy(0.1, balanced_class_weights(train.labels, 5), Mixing(0.2, 1.0))
+    direct = _fit(model, data, loop=loop, loss=loss, groups=ParamGroups.finetune("fc", 1.0))
+    _assert_same(recipe.state, direct.state)
+    assert recipe.state.ema is not None and recipe.metrics == {}  # nothing held out
