@@ -99,7 +99,8 @@ def test_small_eval_stages_features_and_backbone(small) -> None:
     backbone = module.clone(num_classes=0)
     stripped = jaxtl.models.strip_head(variables, module)
     assert "0" in stripped["params"]["classifier"] and "2" not in stripped["params"]["classifier"]
-    np.testing.assert_allclose(backbone.apply(stripped, nhwc(x)), feats["pre_logits"], rtol=1e-5, atol=1e-6)
+    pooled = jax.jit(backbone.apply)(stripped, nhwc(x))
+    np.testing.assert_allclose(pooled, feats["pre_logits"], rtol=1e-5, atol=1e-6)
 
 
 def test_small_train_mode_outputs_and_gradients(small) -> None:
@@ -174,12 +175,11 @@ def test_stochastic_depth_is_torchvisions_row_mode() -> None:
 def test_train_mode_with_stochastic_depth_draws_from_the_dropout_rng(small) -> None:
     _, module, variables, x = small
     sd = module.clone(stochastic_depth_prob=0.5)
-    a = sd.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(3)})
-    b = sd.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(3)})
-    c = sd.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(4)})
+    run = jax.jit(lambda key: sd.apply(variables, nhwc(x), train=True, rngs={"dropout": key}))
+    a, b, c = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    np.testing.assert_array_equal(sd.apply(variables, nhwc(x)), module.apply(variables, nhwc(x)))
+    np.testing.assert_array_equal(jax.jit(sd.apply)(variables, nhwc(x)), jax.jit(module.apply)(variables, nhwc(x)))
     with pytest.raises(ValueError, match=r"train mode with .* pass apply\(\.\.\., rngs=\{'dropout': key\}\)"):
         sd.apply(variables, nhwc(x), train=True)
 
@@ -189,7 +189,7 @@ def test_bfloat16_compute_close_to_float32(small) -> None:
     model.eval()
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    logits = module.clone(dtype=jnp.bfloat16).apply(variables, nhwc(x))
+    logits = jax.jit(module.clone(dtype=jnp.bfloat16).apply)(variables, nhwc(x))
     assert logits.dtype == jnp.bfloat16
     assert_close_rel(logits, want, 3e-2, "bfloat16 logits")
 

@@ -146,6 +146,6 @@ def test_a_new_head_over_a_vit_or_convnext_backbone() -> None:
         clf, variables = classifier_from_autoencoder(ae_like, module, 5, jax.random.key(1))
         assert clf.num_classes == 5 and head_classes(variables, clf) == 5
         assert strip_head(variables, clf)["params"] == backbone["params"]
-        assert clf.apply(variables, jnp.ones((2, size, size, 3))).shape == (2, 5)
+        assert jax.eval_shape(clf.apply, variables, jnp.ones((2, size, size, 3))).shape == (2, 5)
         kernel = np.asarray(get_head(variables, clf)["kernel"])
         assert kernel.any() != (clf.head_path == "heads/head")  # a ViT head starts at zero, as torchvision's

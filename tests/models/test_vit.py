@@ -79,7 +79,7 @@ def test_small_eval_logits_features_and_backbone(small) -> None:
     assert_close_rel(feats["pre_logits"], pre, 1e-4, "small ViT pre_logits")
     assert feats["tokens"].shape == (3, 17, 64) and feats["last_map"].shape == (3, 4, 4, 64)
     backbone = module.clone(num_classes=0)
-    pooled = backbone.apply(jaxtl.models.strip_head(variables, module), nhwc(x))
+    pooled = jax.jit(backbone.apply)(jaxtl.models.strip_head(variables, module), nhwc(x))
     np.testing.assert_allclose(pooled, feats["pre_logits"], rtol=1e-5, atol=1e-6)  # another program: rounding only
 
 
@@ -156,7 +156,7 @@ def test_model_at_another_resolution_matches_torchvision(small) -> None:
     x = np.random.default_rng(3).standard_normal((2, 3, 48, 48), dtype=np.float32)
     with torch.no_grad():
         want = torch_big(torch.from_numpy(x)).numpy()
-    assert_close_rel(big_module.apply(big_vars, nhwc(x)), want, 1e-4, "48-px logits")
+    assert_close_rel(jax.jit(big_module.apply)(big_vars, nhwc(x)), want, 1e-4, "48-px logits")
     with pytest.raises(ValueError, match=r"built for 32x32 images, got 48x48; build it with image_size=48"):
         module.apply(variables, nhwc(x))
     with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
@@ -169,7 +169,7 @@ def test_bfloat16_compute_float32_norms_and_softmax(small) -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     bf16 = module.clone(dtype=jnp.bfloat16)
-    logits = bf16.apply(variables, nhwc(x))
+    logits = jax.jit(bf16.apply)(variables, nhwc(x))
     assert logits.dtype == jnp.bfloat16
     assert_close_rel(logits, want, 3e-2, "bfloat16 logits")
     # LayerNorm statistics in float32: a bfloat16 input far from zero normalises to what float64 gives, to bf16's
@@ -185,11 +185,10 @@ def test_bfloat16_compute_float32_norms_and_softmax(small) -> None:
 def test_dropout_draws_from_the_dropout_rng(small) -> None:
     _, module, variables, x = small
     drop = module.clone(dropout=0.5, attention_dropout=0.5)
-    a = drop.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(1)})
-    b = drop.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(1)})
-    c = drop.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(2)})
+    run = jax.jit(lambda key: drop.apply(variables, nhwc(x), train=True, rngs={"dropout": key}))
+    a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    np.testing.assert_array_equal(drop.apply(variables, nhwc(x)), module.apply(variables, nhwc(x)))
+    np.testing.assert_array_equal(jax.jit(drop.apply)(variables, nhwc(x)), jax.jit(module.apply)(variables, nhwc(x)))
     with pytest.raises(ValueError, match=r"train mode with .* pass apply\(\.\.\., rngs=\{'dropout': key\}\)"):
         drop.apply(variables, nhwc(x), train=True)
