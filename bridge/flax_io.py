@@ -94,7 +94,7 @@ def load_flax_safetensors(path: str | os.PathLike) -> dict[str, Any]:
 def flax_to_torch_state_dict(tensors: Mapping[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
     """Flat Flax-layout tensors (``"params/layer1/0/conv1/kernel"``) -> torchvision keys and layouts (numpy only).
 
-    BridgeError naming every key that is not a ResNet variable."""
+    BridgeError naming every key that no name rule maps (not a variable of a torchvision architecture)."""
     out: dict[str, np.ndarray] = {}
     bad: list[str] = []
     for key, a in tensors.items():
@@ -110,5 +110,5 @@ def flax_to_torch_state_dict(tensors: Mapping[str, np.ndarray], origin: str) -> 
     if bad:
         from .errors import format_problems
 
-        raise BridgeError(format_problems(f"{origin} holds Flax variables that are not a torchvision ResNet's", bad))
+        raise BridgeError(format_problems(f"{origin} holds Flax variables that no torchvision name rule maps", bad))
     return out

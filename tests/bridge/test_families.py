@@ -151,3 +151,13 @@ def test_wrappers_and_prefixes(convnext_sd, vit_sd, wrap) -> None:
         np.testing.assert_array_equal(
             np.asarray(jax.tree.leaves(conv.variables)[0]), np.asarray(jax.tree.leaves(from_torchvision(sd)[1])[0])
         )
+
+
+def test_a_jaxtl_flax_safetensors_of_a_convnext_round_trips(convnext_sd, tmp_path) -> None:
+    from jaxtl.bridge import save_flax_safetensors
+
+    conv = from_torchvision(convnext_sd)
+    save_flax_safetensors(conv.variables, tmp_path / "c.safetensors", card=conv.card)
+    again = from_torchvision(tmp_path / "c.safetensors")
+    assert again.report.layout == "jaxtl-flax" and again.card == conv.card and "batch_stats" not in again.variables
+    assert jax.tree.all(jax.tree.map(np.array_equal, again.variables, conv.variables))
