@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # is mostly single-threaded, so two workers keep both cores of a small CI machine busy. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo demo-readme test lint format bench clean
+.PHONY: install demo demo-readme test lint format bench gpu-wheels clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ test: lint
 # Every CPU benchmark side by side with PyTorch, then the README table regenerated from the JSON results.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all --write README.md
+
+# The wheels the one GPU run installs on the GPU machine (README, section GPU): jaxtl built from this checkout and
+# cp312 grain, array_record, portpicker, into the git-ignored .whl/.
+gpu-wheels: $(STAMP)
+	$(PY) -m benchmarks.gpu_wheels
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process (its own XLA flags, its own peak RSS). ``--quick`` drops the 224x224
 step benchmarks and shrinks the rest. ``--write README.md`` updates the table between the bench markers at the end.
-For GPUs use ``benchmarks/gpu_all.sh``.
+For the GPU: ``python3 -m benchmarks.gpu_run`` (README, section GPU).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def run(workdir: str | pathlib.Path, steps: int, on_step=None):  # type: ignore[
         module,
         jax.device_get(tiny_variables(module)),
         tiny_dataset(40),
-        tx=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
+        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
         loop=Loop(steps=steps, batch_size=8, parallel="pmap"),
         checkpoints=Checkpoints(workdir, every=2),
         progress=False,

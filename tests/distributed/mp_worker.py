@@ -39,7 +39,7 @@ def train(out: pathlib.Path, parallel: str, steps: int) -> dict[str, np.ndarray]
         jax.device_get(tiny_variables(module)),
         tiny_dataset(40),
         eval_data=tiny_dataset(13, seed=5),
-        tx=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
+        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-3)),
         loop=Loop(steps=steps, batch_size=BATCH, eval_every=3, parallel=parallel),
         checkpoints=Checkpoints(out / "work", every=3),
         progress=False,
