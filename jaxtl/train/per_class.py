@@ -296,7 +296,8 @@ class ClassReport:
             lines += ["", "worst-classified (probability of the true class):"]
             for w in self.worst:
                 name = w.get("name", f"#{w['index']}")
-                lines.append(f"  {w['true_prob']:.4f}  {name}: {w['label']}, taken for {w['predicted']}")
+                verdict = "right" if w["label"] == w["predicted"] else f"taken for {w['predicted']}"
+                lines.append(f"  {w['true_prob']:.4f}  {name}: {w['label']}, {verdict}")
         return "\n".join(lines)
 
     def plot_confusion(self, path: str | os.PathLike, normalize: bool = True) -> Path:
