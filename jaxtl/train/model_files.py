@@ -28,7 +28,7 @@ from jaxtl._trees import tree_mismatch
 from jaxtl._version import __version__
 from jaxtl.errors import CheckpointError, JaxtlError
 from jaxtl.models.card import ModelCard, ModelCardError, Preprocessing
-from jaxtl.models.registry import create, get_spec
+from jaxtl.models.registry import get_spec
 from jaxtl.outputs import Output, write_outputs
 
 __all__ = ["is_saved_model", "load_variables", "read_card", "save_variables", "write_variables"]
@@ -189,7 +189,8 @@ def _check_structure(d: Path, module: nn.Module, variables: dict[str, Any], card
 def load_variables(directory: str | os.PathLike[str], dtype: Any = None) -> tuple[nn.Module, dict[str, Any], ModelCard]:
     """Load a directory written by :func:`save_variables` -> ``(module, variables, card)``.
 
-    The module is the card's architecture with its head, in ``dtype`` (default: the card's dtype).
+    The module is the card's architecture with its head (a ViT at the card's input size), in ``dtype`` (default:
+    the card's dtype).
     :class:`CheckpointError` naming the path if it is missing, damaged or does not match its card.
     """
     import orbax.checkpoint as ocp
@@ -198,7 +199,7 @@ def load_variables(directory: str | os.PathLike[str], dtype: Any = None) -> tupl
     card = read_card(d)
     dtype = dtype if dtype is not None else jnp.dtype(card.dtype)
     try:
-        module = create(card.arch, num_classes=card.num_classes, dtype=dtype)
+        module = card.build_module(dtype)  # a transformer at the card's input size
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{d / _META} names a model jaxtl cannot build: {e}") from e
     if not (d / _STATE).is_dir():
