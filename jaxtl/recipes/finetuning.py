@@ -182,7 +182,8 @@ def _train_cached(
 def _log_cached(p: _Plan, run: Run | None, steps: list[dict[str, Any]], tensorboard: bool) -> list[dict[str, Any]]:
     """The cached-feature path's records, written as ``fit`` writes them: ``metrics.jsonl`` and TensorBoard (with
     the learning rate of each step and, at the end, a few training inputs)."""
-    lr = np.asarray(p.config.optimizer.schedule_fn(p.total)(np.arange(p.total)))
+    rates = p.config.optimizer.schedule_fn(p.total)(np.arange(p.total))
+    lr = np.broadcast_to(np.asarray(rates, np.float64), (p.total,))  # a constant schedule gives one number
     main = run is None or run.main
     if run is not None:
         kept_records(run.workdir / METRICS, 0, main)  # a rerun starts the log afresh

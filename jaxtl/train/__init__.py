@@ -4,7 +4,7 @@ checkpoints and TensorBoard logs, saved models, probes, the per-class report."""
 
 from jaxtl.errors import CheckpointDamagedError, CheckpointError
 from jaxtl.lifecycle import RunInterrupted, RunMismatchError, WorkdirError
-from jaxtl.train.config import Checkpoints, Loop, Optimizer, Stopping
+from jaxtl.train.config import Checkpoints, Loop, Optimizer, Regularization, Stopping
 from jaxtl.train.ema import EMA
 from jaxtl.train.fit import NonFiniteLossError, evaluate, evaluate_variables, fit
 from jaxtl.train.groups import FROZEN, TRAINABLE, Group, ParamGroups
@@ -51,6 +51,7 @@ __all__ = [
     "ParamGroups",
     "Progress",
     "Reconstruction",
+    "Regularization",
     "RunInterrupted",
     "RunMismatchError",
     "RunResult",

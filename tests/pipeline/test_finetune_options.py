@@ -5,6 +5,7 @@ per-class report (library and files)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -139,8 +140,10 @@ def test_the_cached_path_writes_tensorboard_too(encoder, tmp_path):
     assert scalars["train/lr"][0][1] == pytest.approx(3e-2) and "train/top1" in scalars
     assert read_images(tmp_path / "tensorboard")["inputs"][0][0] == 8
     assert [r["loss"] for r in result.history] == pytest.approx([v for _, v in scalars["train/loss"]])
-    off = finetune(_config(), encoder, "digits", workdir=tmp_path / "off", progress=False, tensorboard=False)
+    constant = dataclasses.replace(_config(), optimizer=Optimizer(lr=3e-2, schedule="constant"))
+    off = finetune(constant, encoder, "digits", workdir=tmp_path / "off", progress=False, tensorboard=False)
     assert off.path is not None and not (tmp_path / "off" / "tensorboard").exists()
+    assert [r["lr"] for r in off.history] == [3e-2] * 8
 
 
 # --- the rules between options -------------------------------------------------------------------------------------
