@@ -4,8 +4,10 @@ recall, F1, support, the confusion matrix and its picture, the worst-classified 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,8 +142,15 @@ def evaluate(
             with run.output("evaluation.json") as tmp:
                 tmp.write_text(json.dumps({"model": str(saved or card.source), "data": str(data), **metrics}, indent=2))
             if report is not None:
+                picture = importlib.util.find_spec("matplotlib") is not None
+                if not picture:
+                    warnings.warn(
+                        "the per-class report's confusion.png needs matplotlib (pip install matplotlib); "
+                        "writing report.json alone",
+                        stacklevel=2,
+                    )
                 with run.output(REPORT) as tmp:
-                    report.save(tmp)
+                    report.save(tmp, picture=picture)
     finally:
         if run is not None:
             run.close()

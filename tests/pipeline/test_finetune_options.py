@@ -224,3 +224,14 @@ def test_evaluate_report_from_the_library_and_into_a_workdir(folder_classifier, 
     assert (tmp_path / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "evaluation.json").read_text())["top1"] == plain["top1"]
     assert "precision" in report.text() and report.worst[0]["name"] in report.text()
+
+
+def test_a_report_without_matplotlib_writes_its_json_alone(folder_classifier, tmp_path, monkeypatch):
+    import importlib.util
+
+    clf, data = folder_classifier
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.warns(UserWarning, match=r"confusion\.png needs matplotlib"):
+        evaluate(EvaluateConfig(report=True), clf, data, workdir=tmp_path)
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["report.json"]
