@@ -280,7 +280,7 @@ def add_finetune(p: argparse.ArgumentParser, data_help: str) -> None:
         "--no-restore-best",
         dest="restore_best",
         action="store_false",
-        help="--early-stopping: keep the last model, not the best evaluation's",
+        help="--early-stopping: keep the last model, not the best evaluation's (default: the best is kept)",
     )
     p.add_argument(
         "--eval-every",
