@@ -1,5 +1,10 @@
 """Datasets and sources, streaming image pipelines, transforms, splits, augmentation and batching."""
 
+# First: a data worker that is starting up ignores Ctrl-C from here on (jaxtl.data.workers; nothing elsewhere).
+from jaxtl.data import workers  # noqa: F401
+
+# isort: split
+
 from jaxtl.data.augment import add_noise, random_crop_flip, random_mask
 from jaxtl.data.dataset import ArrayDataset
 from jaxtl.data.loaders import (
@@ -12,9 +17,10 @@ from jaxtl.data.loaders import (
     normalize,
 )
 from jaxtl.data.pack import pack_image_folder
-from jaxtl.data.pipeline import DATA_SPECS, ImageSource, default_workers, open_source
+from jaxtl.data.pipeline import ImageSource, default_workers
 from jaxtl.data.source import Source, check_labels
 from jaxtl.data.sources import list_image_folder, read_csv_list
+from jaxtl.data.specs import DATA_SPECS, open_source
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.data.transforms import ImageTransform
 

@@ -7,12 +7,23 @@ consumed and see exactly the data an uninterrupted run would have seen.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 
-from jaxtl.data.dataset import ArrayDataset
-
 Batch = dict[str, np.ndarray]
+
+
+class Arrays(Protocol):
+    """What :func:`iterate_batches` reads: images ``[N, ...]`` and labels ``[N]`` or None (an ArrayDataset)."""
+
+    @property
+    def images(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> np.ndarray | None: ...
+
+    def __len__(self) -> int: ...
 
 
 def epoch_indices(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -78,7 +89,7 @@ def process_slice(batch_size: int, process_index: int, process_count: int) -> sl
 
 
 def iterate_batches(
-    dataset: ArrayDataset,
+    dataset: Arrays,
     batch_size: int,
     *,
     seed: int = 0,

@@ -49,6 +49,30 @@ class ArrayDataset:
         """The same images with labels dropped."""
         return ArrayDataset(self.images, None, self.num_classes, self.class_names)
 
+    # --- identity (jaxtl.data.identity) ---
+
+    def digest(self) -> str:
+        """16 hex characters of the sha256 of the pixels as held (shape, dtype, bytes), the labels and the label
+        space; computed once (the arrays are not expected to change in place)."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            from jaxtl.data.identity import array_digest
+
+            cached = array_digest(self.images, self.labels, self.class_names, self.num_classes)
+            object.__setattr__(self, "_digest", cached)  # frozen dataclass: a private cache, not a field
+        return str(cached)
+
+    def example_names(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
+        """In-memory examples have no names: None (identify them by :meth:`content_keys`)."""
+        del indices
+        return None
+
+    def content_keys(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """16 hex characters of the sha256 of each pixel row ``images[i]`` (its bytes as stored, C order)."""
+        from jaxtl.data.identity import content_key
+
+        return [content_key(self.images[int(i)]) for i in np.asarray(indices, np.int64).reshape(-1)]
+
     # --- the Source protocol (jaxtl.data.source) ---
 
     @property

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxtl.data.constants import IMAGENET_MEAN, IMAGENET_STD, default_resize
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.models.registry import IMAGENET_MEAN, IMAGENET_STD, default_resize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -98,7 +98,7 @@ def load_image_folder(
     the same way (:func:`jaxtl.data.transforms.decode_image`: RGB or L, 16-bit and float images scaled by their
     real range). Labels follow the sorted subfolder names, or ``class_names`` when given (then every subfolder
     must be one of them). Each image's shorter side is resized to ``resize`` (default
-    :func:`~jaxtl.models.registry.default_resize`) and center-cropped to ``size``: torchvision's evaluation recipe.
+    :func:`~jaxtl.data.constants.default_resize`) and center-cropped to ``size``: torchvision's evaluation recipe.
     Unreadable files (corrupt, truncated, empty, decompression bombs) are skipped and reported in one
     :class:`SkippedFilesWarning`.
     """
@@ -133,7 +133,6 @@ def load_image_folder(
         images[j] = decoded[i]
         decoded[i] = None  # free the uint8 copy as we go
     images /= 255.0
-    assert listing.labels is not None  # a labeled listing (the default)
     labels = listing.labels[keep].astype(np.int32)
     return ArrayDataset(images, labels, len(listing.class_names), listing.class_names)
 

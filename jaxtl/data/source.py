@@ -53,6 +53,19 @@ class Source(Protocol):
         """``(H, W, C)`` of every image this source yields."""
         ...
 
+    def digest(self) -> str:
+        """16 hex characters identifying the data by content, not by how its path is spelled (what each source
+        covers: :mod:`jaxtl.data.identity`)."""
+        ...
+
+    def example_names(self, indices: Sequence[int] | np.ndarray | None = None) -> list[str] | None:
+        """Root-relative names of the examples at ``indices`` (default all), or None (in-memory arrays)."""
+        ...
+
+    def content_keys(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """A 16-hex-character content hash per example at ``indices``, reading only those examples."""
+        ...
+
     def batches(
         self,
         batch_size: int,

@@ -123,10 +123,69 @@ def test_folder_errors_name_the_path(tmp_path):
         list_image_folder(tmp_path / "nope")
     (tmp_path / "flat").mkdir()
     _img(tmp_path / "flat" / "a.png")
-    with pytest.raises(ValueError, match=r"flat.*no class subfolders"):
+    with pytest.raises(ValueError, match=r"flat.*no class sub-folders.*needs .*flat/<class>/<image>"):
         list_image_folder(tmp_path / "flat")
     with pytest.raises(ValueError, match="not a directory"):
         list_image_folder(tmp_path / "flat" / "a.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    for labeled in (True, False):
+        with pytest.raises(ValueError, match=r"empty.*no images and no class sub-folders"):
+            list_image_folder(tmp_path / "empty", labeled=labeled)
+
+
+def test_flat_folder_is_unlabeled_data_for_pretraining(tmp_path):
+    flat = tmp_path / "flat"
+    for i, name in enumerate(["b.png", "a.JPG", "c.webp"]):
+        _img(flat / name, i)
+    (flat / "notes.txt").write_text("not an image")
+    _img(flat / ".hidden.png")
+    listing = list_image_folder(flat, labeled=False)
+    assert not listing.labeled and listing.optional_labels is None and listing.class_names == ()
+    assert list(listing.names) == ["a.JPG", "b.png", "c.webp"]
+    assert list(listing.paths) == [str(flat / n) for n in ["a.JPG", "b.png", "c.webp"]]
+    src = open_source(f"folder:{flat}", image_size=8, workers=0, labeled=False)
+    assert len(src) == 3 and src.labels is None and src.num_classes == 0
+    (batch,) = list(src.batches(3, shuffle=False))
+    assert set(batch) == {"images"} and batch["images"].shape == (3, 8, 8, 3)
+    assert src.subset(np.arange(2)).labels is None and src.with_options(image_size=6).labels is None
+    # Fine-tuning asks for labels: the message says what layout it needs (through the data spec too).
+    with pytest.raises(ValueError, match=r"data spec 'folder:.*flat'.*no class sub-folders.*<class>/<image>"):
+        open_source(f"folder:{flat}", image_size=8)
+
+
+def test_class_folders_serve_pretraining_too_and_mixed_roots_are_refused(tree):
+    src = open_source(f"folder:{tree}", image_size=8, workers=0, labeled=False)
+    assert len(src) == 6 and src.labels is None
+    (tree / "empty_cls").mkdir()  # an empty class matters only to labeled data
+    assert len(list_image_folder(tree, labeled=False).paths) == 6
+    _img(tree / "stray.png")
+    for labeled in (True, False):
+        with pytest.raises(
+            ValueError, match=r"both image files \(stray\.png\) and sub-folders \(ant, empty_cls, zebra\)"
+        ):
+            list_image_folder(tree, labeled=labeled)
+
+
+def test_file_lists_without_labels(tmp_path):
+    _img(tmp_path / "d" / "a.png", 1)
+    _img(tmp_path / "d" / "b,c.png", 2)  # a comma in the name: quoted in the CSV, verbatim in the .txt
+    (tmp_path / "list.txt").write_text("d/a.png\n\n  d/b,c.png  \n")
+    (tmp_path / "list.csv").write_text('path\nd/a.png\n"d/b,c.png"\n')
+    for name in ("list.txt", "list.csv"):
+        listing = read_csv_list(tmp_path / name, labeled=False)
+        assert not listing.labeled and list(listing.names) == ["d/a.png", "d/b,c.png"]
+        assert list(listing.paths) == [str(tmp_path / "d" / "a.png"), str(tmp_path / "d" / "b,c.png")]
+        src = open_source(f"csv:{tmp_path / name}", image_size=8, workers=0, labeled=False)
+        assert src.labels is None and len(list(src.batches(2))) == 1
+        with pytest.raises(ValueError, match=rf"{name}.*paths without labels.*path,label rows"):
+            open_source(f"csv:{tmp_path / name}", image_size=8)
+    (tmp_path / "labeled.csv").write_text("d/a.png,0\n./d/a.png,1\n")
+    both = read_csv_list(tmp_path / "labeled.csv", labeled=False)  # labels kept; the source drops them
+    assert both.labels.tolist() == [0, 1] and list(both.names) == ["d/a.png", "d/a.png"]
+    (tmp_path / "mixed.csv").write_text("d/a.png\nd/a.png,1\n")
+    with pytest.raises(ValueError, match=r"mixed\.csv.*line 2: expected 1 field\(s\) as the rows above, got 2"):
+        read_csv_list(tmp_path / "mixed.csv", labeled=False)
 
 
 def test_class_names_fix_the_label_order(tree):
@@ -196,20 +255,25 @@ def test_pack_then_stream_gives_the_folders_batches(tree, tmp_path):
 
 
 def test_pack_refuses_foreign_output_and_overwrites_only_its_own(tree, tmp_path):
+    # jaxtl.outputs decides what a pack may replace: exactly a pack it recorded writing, with overwrite.
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("user data")
-    with pytest.raises(ValueError, match="not a jaxtl pack"):
+    with pytest.raises(OSError, match="already exists"):
         pack_image_folder(tree, foreign)
+    with pytest.raises(OSError, match="not exactly what jaxtl wrote"):
+        pack_image_folder(tree, foreign, overwrite=True)
+    assert os.listdir(foreign) == ["keep.txt"]
     out = tmp_path / "pack"
     pack_image_folder(tree, out, num_shards=2)
-    (out / "notes.txt").write_text("also the user's")
-    with pytest.raises(ValueError, match="already holds a pack"):
+    with pytest.raises(OSError, match="already exists"):
         pack_image_folder(tree, out)
     pack_image_folder(tree, out, num_shards=1, overwrite=True)
-    assert sorted(os.listdir(out)) == sorted(
-        [PACK_INDEX, "data-00000-of-00001.array_record", "labels.npy", "notes.txt"]
-    )
+    assert len(list_arrayrecord(out).files) == 1
+    (out / "notes.txt").write_text("the user's")  # no longer exactly the pack: never replaced
+    with pytest.raises(OSError, match="not exactly what jaxtl wrote"):
+        pack_image_folder(tree, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "the user's"
 
 
 def test_arrayrecord_errors_name_the_pattern(tree, tmp_path):
@@ -255,7 +319,7 @@ def test_cli_pack_writes_a_pack_and_refuses_to_clobber(tree, tmp_path, capsys):
     assert len(list_arrayrecord(out).files) == 2
     assert main(["pack", str(tree), str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("jaxtl: error:") and "already holds a pack" in err and "\n" not in err
+    assert err.startswith("jaxtl: error:") and "already exists" in err and "--overwrite" in err and "\n" not in err
     assert main(["pack", str(tree), str(out), "--overwrite"]) == 0
 
 
@@ -273,3 +337,26 @@ def test_digest_identifies_the_listing_without_reading_images(tmp_path):
     assert a.subset(np.arange(3)).digest() != a.subset(np.arange(3, 6)).digest()
     pack_image_folder(tmp_path / "a", tmp_path / "pa")
     assert open_source(f"arrayrecord:{tmp_path / 'pa'}", image_size=8, workers=0).digest() != a.digest()
+
+
+def test_a_bare_path_gets_the_spec_it_would_be(tree, tmp_path, monkeypatch):
+    from jaxtl.data import DATA_SPECS
+
+    monkeypatch.chdir(tree.parent)
+    (tmp_path / "list.csv").write_text("x.png,0\n")
+    np.savez(tmp_path / "d.npz", images=np.zeros((1, 2, 2, 3), np.uint8))
+    pack_image_folder(tree, tmp_path / "packed")
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    for given, suggestion in [
+        ("imgs", "it is a folder: write folder:imgs"),
+        ("imgs/", "it is a folder: write folder:imgs/"),
+        (str(tmp_path / "list.csv"), f"it is a file list: write csv:{tmp_path / 'list.csv'}"),
+        (str(tmp_path / "d.npz"), f"it is an npz file: write npz:{tmp_path / 'd.npz'}"),
+        (str(tmp_path / "packed"), f"it is a pack: write arrayrecord:{tmp_path / 'packed'}"),
+        (str(tmp_path / "packed" / "*.array_record"), "it is a pack: write arrayrecord:"),
+        (str(tmp_path / "photo.jpg"), "it is a file, and data is a folder of images (folder:DIR)"),
+        ("no_such_thing", "expected digits | folder:DIR"),
+    ]:
+        with pytest.raises(ValueError, match=r"is not a data spec") as e:
+            open_source(given, image_size=8)
+        assert suggestion in str(e.value) and DATA_SPECS in str(e.value) and "\n" not in str(e.value), given

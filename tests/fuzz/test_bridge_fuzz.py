@@ -158,23 +158,13 @@ def test_malformed_state_dicts(valid, expected_shapes, data):
     # ignores the other fc keys as unexpected.
     fc = sd.get("fc.weight")
     headless_ok = not strict and not (isinstance(fc, np.ndarray) and fc.ndim == 2)
-    try:
-        loaded = _assert_loads_or_bridge_error(source, expected_shapes, headless_ok, arch=ARCH, strict=strict)
-    except AttributeError:
-        if wrap == "module." and any(not _torchable(v) for v in sd.values()):
-            return  # the known bridge bug pinned by test_prefixed_state_dict_with_a_non_tensor_value (xfail)
-        raise
+    loaded = _assert_loads_or_bridge_error(source, expected_shapes, headless_ok, arch=ARCH, strict=strict)
     if untouched:
         assert loaded, "the valid state dict must load"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="bridge bug found by test_malformed_state_dicts: looking for a key prefix, bridge/infer.py reads "
-    "'.shape' of every value (AttributeError on a str); remove the exception in that test when this passes",
-)
 def test_prefixed_state_dict_with_a_non_tensor_value(valid, expected_shapes):
+    """Found by test_malformed_state_dicts: looking for a key prefix, arch inference read '.shape' of a str."""
     sd = {f"module.{k}": v for k, v in valid.items()}
     sd["module.fc.weight"] = "weights"
     assert not _assert_loads_or_bridge_error(sd, expected_shapes, arch=ARCH)
