@@ -23,6 +23,7 @@ from jaxtl.data.source import Normalization, Source
 from jaxtl.models.heads import HEAD, new_head
 from jaxtl.train.losses import CrossEntropy, topk_correct
 from jaxtl.train.parallel import Parallel
+from jaxtl.train.progress import Progress
 from jaxtl.train.step import prepare_images
 
 
@@ -68,6 +69,7 @@ def extract_features(
     parallel: str = "auto",
     feature: str = "pre_logits",
     out_path: str | pathlib.Path | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Features ``[N, F]`` (float32) of every example of ``dataset`` (any :class:`~jaxtl.data.source.Source`,
     streamed once through its eval transform), in order; eval-mode BatchNorm, ragged tail kept.
@@ -75,15 +77,20 @@ def extract_features(
     With ``out_path`` the features are written into a ``.npy`` memory map there (for sets too large for memory)
     and the returned array is that memmap. Multi-process: every process returns all ``[N, F]`` features; only
     process 0 writes ``out_path`` (the others keep theirs in memory), so a shared folder is never written twice.
+    ``progress=True`` reports the batches as ``fit`` reports steps (:class:`~jaxtl.train.progress.Progress`: a bar
+    on a terminal, else a plain line every 30 s or 10 %; process 0 only).
     """
     par, fn = _feature_fn(module, feature, parallel, dataset.normalization)
     batch_size = -(-batch_size // par.num_devices) * par.num_devices  # a multiple of the devices (padded, masked)
     placed = par.put_state({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     out: np.ndarray | None = None
     n, pos = len(dataset), 0
+    bar = Progress(-(-n // batch_size), desc="features", enabled=progress and par.process_index == 0)
+    bar.start()
     # Each process feeds its slice; gather() returns the global batch's features on every process.
     for batch in par.full_pass(dataset, batch_size):
         feats = par.gather(fn(placed, batch))
+        bar.update(1)
         if out is None:
             shape = (n, *feats.shape[1:])
             if out_path is not None and par.process_index == 0:
@@ -93,6 +100,7 @@ def extract_features(
         take = min(batch_size, n - pos)
         out[pos : pos + take] = feats[:take]
         pos += take
+    bar.close()
     assert out is not None
     if isinstance(out, np.memmap):
         out.flush()
