@@ -31,9 +31,12 @@ from jaxtl.recipes import (
     pretrain,
 )
 from jaxtl.train import (
+    EMA,
     Checkpoints,
     Loop,
     Optimizer,
+    Regularization,
+    Stopping,
     ParamGroups,
     RunResult,
     TrainState,
@@ -43,6 +46,7 @@ from jaxtl.train import (
 )
 
 __all__ = [
+    "EMA",
     "Checkpoints",
     "ConfigError",
     "ConvertConfig",
@@ -56,8 +60,10 @@ __all__ = [
     "Optimizer",
     "ParamGroups",
     "PretrainConfig",
+    "Regularization",
     "RunResult",
     "Split",
+    "Stopping",
     "TrainState",
     "__version__",
     "build_classifier",

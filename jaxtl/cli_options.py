@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import re
 
-from jaxtl.errors import ConfigError
+from jaxtl.errors import ConfigError, JaxtlError
 from jaxtl.recipes.config import (
     AUGMENT_CHOICES,
     ConvertConfig,
@@ -26,6 +26,24 @@ from jaxtl.train.config import STOP_METRICS, Loop, Optimizer, Regularization, St
 from jaxtl.train.ema import EMA
 
 FREEZE = {"backbone": "frozen", "none": "full", "linear-probe": "linear_probe"}
+
+
+class UsageError(JaxtlError):
+    """Bad input found while running a command; reported as ``jaxtl: error: <message>`` with exit code 2."""
+
+
+def archs() -> list[str]:
+    """Every registered architecture (``--arch`` choices)."""
+    from jaxtl.models import list_models
+
+    return list_models()
+
+
+def data_help() -> str:
+    from jaxtl.data import DATA_SPECS
+
+    return DATA_SPECS
+
 
 # Python words -> flags. Booleans and choices whose flag differs from the field's spelling are listed whole.
 _PHRASES = {

@@ -36,7 +36,7 @@ def run(workdir: str, folder: str, steps: int, sleep_s: float) -> object:
         module,
         jax.device_get(tiny_variables(module)),
         data,
-        tx=optax.adamw(1e-2),
+        optimizer=optax.adamw(1e-2),
         loop=Loop(steps=steps, batch_size=8, parallel="pmap"),
         checkpoints=Checkpoints(workdir, every=1),
         progress=False,
