@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxtl.models import VisionTransformer, create, get_spec, list_models, new_head, set_head, strip_head
+from jaxtl.models import VisionTransformer, create, get_spec, init_head, list_models, set_head, strip_head
 
 from .checkpoints import Located
 from .errors import BridgeError, format_problems
@@ -282,8 +282,11 @@ def variables_for(module: Any, source: Any, strict: bool = True) -> dict[str, An
 
 
 def _new_head(variables: dict[str, Any], report: BridgeReport, seed: int) -> dict[str, Any]:
+    """``variables`` with a new head by the head rule (:func:`jaxtl.models.init_head`: the architecture's own
+    init, from ``PRNGKey(seed)``), as every other route makes one."""
     assert report.arch is not None
     spec = get_spec(report.arch)
+    module = create(report.arch, num_classes=report.num_classes, **report.arch_kwargs)
     report.seed = seed
     log.warning(
         "%s: %s replaced: checkpoint has %d classes, new %d-class head initialised from seed %d",
@@ -293,7 +296,7 @@ def _new_head(variables: dict[str, Any], report: BridgeReport, seed: int) -> dic
         report.num_classes,
         seed,
     )
-    return set_head(variables, new_head(spec.num_features, report.num_classes, seed), spec.head_path)
+    return set_head(variables, init_head(module, report.num_classes, seed), module)
 
 
 def adapt_head(variables: dict[str, Any], report: BridgeReport, num_classes: int | None, seed: int) -> dict[str, Any]:

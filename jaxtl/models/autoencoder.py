@@ -18,11 +18,10 @@ import jax.numpy as jnp
 from jaxtl._trees import tree_mismatch
 from jaxtl.models import kernels
 from jaxtl.models.batchnorm import BatchNorm
-from jaxtl.models.heads import get_head, head_path, set_head, strip_head
+from jaxtl.models.heads import INIT_SIZE, get_head, head_path, init_head, set_head, strip_head
 from jaxtl.models.preprocessing import Preprocessing
 from jaxtl.models.registry import ArchSpec, register
 from jaxtl.models.resnet import ConvLayer, pooled_head
-from jaxtl.models.vit import VisionTransformer
 
 Dtype = Any
 
@@ -62,6 +61,7 @@ class ConvNet(nn.Module):
     head_path: ClassVar[str] = "fc"
     no_decay: ClassVar[str] = r"(?:^|/)(?:bias|scale)$"
     decay_norms: ClassVar[bool] = True  # decays every parameter, as the ResNets
+    input_size: ClassVar[int | None] = None  # any input size
 
     @property
     def num_features(self) -> int:
@@ -234,9 +234,9 @@ def classifier_from_autoencoder(
 
     The encoder's ``params`` and ``batch_stats`` are taken unchanged (the very same arrays) from
     ``ae_variables[...]["encoder"]``; only the head (at the encoder's ``head_path``: ``fc``, ``heads/head``,
-    ``classifier/2``) is newly initialised from ``rng``, as the module initialises it. ``input_shape``
-    ``(H, W, C)`` is the shape used to initialise; by default 32x32 (a ViT: its own size) with the channels of the
-    encoder's first conv kernel.
+    ``classifier/2``) is new, made by the head rule (:func:`~jaxtl.models.heads.init_head`: as the module
+    initialises it, from ``rng``). ``input_shape`` ``(H, W, C)`` is the shape the encoder is checked at; by default
+    32x32 (a ViT: its own size) with the channels of the encoder's first conv kernel.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 for a classifier, got {num_classes}")
@@ -248,7 +248,7 @@ def classifier_from_autoencoder(
     clf = encoder_module.clone(num_classes=num_classes)
     head = head_path(clf)
     if input_shape is None:
-        size = clf.image_size if isinstance(clf, VisionTransformer) else 32
+        size = clf.input_size or INIT_SIZE
         input_shape = (size, size, _first_conv_channels(enc_params))
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
 
@@ -272,8 +272,7 @@ def classifier_from_autoencoder(
                 f"the autoencoder's encoder {what} do not match {type(clf).__name__}(num_classes={num_classes}) "
                 f"without its head: {'; '.join(problems)}"
             )
-    # Only the head is returned, so XLA drops the rest of the init (and the forward pass): cheap for big encoders.
-    fresh_head = jax.jit(lambda key: get_head(init(key), head))(rng)
+    fresh_head = init_head(clf, num_classes, rng, input_shape=input_shape)
     variables: dict[str, Any] = set_head({"params": dict(enc_params)}, fresh_head, head)
     if enc_stats:
         variables["batch_stats"] = dict(enc_stats)

@@ -173,6 +173,7 @@ class ConvNeXt(nn.Module):
     head_path: ClassVar[str] = "classifier/2"
     no_decay: ClassVar[str] = r"(?:^|/)(?:bias|scale|layer_scale)$"
     decay_norms: ClassVar[bool] = False  # norms, biases, embeddings: no weight decay
+    input_size: ClassVar[int | None] = None  # any input size
 
     @property
     def num_features(self) -> int:

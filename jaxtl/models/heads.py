@@ -1,14 +1,22 @@
-"""Classifier heads in one place: torch's Linear init, and one function each to read, make, put, strip and
+"""Classifier heads in one place: one rule for a new head, and one function each to read, make, put, strip and
 replace a head, at any head path (``"fc"``, ``"heads/head"``, ``"classifier/2"``).
 
 A head is ``{"kernel": [F, K], "bias": [K]}`` at the model's ``head_path`` in ``params`` (see
-:class:`~jaxtl.models.protocol.Classifier`). Every function takes ``head`` as that path or as the module itself;
-the bridge (a new head over torchvision weights), the linear probe, transfer and the models use them, so a "new
-head" means the same numbers on every route.
+:class:`~jaxtl.models.protocol.Classifier`). Every function takes ``head`` as that path or as the module itself.
+
+**The head rule.** A new head is initialised as the architecture itself initialises it: :func:`init_head` runs the
+module's own ``init`` from the given key (an int seed is ``jax.random.PRNGKey(seed)``) and keeps only the head
+(under ``jit``, so XLA drops the rest of the work). That is torch's ``nn.Linear`` init for a ResNet's and the
+ConvNet's ``fc``, zeros for a ViT's ``heads/head`` (as torchvision's ``VisionTransformer``), a truncated normal
+(std 0.02) and zero bias for ConvNeXt's ``classifier/2``. Every route that makes a head uses it: the recipes'
+``build_classifier`` (``finetune``, the CLI), the bridge's ``from_torchvision(num_classes=N, seed=s)``,
+:func:`replace_head` and the linear probe given the model; the same seed gives the same head on each.
+:func:`new_head` is the one exception, for features without any model: a bare ``nn.Linear``'s init.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,13 +58,54 @@ def torch_linear_init(fan_in: int) -> Any:
 
 
 def new_head(num_features: int, num_classes: int, rng: jax.Array | int) -> dict[str, jax.Array]:
-    """A fresh head ``{"kernel": [F, K], "bias": [K]}`` (float32) with torch's Linear init from ``rng``."""
+    """A bare linear layer's head ``{"kernel": [F, K], "bias": [K]}`` (float32): torch's ``nn.Linear`` init from
+    ``rng``. For features without a model only; a model's new head is :func:`init_head` (the head rule)."""
     if num_features < 1 or num_classes < 1:
         raise ValueError(f"a head needs num_features >= 1 and num_classes >= 1, got {num_features}, {num_classes}")
     key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
     k_kernel, k_bias = jax.random.split(key)
     init = torch_linear_init(num_features)
     return {"kernel": init(k_kernel, (num_features, num_classes)), "bias": init(k_bias, (num_classes,))}
+
+
+INIT_SIZE = 32  # the input side a head is initialised at for modules that take any size
+
+
+@functools.lru_cache(maxsize=16)
+def _head_init(module: Classifier, input_shape: tuple[int, ...]) -> Any:
+    # One compiled function per (module, shape): only the head is returned, so XLA drops the rest of the init and
+    # the forward pass; a big backbone costs its trace, not its parameters.
+    path = head_path(module)
+
+    def init(key: jax.Array) -> Any:
+        variables = module.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)  # type: ignore[attr-defined]
+        return get_head(variables, path)
+
+    return jax.jit(init)
+
+
+def init_head(
+    module: Classifier, num_classes: int, rng: jax.Array | int, *, input_shape: Sequence[int] | None = None
+) -> dict[str, jax.Array]:
+    """A new ``num_classes`` head ``{"kernel": [F, K], "bias": [K]}`` for ``module``'s architecture, initialised as
+    the module initialises it from ``rng`` (a key, or an int seed: ``PRNGKey(seed)``). The head rule: see the
+    module docstring. ``input_shape`` ``(H, W, C)`` is what the init is traced with (default: the module's
+    ``input_size``, else 32x32, with 3 channels); the head's values do not depend on it."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"a new head needs num_classes >= 1, got {num_classes!r}")
+    if not isinstance(module, Classifier):
+        raise TypeError(f"init_head needs a jaxtl classifier module (the Classifier protocol), got {module!r}")
+    if isinstance(rng, bool):
+        raise TypeError("rng must be a jax.random key or an int seed, got a bool")
+    key = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    if input_shape is None:
+        size = module.input_size or INIT_SIZE
+        input_shape = (size, size, 3)
+    clf = module.clone(num_classes=num_classes)  # type: ignore[attr-defined]
+    head = _head_init(clf, tuple(int(d) for d in input_shape))(key)
+    if head is None:
+        raise ValueError(f"{type(module).__name__}(num_classes={num_classes}) has no head at {clf.head_path!r}")
+    return {"kernel": head["kernel"], "bias": head["bias"]}
 
 
 def get_head(variables: Mapping[str, Any], head: Head = HEAD) -> Any:
@@ -117,21 +166,14 @@ def head_classes(variables: Mapping[str, Any], head: Head = HEAD) -> int:
 
 
 def replace_head(
-    variables: Mapping[str, Any],
-    num_classes: int,
-    rng: jax.Array | int,
-    *,
-    num_features: int | None = None,
-    head: Head = HEAD,
+    variables: Mapping[str, Any], num_classes: int, rng: jax.Array | int, *, head: Head = HEAD
 ) -> dict[str, Any]:
-    """``variables`` with a new ``num_classes`` head (torch's Linear init over ``num_features`` pooled features;
-    both taken from ``head`` when it is the module), or without a head for ``num_classes=0``. The backbone's arrays
-    are the very same objects."""
+    """``variables`` with a new ``num_classes`` head made by the head rule (:func:`init_head`: ``head`` must then be
+    the module), or without a head for ``num_classes=0`` (``head``: the module or its head path). The backbone's
+    arrays are the very same objects."""
     out = strip_head(variables, head)
     if num_classes == 0:
         return out
-    if num_features is None:
-        if not isinstance(head, Classifier):
-            raise TypeError("replace_head needs num_features=, or head= the model (which knows its feature width)")
-        num_features = head.num_features
-    return set_head(out, new_head(num_features, num_classes, rng), head)
+    if not isinstance(head, Classifier):
+        raise TypeError("replace_head needs head= the model: a new head is initialised as the model initialises it")
+    return set_head(out, init_head(head, num_classes, rng), head)

@@ -12,6 +12,8 @@ A module is a :class:`Classifier` when it has these members (ResNet, ConvNet, Vi
   torchvision's recipe; ViT and ConvNeXt: False);
 - ``layer_patterns``: one regex per layer from the input up (index 0: the stem or embeddings, then each block);
   parameters matching none (the final norm, the head) form the top layer, index ``len(layer_patterns)``;
+- ``input_size``: the side of the square input the module is built for (a ViT's ``image_size``), or None when it
+  takes any size from a small minimum (ResNet, ConvNeXt, ConvNet: 32 px works);
 - ``__call__(x, train=False, return_features=False)``: logits ``[N, num_classes]`` (the pooled features when
   ``num_classes=0``), or a dict with at least ``pre_logits`` ``[N, num_features]`` and ``logits``.
 """
@@ -36,5 +38,8 @@ class Classifier(Protocol):
 
     @property
     def layer_patterns(self) -> tuple[str, ...]: ...
+
+    @property
+    def input_size(self) -> int | None: ...
 
     def __call__(self, x: Any, train: bool = False, return_features: bool = False) -> Any: ...

@@ -204,6 +204,7 @@ class ResNet(nn.Module):
     head_path: ClassVar[str] = "fc"
     no_decay: ClassVar[str] = r"(?:^|/)(?:bias|scale)$"  # BatchNorm's scale and bias, fc's bias
     decay_norms: ClassVar[bool] = True  # torchvision's recipe decays every parameter
+    input_size: ClassVar[int | None] = None  # any input size
 
     @property
     def num_features(self) -> int:

@@ -226,6 +226,11 @@ class VisionTransformer(nn.Module):
         return int(self.hidden_dim)
 
     @property
+    def input_size(self) -> int:
+        """The input side this transformer is built for (its patch grid and position embedding)."""
+        return int(self.image_size)
+
+    @property
     def layer_patterns(self) -> tuple[str, ...]:
         """Parameter paths per layer from the input up: the embeddings, then each encoder block (the final norm
         and the head are the top, unmatched)."""

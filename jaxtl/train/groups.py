@@ -28,12 +28,12 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jaxtl.models import Classifier, create, head_path
+from jaxtl.models import HEAD, Classifier, create, head_path
 
 Params = Mapping[str, Any]
 TxFactory = Callable[["Group"], optax.GradientTransformation]
 Model = Classifier | str  # a jaxtl model, or a registered architecture's name
-Head = str | Classifier  # a head path ("fc", "heads/head") or the model
+Head = str | Classifier  # a head path ("fc", "heads/head") or the model (default HEAD: a ResNet's "fc")
 
 
 def _model(model: Model) -> Classifier:
@@ -114,15 +114,15 @@ class ParamGroups:
         return cls()
 
     @classmethod
-    def head_only(cls, head: Head = "fc") -> ParamGroups:
-        """Only the classifier head trains (``head``: its path, e.g. ``"heads/head"``, or the model); the backbone is
-        frozen (BatchNorm on running averages)."""
+    def head_only(cls, head: Head = HEAD) -> ParamGroups:
+        """Only the classifier head trains (``head``: the model, or its head path such as ``"heads/head"``; default
+        ``"fc"``, a ResNet's); the backbone is frozen (BatchNorm on running averages)."""
         return cls(
             rules=((_head_rule(head), "head"),), groups={"head": TRAINABLE, "backbone": FROZEN}, default="backbone"
         )
 
     @classmethod
-    def finetune(cls, head: Head = "fc", backbone_lr_scale: float = 1.0, *, no_decay: bool = False) -> ParamGroups:
+    def finetune(cls, head: Head = HEAD, backbone_lr_scale: float = 1.0, *, no_decay: bool = False) -> ParamGroups:
         """Everything trains; the backbone at ``backbone_lr_scale`` times the head's learning rate. ``head`` is the
         head's path or the model; ``no_decay=True`` (needs the model) also takes weight decay off the model's
         no-decay parameters (:meth:`no_weight_decay`)."""
@@ -276,7 +276,7 @@ def frozen_stat_paths(batch_stats: Params, trainable: Iterable[str]) -> tuple[st
     return tuple(p for p in flat if p.rsplit("/", 1)[0] not in trainable_modules)
 
 
-def is_backbone_frozen(trainable: Iterable[str], all_paths: Iterable[str], head: Head = "fc") -> bool:
+def is_backbone_frozen(trainable: Iterable[str], all_paths: Iterable[str], head: Head = HEAD) -> bool:
     """True when the trainable paths are exactly the classifier head's (``head``: its path or the model) and the
     model has other params."""
     trainable, all_paths = set(trainable), set(all_paths)

@@ -20,7 +20,8 @@ import optax
 
 from jaxtl.data.batching import epoch_indices, run_length
 from jaxtl.data.source import Normalization, Source
-from jaxtl.models.heads import HEAD, new_head
+from jaxtl.models.heads import HEAD, Head, get_head, head_path, init_head, new_head, set_head
+from jaxtl.models.protocol import Classifier
 from jaxtl.train.losses import CrossEntropy, topk_correct
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.progress import Progress
@@ -172,7 +173,7 @@ def fit_linear_probe(
     tx: optax.GradientTransformation,
     *,
     variables: dict[str, Any] | None = None,
-    classifier: str = HEAD,
+    classifier: Head = HEAD,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 64,
@@ -181,8 +182,11 @@ def fit_linear_probe(
 ) -> LinearProbe:
     """Train a linear head on cached ``features`` ``[N, F]`` and ``labels`` ``[N]`` with ``tx``; one device.
 
-    The head starts from ``variables["params"][classifier]`` when given (the same start as frozen-backbone
-    ``fit``), else from torch's Linear init. Batches follow ``fit``'s order (seeded per-epoch permutation, ragged
+    ``classifier`` is the model (a :class:`~jaxtl.models.Classifier`) or its head path (``"fc"``,
+    ``"heads/head"``). The head starts from the one at that path in ``variables`` when given (the same start as
+    frozen-backbone ``fit``), else from a new head by the head rule (:func:`~jaxtl.models.init_head`, from
+    ``seed``) when ``classifier`` is the model, else (features without a model) from a bare linear layer's init
+    (:func:`~jaxtl.models.new_head`). Batches follow ``fit``'s order (seeded per-epoch permutation, ragged
     last batch dropped), so the same ``seed``, ``batch_size`` and ``tx`` give the head ``fit`` would train.
     Labels outside ``[0, num_classes)`` are an error; a NaN/inf loss raises ``NonFiniteLossError`` naming the first
     bad step, and no head is returned. ``loss``: a :class:`~jaxtl.train.losses.CrossEntropy` (label smoothing,
@@ -202,17 +206,21 @@ def fit_linear_probe(
         )
     n, f = features.shape
     spe, total = run_length(n, batch_size, epochs, steps)
+    path = "/".join(head_path(classifier))
     if variables is not None:
-        if classifier not in variables["params"]:
+        start = get_head(variables, classifier)
+        if start is None:
             raise KeyError(
-                f"variables have no classifier {classifier!r}; top-level params: {sorted(variables['params'])}"
+                f"variables have no classifier head {path!r}; top-level params: {sorted(variables['params'])}"
             )
         # A copy: the step donates the head, and the caller's arrays must survive.
-        head = {k: jnp.array(v, copy=True) for k, v in variables["params"][classifier].items()}
-        if head["kernel"].shape != (f, num_classes):
-            raise ValueError(f"{classifier}/kernel has shape {head['kernel'].shape}, expected {(f, num_classes)}")
+        head = {k: jnp.array(v, copy=True) for k, v in start.items()}
+    elif isinstance(classifier, Classifier):
+        head = init_head(classifier, num_classes, seed)
     else:
         head = new_head(f, num_classes, seed)
+    if head["kernel"].shape != (f, num_classes):
+        raise ValueError(f"{path}/kernel has shape {head['kernel'].shape}, expected {(f, num_classes)}")
 
     # Every step's batch indices, in fit's order: seeded per-epoch permutation, ragged last batch dropped.
     order = [epoch_indices(n, seed, e)[: spe * batch_size].reshape(spe, batch_size) for e in range(-(-total // spe))]
@@ -251,6 +259,5 @@ def fit_linear_probe(
     head_np = {k: np.asarray(v) for k, v in head.items()}
     new_vars = None
     if variables is not None:
-        new_vars = dict(variables)
-        new_vars["params"] = {**variables["params"], classifier: head_np}
+        new_vars = set_head(variables, head_np, classifier)
     return LinearProbe(head_np, new_vars, history)

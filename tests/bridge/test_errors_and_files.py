@@ -25,6 +25,7 @@ from jaxtl.bridge import (  # noqa: E402
     save_safetensors,
     to_torchvision,
 )
+from jaxtl.models import create, init_head  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,9 @@ def test_new_head_reproducible_from_seed_rest_identical(sd18, caplog) -> None:
     np.testing.assert_array_equal(v1["params"]["fc"]["kernel"], v2["params"]["fc"]["kernel"])
     np.testing.assert_array_equal(v1["params"]["fc"]["bias"], v2["params"]["fc"]["bias"])
     assert not np.array_equal(v1["params"]["fc"]["kernel"], v3["params"]["fc"]["kernel"])
+    want = init_head(create("resnet18", num_classes=10), 10, 3)  # the head rule, as every route makes a head
+    np.testing.assert_array_equal(v1["params"]["fc"]["kernel"], want["kernel"])
+    np.testing.assert_array_equal(v1["params"]["fc"]["bias"], want["bias"])
     bound = 1 / np.sqrt(512)
     assert np.abs(np.asarray(v1["params"]["fc"]["kernel"])).max() <= bound
     strip = {**v1["params"]}

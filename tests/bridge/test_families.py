@@ -19,6 +19,7 @@ from jaxtl.bridge import (  # noqa: E402
     to_torchvision,
 )
 from jaxtl.bridge.infer import infer  # noqa: E402
+from jaxtl.models import init_head  # noqa: E402
 
 
 def _sd(arch: str, **kwargs) -> dict:
@@ -119,14 +120,20 @@ def test_unknown_state_dict_names_the_families() -> None:
     assert "'class_token' + 'conv_proj.weight'" in msg and "'features.1.0.layer_scale'" in msg
 
 
-def test_new_heads_at_nested_paths_are_torch_linear_and_seeded(vit_sd, convnext_sd) -> None:
+def test_new_heads_at_nested_paths_follow_the_head_rule(vit_sd, convnext_sd) -> None:
+    # The head rule (jaxtl.models.init_head): as the architecture initialises it, from PRNGKey(seed): a ViT's is
+    # zero (torchvision's), ConvNeXt's a truncated normal; the same arrays as every other route's new head.
     v1 = from_torchvision(vit_sd, num_classes=3, seed=5)
-    v2 = from_torchvision(vit_sd, num_classes=3, seed=5)
     head = v1.variables["params"]["heads"]["head"]
     assert head["kernel"].shape == (768, 3) and v1.report.fc_reinitialized and v1.report.seed == 5
-    np.testing.assert_array_equal(head["kernel"], v2.variables["params"]["heads"]["head"]["kernel"])
-    assert 0 < float(np.abs(head["kernel"]).max()) <= 1 / np.sqrt(768)
+    assert not np.asarray(head["kernel"]).any() and not np.asarray(head["bias"]).any()
     assert v1.report.dropped == ["heads.head.weight", "heads.head.bias"]
+    c1 = from_torchvision(convnext_sd, num_classes=3, seed=5)
+    want = init_head(jaxtl.create("convnext_tiny", num_classes=3), 3, 5)
+    for k in ("kernel", "bias"):
+        np.testing.assert_array_equal(c1.variables["params"]["classifier"]["2"][k], want[k])
+    other = from_torchvision(convnext_sd, num_classes=3, seed=6).variables["params"]["classifier"]["2"]["kernel"]
+    assert not np.array_equal(other, want["kernel"])
     backbone = from_torchvision(convnext_sd, num_classes=0)
     assert backbone.module.num_classes == 0 and backbone.card.kind == "backbone"
     assert set(backbone.variables["params"]["classifier"]) == {"0"}  # the head's LayerNorm is the backbone's

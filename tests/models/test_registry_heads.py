@@ -87,8 +87,10 @@ def test_heads_at_nested_paths() -> None:
     assert head_classes(variables, vit) == 3 and get_head(variables, "heads/head") is params["heads"]["head"]
     stripped = strip_head(variables, vit)
     assert stripped == {"params": {"encoder": params["encoder"]}} and head_classes(stripped, vit) == 0
-    replaced = replace_head(variables, 5, 1, head=vit.clone(hidden_dim=4))
+    small = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=4, mlp_dim=8)
+    replaced = replace_head(variables, 5, 1, head=small)
     assert replaced["params"]["heads"]["head"]["kernel"].shape == (4, 5)
+    assert not np.asarray(replaced["params"]["heads"]["head"]["kernel"]).any()  # the head rule: a ViT's is zero
     assert replaced["params"]["encoder"]["ln"]["scale"] is params["encoder"]["ln"]["scale"]
     assert strip_head(replace_head(variables, 0, 1, head="heads/head"), "heads/head") == stripped
     convnext = {"params": {"classifier": {"0": {"scale": np.ones(4)}, "2": new_head(4, 2, 0)}}}
@@ -97,7 +99,7 @@ def test_heads_at_nested_paths() -> None:
     }
     put = set_head(strip_head(convnext, "classifier/2"), new_head(4, 6, 2), "classifier/2")
     assert head_classes(put, "classifier/2") == 6 and set(put["params"]["classifier"]) == {"0", "2"}
-    with pytest.raises(TypeError, match="num_features"):
+    with pytest.raises(TypeError, match="needs head= the model"):
         replace_head(variables, 5, 1, head="heads/head")
     with pytest.raises(ValueError, match="non-empty"):
         head_path("heads//head")
