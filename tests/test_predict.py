@@ -109,27 +109,85 @@ def test_library_predict_matches_softmax_of_logits(small_classifier, images) -> 
     # A Pillow image and its array give the same answer (up to batch-dependent float rounding).
     assert [t[0] for t in preds[2].top] == [t[0] for t in preds[1].top]
     np.testing.assert_allclose([t[1] for t in preds[2].top], [t[1] for t in preds[1].top], rtol=1e-5)
-    with pytest.raises(ValueError, match="without classifier head"):
+    with pytest.raises(ValueError, match="the model is a backbone without classifier head"):
         predict(images, module, variables, card.replace(num_classes=0, class_names=(), kind="backbone"))
+    with pytest.raises(ValueError, match="the model is an encoder without classifier head"):
+        predict(images, module, variables, card.replace(num_classes=0, class_names=(), kind="encoder"))
     with pytest.raises(ValueError, match=r"expected a uint8 array"):
         predict([np.zeros((8, 8, 3), np.float32)], module, variables, card)
 
 
+def test_unreadable_images_do_not_lose_the_others(small_classifier, images, tmp_path) -> None:
+    module, variables, card = small_classifier
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    batch = [tmp_path / "missing.png", images[0], tmp_path / "broken.png", images[1]]
+    preds = predict(batch, module, variables, card, top_k=2, batch_size=2)
+    assert [p.source for p in preds] == [str(p) for p in batch]
+    assert [p.error is None for p in preds] == [False, True, False, True]
+    assert "cannot read the image" in preds[0].error and "missing.png" in preds[0].error
+    assert preds[2].top == () and preds[2].to_dict()["error"] == preds[2].error
+    alone = predict([images[0], images[1]], module, variables, card, top_k=2)
+    assert [p.top for p in (preds[1], preds[3])] == [p.top for p in alone]
+    assert "error" not in preds[1].to_dict()
+    only_bad = predict([tmp_path / "missing.png"], module, variables, card)
+    assert only_bad[0].error and only_bad[0].top == ()
+
+
+def test_write_predictions_text_json_and_a_closed_pipe(tmp_path) -> None:
+    import io
+    import subprocess
+    import sys
+
+    from jaxtl.predict import Prediction, write_predictions
+
+    preds = [Prediction("a.png", (("cat", 0.75, 0), ("dog", 0.25, 1))), Prediction("b.png", (), "cannot read")]
+    out = io.StringIO()
+    assert write_predictions(preds, "ck", file=out)
+    assert out.getvalue() == "a.png\n    0.7500  cat\n    0.2500  dog\n"
+    out = io.StringIO()
+    assert write_predictions(preds, "ck", as_json=True, file=out)
+    doc = json.loads(out.getvalue())
+    assert doc["model"] == "ck" and doc["predictions"][1] == {"image": "b.png", "top": [], "error": "cannot read"}
+
+    # `jaxtl predict ... | head -1`: the reader goes away; no error, no "Exception ignored" at exit.
+    script = (
+        "import sys\n"
+        "from jaxtl.predict import Prediction, write_predictions\n"
+        "preds = [Prediction(f'img{i}.png', (('cat', 0.5, 0),)) for i in range(50_000)]\n"
+        "sys.exit(0 if not write_predictions(preds, 'm') else 3)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"img0.png\n"
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
+
+
 def test_cli_predict_from_checkpoint_and_errors(small_classifier, images, tmp_path, capsys) -> None:
-    from jaxtl.train.checkpoint import save_variables
+    from jaxtl.train.model_files import save_variables
 
     module, variables, card = small_classifier
     save_variables(tmp_path / "ck", variables, card)
     assert main(["predict", str(images[0]), "--checkpoint", str(tmp_path / "ck"), "--top-k", "1", "--json"]) == 0
-    (pred,) = json.loads(capsys.readouterr().out)["predictions"]
+    doc = json.loads(capsys.readouterr().out)
+    (pred,) = doc["predictions"]
     (expected,) = predict([images[0]], module, variables, card, top_k=1)
     assert pred["top"][0]["class"] == expected.top[0][0]
+    assert doc["model"] == str(tmp_path / "ck")  # the checkpoint, not the weights it was made from
+
+    # One unreadable file among others: the others are printed, exit 2 names the bad one.
+    missing = str(tmp_path / "nope.png")
+    assert main(["predict", str(images[0]), missing, "--checkpoint", str(tmp_path / "ck"), "--top-k", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == str(images[0]) and missing not in captured.out
+    err = captured.err.strip().splitlines()
+    assert err[0].startswith("jaxtl: error: 1 of 2 images could not be read") and missing in err[0], err
+    assert any("cannot read the image" in line for line in err)
 
     for argv, message in [
-        ([str(tmp_path / "nope.png"), "--checkpoint", str(tmp_path / "ck")], "cannot read the image"),
-        ([str(images[0]), "--checkpoint", str(tmp_path / "missing")], "no checkpoint directory"),
+        ([str(images[0]), "--checkpoint", str(tmp_path / "missing")], "missing does not exist"),
         ([str(images[0]), "--weights", "resnet18.IMAGENET1K_V9"], "has no weights 'IMAGENET1K_V9'"),
-        ([str(images[0]), "--checkpoint", str(tmp_path / "ck"), "--top-k", "0"], "--top-k must be > 0"),
+        ([str(images[0]), "--checkpoint", str(tmp_path / "ck"), "--top-k", "0"], "--top-k must be >= 1"),
     ]:
         assert main(["predict", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
