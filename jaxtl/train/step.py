@@ -103,7 +103,8 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on this device's shard ``{"images": [n,H,W,C], "labels": [n], "mask": [n]?}``.
 
-    ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key.
+    ``augment(rng, images) -> images`` runs on device; each device folds its axis index into the step key. Models
+    with dropout or stochastic depth get a ``"dropout"`` rng drawn the same way (its own key per step and device).
     The loss says what else a training batch goes through: ``Reconstruction(corrupt=fn)`` (denoising) changes only
     what the model sees, the loss comparing with the (augmented) clean input; ``CrossEntropy(mixing=Mixing(...))``
     applies mixup/cutmix over the global batch, drawn from the step key alone (the same on any device count);
@@ -134,6 +135,12 @@ def train_step(
         # Drawn before any per-device fold-in: every device mixes with the same lam, box and choice.
         inputs, mixed = mix_batch(jax.random.fold_in(step_rng, 0x313C), inputs, batch["labels"], mix, axis_name)
         batch = {**batch, **mixed}
+    # Dropout and stochastic depth (a ViT's dropout, ConvNeXt's drop path) draw from the "dropout" rng: a key of
+    # its own per step and per device, as augmentation's; flax ignores it for models without such layers.
+    drop_rng = jax.random.fold_in(step_rng, 0xD809)
+    if axis_name is not None:
+        drop_rng = jax.random.fold_in(drop_rng, lax.axis_index(axis_name))
+    rngs = {"dropout": drop_rng}
     mask = _mask(batch)
     count = _psum(jnp.sum(mask), axis_name)
     diff, fixed = split_params(state.params, state.trainable)
@@ -145,10 +152,10 @@ def train_step(
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         if train_bn and state.batch_stats:
-            out, updates = module.apply(variables, inputs, train=True, mutable=["batch_stats"])
+            out, updates = module.apply(variables, inputs, train=True, mutable=["batch_stats"], rngs=rngs)
             new_stats = updates["batch_stats"]
         else:
-            out = module.apply(variables, inputs, train=train_bn)
+            out = module.apply(variables, inputs, train=train_bn, rngs=rngs)
             new_stats = state.batch_stats
         per_example = loss.per_example(out, batch, images)
         return jnp.sum(per_example * mask) / _denominator(loss, out, batch, mask, count, axis_name), (out, new_stats)
