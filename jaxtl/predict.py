@@ -5,7 +5,8 @@
         print(p.source, p.top)   # (("tabby", 0.61), ("tiger cat", 0.22), ...)
 
 :func:`preprocess` is torchvision's eval transform for the card (``weights.transforms()``): Resize the shorter side to
-``resize_size`` (bilinear, antialiased), CenterCrop ``crop_size``, scale to ``[0, 1]``, normalise with mean/std;
+``resize_size`` (the card's interpolation: bilinear, or bicubic for SWAG weights; antialiased), CenterCrop
+``crop_size``, scale to ``[0, 1]``, normalise with mean/std;
 the pixel work is :func:`jaxtl.data.transforms.resize_center_crop`, the same Pillow calls torchvision makes.
 
 An image file that cannot be read (missing, corrupt, not an image) does not stop the others: its
@@ -84,12 +85,8 @@ def preprocess(image: ImageLike, preprocessing: Preprocessing, where: str = "ima
     from jaxtl.data.transforms import resize_center_crop
 
     pre = preprocessing
-    if pre.interpolation != "bilinear":
-        raise ValueError(
-            f"{where}: interpolation {pre.interpolation!r} is not implemented (jaxtl's eval transform is bilinear)"
-        )
     img = _as_pil(image, "RGB" if pre.channels == 3 else "L", where)
-    crop = resize_center_crop(img, pre.crop_size, pre.resize_size)
+    crop = resize_center_crop(img, pre.crop_size, pre.resize_size, pre.interpolation)
     x = np.asarray(crop, np.uint8).reshape(pre.crop_size, pre.crop_size, -1).astype(np.float32) / np.float32(255)
     return (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
 

@@ -8,10 +8,14 @@ Everything here runs in the data workers, on the host, on 8-bit pixels:
 - :func:`random_resized_crop_params` is ``torchvision.transforms.v2.RandomResizedCrop``'s sampling algorithm
   (10 attempts at an area in ``scale`` and a log-uniform aspect ratio in ``ratio``, then the clamped centre crop),
   drawing from a numpy ``Generator`` instead of torch's global RNG.
-- :func:`resized_crop` is its pixel path: ``crop`` the box, then Pillow's bilinear (antialiased) ``resize``, the
-  same two Pillow calls torchvision makes for a PIL image, so the pixels are identical (``resize(box=...)`` would
-  blend pixels outside the box at its edges and is not the same).
-- :func:`resize_center_crop` is ``Resize(resize_size)`` + ``CenterCrop(size)``, torchvision's evaluation recipe.
+- :func:`resized_crop` is its pixel path: ``crop`` the box, then Pillow's (antialiased) ``resize``, the same two
+  Pillow calls torchvision makes for a PIL image, so the pixels are identical (``resize(box=...)`` would blend
+  pixels outside the box at its edges and is not the same).
+- :func:`resize_center_crop` is ``Resize(resize_size)`` + ``CenterCrop(size)``, torchvision's evaluation recipe
+  (``weights.transforms()``).
+- Every resize takes the model card's ``interpolation`` (:data:`INTERPOLATIONS`: ``"bilinear"``, ``"bicubic"``,
+  ``"nearest"``) and makes Pillow's call with that filter, as torchvision does for a PIL image (Pillow's bilinear
+  and bicubic filters are antialiased when downscaling).
 - :class:`ImageTransform` puts them together per example: train ``"rrc"`` = RandomResizedCrop + horizontal flip,
   ``"flip"`` = eval crop + flip, ``"none"`` = eval crop; its draws come from :func:`example_rng`, a function of
   ``(seed, epoch, index)`` only, so results do not depend on which worker or process handles the example.
@@ -30,6 +34,7 @@ from PIL import Image
 
 __all__ = [
     "AUGMENTATIONS",
+    "INTERPOLATIONS",
     "ImageTransform",
     "decode_image",
     "example_rng",
@@ -40,6 +45,22 @@ __all__ = [
 
 Augment = Literal["none", "flip", "rrc"]
 AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "rrc")
+
+# torchvision's InterpolationMode -> the Pillow filter its functional resize passes for a PIL image.
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def resample_filter(interpolation: str) -> Image.Resampling:
+    """The Pillow filter of ``interpolation`` (a key of :data:`INTERPOLATIONS`); ValueError naming the choices."""
+    try:
+        return INTERPOLATIONS[interpolation]
+    except (KeyError, TypeError):
+        raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}") from None
+
 
 # Resize + CenterCrop resamples the whole image unless that would be more than this many times resize_size**2
 # pixels (an aspect ratio beyond 64:1); then only the crop (see resize_center_crop).
@@ -146,23 +167,27 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def resized_crop(img: Image.Image, box: tuple[int, int, int, int], size: int) -> Image.Image:
-    """Crop ``box = (top, left, h, w)`` then resize to ``size x size`` (bilinear, antialiased): torchvision's
-    ``v2.functional.resized_crop`` on a PIL image, the same Pillow calls."""
+def resized_crop(
+    img: Image.Image, box: tuple[int, int, int, int], size: int, interpolation: str = "bilinear"
+) -> Image.Image:
+    """Crop ``box = (top, left, h, w)`` then resize to ``size x size`` with ``interpolation`` (antialiased):
+    torchvision's ``v2.functional.resized_crop`` on a PIL image, the same Pillow calls."""
     top, left, h, w = box
     out = img.crop((left, top, left + w, top + h))
     if out.size != (size, size):
-        out = out.resize((size, size), Image.Resampling.BILINEAR)
+        out = out.resize((size, size), resample_filter(interpolation))
     return out
 
 
-def resize_center_crop(img: Image.Image, size: int, resize_size: int) -> Image.Image:
-    """torchvision's ``Resize(resize_size)`` (shorter side to ``resize_size``, the longer ``int()``-truncated,
-    bilinear antialiased) then ``CenterCrop(size)`` (offsets ``round((new - size) / 2)``), pixel for pixel.
+def resize_center_crop(img: Image.Image, size: int, resize_size: int, interpolation: str = "bilinear") -> Image.Image:
+    """torchvision's ``Resize(resize_size, interpolation)`` (shorter side to ``resize_size``, the longer
+    ``int()``-truncated, antialiased) then ``CenterCrop(size)`` (offsets ``round((new - size) / 2)``), pixel for
+    pixel: ``weights.transforms()`` on a PIL image.
 
     Images with an aspect ratio beyond 64:1 resample only the crop region (within 1 level of torchvision), so
     memory stays bounded where torchvision would allocate the whole resized strip.
     """
+    resample = resample_filter(interpolation)
     w, h = img.size
     if w <= h:
         new_w, new_h = resize_size, int(resize_size * h / w)
@@ -178,9 +203,9 @@ def resize_center_crop(img: Image.Image, size: int, resize_size: int) -> Image.I
         # resize-then-crop up to float rounding of the filter weights (at most 1 level, in a few pixels).
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        return img.resize((size, size), resample, box=box)
     if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        img = img.resize((new_w, new_h), resample)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -190,7 +215,8 @@ class ImageTransform:
 
     ``augment`` (training only): ``"rrc"`` RandomResizedCrop(``size``, ``scale``, ``ratio``) + horizontal flip
     with probability 1/2 (torchvision's fine-tuning recipe), ``"flip"`` the eval crop + flip, ``"none"`` the eval
-    crop. Eval (``train=False``) is always Resize(``resize_size``) + CenterCrop(``size``).
+    crop. Eval (``train=False``) is always Resize(``resize_size``) + CenterCrop(``size``). Every resize uses
+    ``interpolation`` (the model card's; torchvision's reference recipes use one filter for both).
     """
 
     size: int
@@ -198,8 +224,10 @@ class ImageTransform:
     augment: Augment = "none"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        resample_filter(self.interpolation)  # a clear error for an unknown one
         if self.size < 1:
             raise ValueError(f"image size must be >= 1, got {self.size}")
         if self.resize_size < self.size:
@@ -216,9 +244,9 @@ class ImageTransform:
         if train and self.augment == "rrc":
             assert rng is not None
             box = random_resized_crop_params(img.height, img.width, rng, self.scale, self.ratio)
-            out = resized_crop(img, box, self.size)
+            out = resized_crop(img, box, self.size, self.interpolation)
         else:
-            out = resize_center_crop(img, self.size, self.resize_size)
+            out = resize_center_crop(img, self.size, self.resize_size, self.interpolation)
         arr = np.asarray(out, np.uint8).reshape(self.size, self.size, -1)
         if train and self.augment in ("rrc", "flip"):
             assert rng is not None
