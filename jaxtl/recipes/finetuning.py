@@ -158,7 +158,13 @@ def _train_cached(
     train = p.train if run is None else _Watched(p.train, run)  # SIGINT/SIGTERM stop between batches
     with _feature_file(p.module, len(p.train), run) as out_path:
         feats = extract_features(
-            p.module, p.variables, train, batch_size=p.batch_size, parallel=c.loop.parallel, out_path=out_path
+            p.module,
+            p.variables,
+            train,
+            batch_size=p.batch_size,
+            parallel=c.loop.parallel,
+            out_path=out_path,
+            progress=progress,
         )
         probe = fit_linear_probe(
             feats,
