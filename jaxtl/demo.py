@@ -56,39 +56,53 @@ ARMS = ("scratch", "linear_probe", "frozen", "full")
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoPretrain:
+    """The autoencoder's pretraining on the unlabeled pool."""
+
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-3
+    denoise: tuple[Any, ...] | None = ("noise", 0.3)
+    decoder_widths: tuple[int, ...] = (64, 32, 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoBudget:
+    """What every arm gets: steps of batch ``min(batch_size, labeled examples)``, ``lr`` for the arms that train
+    the whole network, ``head_lr`` for the head-only ones."""
+
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 3e-3
+    head_lr: float = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """Everything the demo's numbers depend on (written into ``results.json``)."""
 
     image_size: int = 16
     channels: int = 1
     widths: tuple[int, ...] = (16, 32, 64)
-    decoder_widths: tuple[int, ...] = (64, 32, 16)
     test_fraction: float = 0.25
     split_seed: int = 0
     labels_per_class: tuple[int, ...] = (1, 5, 10)
     seeds: int = 3
-    pretrain_steps: int = 800
-    pretrain_batch_size: int = 64
-    pretrain_lr: float = 2e-3
-    denoise: tuple[Any, ...] | None = ("noise", 0.3)
-    steps: int = 100
-    batch_size: int = 32
-    lr: float = 3e-3
-    head_lr: float = 1e-2
     optimizer: str = "adamw"
     parallel: str = "none"
     arms: tuple[str, ...] = ARMS
+    pretrain: DemoPretrain = DemoPretrain()
+    budget: DemoBudget = DemoBudget()
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A few seconds of training: for tests and a smoke run (numbers are not meaningful)."""
         base: dict[str, Any] = dict(
             widths=(8, 16),
-            decoder_widths=(16, 8),
             labels_per_class=(1, 5),
             seeds=1,
-            pretrain_steps=20,
-            steps=10,
+            pretrain=DemoPretrain(steps=20, decoder_widths=(16, 8)),
+            budget=DemoBudget(steps=10),
         )
         return cls(**{**base, **overrides})
 
@@ -100,7 +114,7 @@ class DemoConfig:
             raise ValueError(f"need seeds >= 1 and labels_per_class >= 1, got {self.seeds}, {self.labels_per_class}")
         if self.image_size < 2 ** len(self.widths):
             raise ValueError(f"image_size {self.image_size} is too small for {len(self.widths)} ConvNet stages")
-        parse_denoise(self.denoise)
+        parse_denoise(self.pretrain.denoise)
 
 
 def _versions() -> dict[str, str]:
@@ -137,20 +151,21 @@ def format_table(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoConfig)
     return "\n".join(lines)
 
 
-def _reconstruction_figure(
-    images: np.ndarray, recon: np.ndarray, noisy: np.ndarray | None, recon_noisy: np.ndarray | None
-) -> Any:
-    """Rows of ``[n, H, W, C]`` images: the inputs, their corrupted versions and the reconstruction of those (what a
-    denoising autoencoder is trained to do), and the reconstruction of the clean inputs."""
+def _reconstruction_figure(images: np.ndarray, corrupted: np.ndarray | None, recon: np.ndarray) -> Any:
+    """Rows of ``[n, H, W, C]`` images: the inputs, their corrupted versions (when the autoencoder denoises) and the
+    autoencoder's reconstructions of what it was given (the corrupted inputs: what a denoising autoencoder is
+    trained to undo)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("input", images)]
-    if noisy is not None and recon_noisy is not None:
-        rows += [("corrupted", noisy), ("recon. of\ncorrupted", recon_noisy)]
-    rows += [("recon. of\ninput", recon)]
+    if corrupted is None:
+        rows = [("input", images), ("reconstruction", recon)]
+        title = "held-out digits: inputs and the autoencoder's reconstructions"
+    else:
+        rows = [("input", images), ("corrupted", corrupted), ("recon. of\ncorrupted", recon)]
+        title = "held-out digits: inputs, corrupted inputs, the autoencoder's reconstructions of the corrupted inputs"
     n = images.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
     for r, (name, arr) in enumerate(rows):
@@ -161,7 +176,7 @@ def _reconstruction_figure(
             ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle("held-out digits: inputs, corrupted inputs and the autoencoder's reconstructions", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -172,6 +187,7 @@ def _accuracy_figure(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoCon
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, ax = plt.subplots(figsize=(6, 4.4))
     x = list(cfg.labels_per_class)
@@ -204,9 +220,12 @@ def _accuracy_figure(summary: dict[str, dict[str, dict[str, Any]]], cfg: DemoCon
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([str(k) for k in x])
+    # Plain labels at the label counts only: a log axis spanning less than a decade would also label its minor
+    # ticks (2x10^0, 3x10^0, ...).
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("labeled examples per class")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"digits: mean +/- std over {cfg.seeds} seed(s), {cfg.steps} steps per arm", fontsize=9)
+    ax.set_title(f"digits: mean +/- std over {cfg.seeds} seed(s), {cfg.budget.steps} steps per arm", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -239,14 +258,15 @@ def run_demo(
     """Run the pretrain -> transfer -> few-label comparison; write ``results.json``, ``reconstructions.png`` and
     ``accuracy.png`` into ``out_dir``; print the table when ``verbose``. Returns the results dict.
 
-    Enables JAX's persistent compilation cache in ``out_dir/.jax_cache`` unless one is already configured.
+    Enables JAX's persistent compilation cache where the CLI keeps it (``$JAXTL_COMPILE_CACHE``, else
+    ``~/.cache/jaxtl/xla``: :func:`jaxtl.compile_cache.enable_compile_cache`) unless one is already configured.
     """
     tune_cpu()  # XLA:CPU flags and malloc settings; a no-op after the CLI's own call
     cfg = config or DemoConfig()
     cfg.check()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = enable_compile_cache(out / ".jax_cache")
+    cache = enable_compile_cache()  # where the CLI keeps it: $JAXTL_COMPILE_CACHE, else ~/.cache/jaxtl/xla
     t_start = time.perf_counter()
 
     data = load_digits(size=cfg.image_size, channels=cfg.channels)
@@ -255,7 +275,7 @@ def run_demo(
     n_runs = len(cfg.labels_per_class) * cfg.seeds * len(cfg.arms)
 
     # One reporter over every step of the demo: a bar on a terminal, a line every 30 s or 10% otherwise.
-    bar = Progress(cfg.pretrain_steps + n_runs * cfg.steps, desc="pretrain", enabled=progress)
+    bar = Progress(cfg.pretrain.steps + n_runs * cfg.budget.steps, desc="pretrain", enabled=progress)
 
     def tick(_step: int, metrics: dict[str, float]) -> None:
         loss = metrics.get("loss")
@@ -267,12 +287,12 @@ def run_demo(
     encoder = ConvNet(num_classes=0, widths=cfg.widths)
     pre_config = PretrainConfig(
         channels=cfg.channels,
-        denoise=cfg.denoise,
-        decoder_widths=cfg.decoder_widths,
-        optimizer=Optimizer(name=cfg.optimizer, lr=cfg.pretrain_lr),
+        denoise=cfg.pretrain.denoise,
+        decoder_widths=cfg.pretrain.decoder_widths,
+        optimizer=Optimizer(name=cfg.optimizer, lr=cfg.pretrain.lr),
         loop=Loop(
-            steps=cfg.pretrain_steps,
-            batch_size=min(cfg.pretrain_batch_size, len(pool)),
+            steps=cfg.pretrain.steps,
+            batch_size=min(cfg.pretrain.batch_size, len(pool)),
             seed=cfg.split_seed,
             parallel=cfg.parallel,
         ),
@@ -282,22 +302,22 @@ def run_demo(
     pretrain_s = time.perf_counter() - t0
     train_losses = [h["loss"] for h in ae_hist if h.get("split") == "train"]
     show = test.images[:10]
-    recon = np.asarray(ae.apply(ae_vars, jnp.asarray(show), train=False))
     test_mse = float(np.mean((np.asarray(ae.apply(ae_vars, jnp.asarray(test.images), train=False)) - test.images) ** 2))
-    noisy = recon_noisy = None
     denoise = pre_config.denoise
     corrupt = corruption(denoise)
+    noisy = None
+    given = jnp.asarray(show)
     if corrupt is not None:
-        corrupted = corrupt(jax.random.PRNGKey(0), jnp.asarray(show))  # the model's input during pretraining
-        recon_noisy = np.asarray(ae.apply(ae_vars, corrupted, train=False))
-        noisy = np.asarray(corrupted)[..., : cfg.channels]
-    _save(_reconstruction_figure(show, recon, noisy, recon_noisy), out / "reconstructions.png")
+        given = corrupt(jax.random.PRNGKey(0), given)  # the model's input during pretraining
+        noisy = np.asarray(given)[..., : cfg.channels]
+    recon = np.asarray(ae.apply(ae_vars, given, train=False))
+    _save(_reconstruction_figure(show, noisy, recon), out / "reconstructions.png")
 
     runs: list[dict[str, Any]] = []
     for lpc in cfg.labels_per_class:
         for seed in range(cfg.seeds):
             labeled, _ = labeled_unlabeled_split(pool, lpc, seed)
-            batch_size = min(cfg.batch_size, len(labeled))
+            batch_size = min(cfg.budget.batch_size, len(labeled))
             for arm in cfg.arms:
                 bar.set_description(f"{arm} {lpc}/class seed {seed}")
                 t1 = time.perf_counter()
@@ -311,9 +331,10 @@ def run_demo(
                 ft_config = FinetuneConfig(
                     mode="full" if arm == "scratch" else arm,
                     optimizer=Optimizer(
-                        name=cfg.optimizer, lr=cfg.head_lr if arm in ("linear_probe", "frozen") else cfg.lr
+                        name=cfg.optimizer,
+                        lr=cfg.budget.head_lr if arm in ("linear_probe", "frozen") else cfg.budget.lr,
                     ),
-                    loop=Loop(steps=cfg.steps, batch_size=batch_size, seed=seed, parallel=cfg.parallel),
+                    loop=Loop(steps=cfg.budget.steps, batch_size=batch_size, seed=seed, parallel=cfg.parallel),
                     split=Split(test_fraction=0),
                     # frozen runs the backbone every step, so its agreement with linear_probe checks the fast path
                     feature_cache=False if arm == "frozen" else None,
@@ -337,16 +358,17 @@ def run_demo(
     bar.close()
 
     summary = _summary(runs, cfg)
+    b = cfg.budget
     total_s = time.perf_counter() - t_start
     results: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "data": {"dataset": "sklearn digits", "n": len(data), "pool": len(pool), "test": len(test), "shape": shape},
         "budget": (
-            f"every arm: {cfg.steps} steps of batch min({cfg.batch_size}, labeled examples), {cfg.optimizer} with "
-            f"cosine decay; lr {cfg.lr} (scratch, full) / {cfg.head_lr} (linear_probe, frozen); no augmentation"
+            f"every arm: {b.steps} steps of batch min({b.batch_size}, labeled examples), {cfg.optimizer} with "
+            f"cosine decay; lr {b.lr} (scratch, full) / {b.head_lr} (linear_probe, frozen); no augmentation"
         ),
         "pretrain": {
-            "steps": cfg.pretrain_steps,
+            "steps": cfg.pretrain.steps,
             "denoise": denoise,
             "train_loss_first": train_losses[0],
             "train_loss_last": train_losses[-1],
@@ -371,7 +393,7 @@ def run_demo(
         if {"frozen", "linear_probe"} <= set(cfg.arms):
             print("frozen trains the same head on the same frozen features as linear_probe: equal numbers are expected")
         print(
-            f"autoencoder: {cfg.pretrain_steps} steps on {len(pool)} unlabeled images, train mse "
+            f"autoencoder: {cfg.pretrain.steps} steps on {len(pool)} unlabeled images, train mse "
             f"{train_losses[0]:.4f} -> {train_losses[-1]:.4f}, test mse {test_mse:.4f}"
         )
         print(f"wrote {out / 'results.json'}, {out / 'reconstructions.png'}, {out / 'accuracy.png'} in {total_s:.0f} s")

@@ -1,6 +1,10 @@
-"""The demo's plots: every arm visible where two coincide, the denoising shown (corrupted input and its recon.)."""
+"""The demo's plots: every arm visible where two coincide, plain labels on the label-count axis, the denoising shown
+as the README describes it (inputs, corrupted inputs, reconstructions of the corrupted inputs); the demo's config
+and compile cache."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -49,13 +53,42 @@ def test_accuracy_plot_has_no_note_when_no_arms_coincide() -> None:
     assert not fig.axes[0].texts
 
 
-def test_reconstruction_plot_shows_the_reconstruction_of_the_corrupted_input() -> None:
+@pytest.mark.parametrize("lpcs", [(1, 5), (1, 5, 10)])  # --quick's and the full demo's label counts
+def test_label_count_axis_has_plain_labels_only(lpcs) -> None:
+    cfg = DemoConfig.quick(labels_per_class=lpcs)
+    fig = _accuracy_figure(_summary({arm: [50.0] * len(lpcs) for arm in cfg.arms}, lpcs), cfg)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels() if t.get_text()] == [str(k) for k in lpcs]
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]  # was 2x10^0 ... 4x10^0
+
+
+def test_reconstruction_plot_has_the_readmes_three_rows() -> None:
     rng = np.random.default_rng(0)
-    imgs = [rng.random((4, 8, 8, 1)) for _ in range(4)]
-    fig = _reconstruction_figure(imgs[0], imgs[1], imgs[2], imgs[3])
+    imgs = [rng.random((4, 8, 8, 1)) for _ in range(3)]
+    fig = _reconstruction_figure(imgs[0], imgs[1], imgs[2])
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
-    assert labels == ["input", "corrupted", "recon. of\ncorrupted", "recon. of\ninput"]
+    assert labels == ["input", "corrupted", "recon. of\ncorrupted"] and len(fig.axes) == 3 * 4
     shown = fig.axes[2 * 4].images[0].get_array()  # row 3, first image: the reconstruction of the corrupted input
-    np.testing.assert_allclose(shown, np.clip(imgs[3][0, ..., 0], 0, 1))
-    plain = _reconstruction_figure(imgs[0], imgs[1], None, None)  # no denoising: inputs and reconstructions
-    assert [ax.get_ylabel() for ax in plain.axes if ax.get_ylabel()] == ["input", "recon. of\ninput"]
+    np.testing.assert_allclose(shown, np.clip(imgs[2][0, ..., 0], 0, 1))
+    plain = _reconstruction_figure(imgs[0], None, imgs[2])  # no denoising: inputs and reconstructions
+    assert [ax.get_ylabel() for ax in plain.axes if ax.get_ylabel()] == ["input", "reconstruction"]
+
+
+def test_demo_config_groups_and_quick() -> None:
+    quick = DemoConfig.quick(seeds=2)
+    assert quick.seeds == 2 and quick.pretrain.steps == 20 and quick.budget.steps == 10
+    assert DemoConfig().pretrain.denoise == ("noise", 0.3) and DemoConfig().budget.head_lr == 1e-2
+    assert len(dataclasses.fields(DemoConfig)) <= 12
+
+
+def test_demo_keeps_its_compile_cache_where_the_cli_does(tmp_path, monkeypatch) -> None:
+    import jaxtl.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "enable_compile_cache", lambda *a, **k: seen.append((a, k)) or "cache")
+    monkeypatch.setattr(demo, "load_digits", lambda **k: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        demo.run_demo(tmp_path / "out", config=DemoConfig.quick(), progress=False, verbose=False)
+    assert seen == [((), {})]  # the default: $JAXTL_COMPILE_CACHE, else ~/.cache/jaxtl/xla
+    assert not (tmp_path / "out" / ".jax_cache").exists()
