@@ -134,26 +134,15 @@ def predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_predict(a: argparse.Namespace) -> int:
-    import json
-
-    from jaxtl.predict import load_model, predict
+    from jaxtl.predict import load_model, predict, write_predictions
 
     if a.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {a.top_k}")
     module, variables, card = load_model(weights=a.weights, checkpoint=a.checkpoint, arch=a.arch)
     preds = predict(a.images, module, variables, card, top_k=a.top_k)
-    failed = [p for p in preds if getattr(p, "error", None)]
-    if a.json:
-        model = a.checkpoint or card.source or card.arch
-        print(json.dumps({"model": str(model), "predictions": [p.to_dict() for p in preds]}, indent=2))
-    else:
-        for p in preds:
-            if getattr(p, "error", None):
-                continue
-            print(p.source)
-            for name, prob, _ in p.top:
-                print(f"  {prob:8.4f}  {name}")
-    sys.stdout.flush()
+    # The checkpoint given is what the user knows the model by; weights by name or file: the card's source.
+    write_predictions(preds, str(a.checkpoint or card.source or card.arch), as_json=a.json)
+    failed = [p for p in preds if p.error is not None]
     if failed:
         names = ", ".join(p.source for p in failed[:5]) + (" ..." if len(failed) > 5 else "")
         print(f"jaxtl: error: {len(failed)} of {len(preds)} images could not be read: {names}", file=sys.stderr)

@@ -403,12 +403,3 @@ class ImageSource:
                     f"{self.origin}, epoch {epoch}: {len(names)} unreadable image(s) {action}: {shown}",
                     SkippedFilesWarning,
                 )
-
-
-def __getattr__(name: str) -> Any:
-    # open_source and DATA_SPECS moved to jaxtl.data.specs (which imports this module); old imports keep working.
-    if name in ("open_source", "DATA_SPECS"):
-        from jaxtl.data import specs
-
-        return getattr(specs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -68,7 +68,7 @@ def open_data(
     """
     if not isinstance(spec, str):
         return spec
-    from jaxtl.data.pipeline import open_source
+    from jaxtl.data.specs import open_source
 
     pre = card.preprocessing
     if input.image_size is not None:

@@ -112,9 +112,27 @@ def _identity(state: TrainState, request: Request, optimizer: Any, updates: int)
         **request.loop.identity(),
         "data": request.data.digest(),
         "num_examples": len(request.data),
+        "input": _input_identity(request.data),
     }
     if request.loop.stopping is not None and request.eval_data is not None:
         out["eval_data"] = request.eval_data.digest()  # early stopping's decisions depend on it
+    return out
+
+
+def _input_identity(data: Source) -> dict[str, Any]:
+    """How the examples become batches (the data's digest covers what they are, not this): the image shape, the
+    normalisation applied on the device and, for streamed data, the transform (size, resize, augmentation)."""
+    from jaxtl.data.pipeline import ImageSource
+
+    out: dict[str, Any] = {"image_shape": list(data.image_shape), "normalization": data.normalization}
+    if isinstance(data, ImageSource):
+        t = data.transform
+        out["transform"] = {
+            "size": t.size,
+            "resize_size": t.resize_size,
+            "augment": t.augment,
+            "interpolation": t.interpolation,
+        }
     return out
 
 
