@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PARAMS = 12
 MAX_LINES = 450
-CLI = {"jaxtl.cli", "jaxtl.cli_options", "jaxtl.cli_commands"}
+CLI = {"jaxtl.cli", "jaxtl.cli_options", "jaxtl.cli_tools"}
 FORBIDDEN = {
     "jaxtl.data": ("jaxtl.models", "jaxtl.train", "jaxtl.recipes", "jaxtl.bridge"),
     "jaxtl.models": ("jaxtl.data", "jaxtl.train", "jaxtl.recipes", "jaxtl.bridge"),
