@@ -178,9 +178,9 @@ def test_workdir_under_a_file_is_an_error_before_training(tmp_path):
 
 
 def test_full_disk_is_an_error_before_training(tmp_path, monkeypatch):
-    ckpt_module = sys.modules["jaxtl.train.checkpoint"]
+    lifecycle = sys.modules["jaxtl.lifecycle"]
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(ckpt_module.shutil, "disk_usage", lambda p: usage._replace(free=4096))
-    with pytest.raises(WorkdirError, match=r"0\.0 MiB free; one checkpoint needs about 1\.\d MiB"):
+    monkeypatch.setattr(lifecycle.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(WorkdirError, match=r"0\.0 MiB free; this run needs about 1\.\d MiB"):
         run(tmp_path / "work", STEPS, on_step=lambda *_: pytest.fail("trained"))
     assert not (tmp_path / "work" / "checkpoints").exists()
