@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxtl.errors import UnknownArchError
+from jaxtl.models.convnet import ConvNet
 from jaxtl.models.convnext import ConvNeXt
 from jaxtl.models.preprocessing import Preprocessing
 from jaxtl.models.protocol import Classifier
@@ -157,6 +158,18 @@ _convnext("convnext_tiny", (96, 192, 384, 768), (3, 3, 9, 3), 0.1, 236)
 _convnext("convnext_small", (96, 192, 384, 768), (3, 3, 27, 3), 0.4, 230)
 _convnext("convnext_base", (128, 256, 512, 1024), (3, 3, 27, 3), 0.5, 232)
 _convnext("convnext_large", (192, 384, 768, 1536), (3, 3, 27, 3), 0.5, 232)
+
+# jaxtl's own small CNN for small images (no torchvision weights: the bridge does not convert it).
+register(
+    ArchSpec(
+        name="convnet_small",
+        family="convnet",
+        kwargs=dict(widths=(32, 64, 128)),
+        factory=ConvNet,
+        preprocessing=Preprocessing(crop_size=32, resize_size=37, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        torchvision=False,
+    )
+)
 
 
 def list_models(family: str | None = None, *, torchvision: bool | None = None) -> list[str]:
