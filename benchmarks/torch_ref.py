@@ -1,8 +1,10 @@
 """The PyTorch code a user would otherwise write: torchvision's fine-tuning loop, as fast as torch makes it.
 
-ResNet50 in channels_last, a new ``fc``, SGD with momentum. Frozen backbone the usual torch way:
-``requires_grad=False`` on every backbone parameter, so autograd only differentiates ``fc``. bfloat16 uses
-``torch.autocast`` (AMP). torch is imported here only.
+A torchvision model (ResNet50 unless told otherwise; a ViT or ConvNeXt too) in channels_last, a new head (its last
+``nn.Linear``: ``fc``, ``heads.head``, ``classifier.2``), SGD with momentum. Frozen backbone the usual torch way:
+``requires_grad=False`` on every backbone parameter, so autograd only differentiates the head. bfloat16 uses
+``torch.autocast`` (AMP). torch is imported here only (and no jax: the folder fine-tune's torch worker starts
+without it).
 """
 
 from __future__ import annotations
@@ -68,17 +70,47 @@ def _convnet(num_classes: int) -> Any:
     return ConvNet()
 
 
-def _model(arch: str, num_classes: int, dev: Any) -> Any:
-    torch = _torch()
+def torchvision_model(arch: str, size: int = 224, shrink: dict[str, Any] | None = None) -> Any:
+    """torchvision's ``arch`` (random weights); a ViT built for ``size`` px. ``shrink`` (``--smoke``): the same
+    family at a few layers (a ViT's ``VisionTransformer`` arguments, a ConvNeXt's ``block_setting`` tuples), as
+    ``jaxtl.create(arch, **shrink)`` builds it."""
     import torchvision
 
+    if arch.startswith("vit_"):
+        if shrink:
+            return torchvision.models.VisionTransformer(image_size=size, **shrink)
+        return getattr(torchvision.models, arch)(weights=None, image_size=size)
+    if arch.startswith("convnext_") and shrink:
+        from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+        blocks = [CNBlockConfig(*b) for b in shrink["block_setting"]]
+        return ConvNeXt(blocks, stochastic_depth_prob=shrink.get("stochastic_depth_prob", 0.1))
+    return getattr(torchvision.models, arch)(weights=None)
+
+
+def head_name(model: Any) -> str:
+    """The module name of a torchvision classifier's head: its last ``nn.Linear``."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, _torch().nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear head")
+    return linears[-1]
+
+
+def _model(
+    arch: str, num_classes: int, dev: Any, size: int = 224, shrink: dict[str, Any] | None = None
+) -> tuple[Any, str]:
+    """``(model on dev in channels_last, its head's name)`` with a new ``num_classes`` head."""
+    torch = _torch()
     torch.manual_seed(0)
     if arch == "convnet_small":
-        model = _convnet(num_classes)
+        model, head = _convnet(num_classes), "fc"
     else:
-        model = getattr(torchvision.models, arch)(weights=None)
-        model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
-    return model.to(dev, memory_format=torch.channels_last)
+        model = torchvision_model(arch, size, shrink)
+        head = head_name(model)
+        parent, _, leaf = head.rpartition(".")
+        old = model.get_submodule(head)
+        setattr(model.get_submodule(parent) if parent else model, leaf, torch.nn.Linear(old.in_features, num_classes))
+    return model.to(dev, memory_format=torch.channels_last), head
 
 
 def _batch(batch: int, size: int, num_classes: int, dev: Any) -> tuple[Any, Any]:
@@ -90,14 +122,24 @@ def _batch(batch: int, size: int, num_classes: int, dev: Any) -> tuple[Any, Any]
 
 
 def train_step_fn(
-    mode: str, *, arch: str, batch: int, size: int, num_classes: int, dtype: str, dev: Any, sync_each: bool = True
+    mode: str,
+    *,
+    arch: str,
+    batch: int,
+    size: int,
+    num_classes: int,
+    dtype: str,
+    dev: Any,
+    sync_each: bool = True,
+    shrink: dict[str, Any] | None = None,
 ) -> Callable[[], None]:
     """One optimizer step on a fixed batch. mode: "full" | "frozen" | "inference".
 
     ``sync_each=False``: the step returns without waiting for the GPU (time n steps, then :func:`sync` once).
+    ``shrink``: see :func:`torchvision_model`.
     """
     torch = _torch()
-    model = _model(arch, num_classes, dev)
+    model, head = _model(arch, num_classes, dev, size, shrink)
     x, y = _batch(batch, size, num_classes, dev)
     amp = dtype == "bfloat16"
     if mode == "inference":
@@ -112,7 +154,7 @@ def train_step_fn(
         return infer
     if mode == "frozen":
         for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("fc.")
+            p.requires_grad = name.startswith(head + ".")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -131,22 +173,30 @@ def train_step_fn(
 
 
 def linear_probe_fn(
-    *, arch: str, images: np.ndarray, labels: np.ndarray, batch: int, epochs: int, num_classes: int, dev: Any
+    *,
+    arch: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int,
+    epochs: int,
+    num_classes: int,
+    dev: Any,
+    shrink: dict[str, Any] | None = None,
 ) -> Callable[[], None]:
-    """``epochs`` epochs of the usual torch linear probe: frozen backbone forward every batch, fc trained.
+    """``epochs`` epochs of the usual torch linear probe: frozen backbone forward every batch, the head trained.
 
     images: ``[N, H, W, 3]`` float32 (converted to NCHW channels_last once, outside the timed part).
     """
     torch = _torch()
-    model = _model(arch, num_classes, dev)
+    model, head = _model(arch, num_classes, dev, images.shape[1], shrink)
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("fc.")
+        p.requires_grad = name.startswith(head + ".")
     model.eval()  # backbone BN on running stats, as jaxtl's frozen backbone
     x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(
         dev, memory_format=torch.channels_last
     )
     y_all = torch.from_numpy(labels.astype(np.int64)).to(dev)
-    opt = torch.optim.SGD(model.fc.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.get_submodule(head).parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = len(images) // batch * batch
 

@@ -3,6 +3,9 @@
 Modes (ResNet50 unless ``--arch``): ``full`` fine-tune step, ``frozen`` backbone + head step, ``inference``,
 ``probe`` (10 epochs of linear probing on a small set, the one-off feature pass included; torch runs the usual
 frozen-backbone loop, a backbone forward every batch) and ``autoencoder`` (the ConvNet autoencoder's MSE step).
+The other families' rows: ``--extra-archs`` (default ``vit_b_16 convnext_tiny``) in the modes of ``--modes`` that
+``--extra-modes`` names (default full, frozen, inference) at ``--extra-size`` (224, batch 8); ``--smoke`` shrinks
+them to a few layers on both sides (:data:`SMOKE_SHRINK`).
 jaxtl runs its real code paths (``TrainState.create``, ``train_step`` under ``Parallel``, ``freeze``,
 ``extract_features`` + ``fit_linear_probe``); torch runs ``benchmarks/torch_ref.py``. Timed rounds alternate the
 two sides; medians are reported with compile (first call) time apart. ``ratio`` = jaxtl time / torch time.
@@ -25,6 +28,14 @@ import numpy as np
 from benchmarks import common
 
 MODES = ("full", "frozen", "inference", "probe", "autoencoder")
+ARCH_MODES = ("full", "frozen", "inference", "probe")  # what any classifier architecture runs
+EXTRA_ARCHS = ("vit_b_16", "convnext_tiny")
+# --smoke: a ViT and a ConvNeXt of a few layers, the same on both sides (jaxtl.create overrides; torchvision's
+# VisionTransformer arguments and ConvNeXt block_setting), so the smoke run checks the code, not the machine.
+SMOKE_SHRINK: dict[str, dict[str, Any]] = {
+    "vit": dict(patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32),
+    "convnext": dict(block_setting=((8, 16, 1), (16, None, 1)), stochastic_depth_prob=0.1),
+}
 AE_WIDTHS = (32, 64, 128)
 AE_DECODER = (128, 64, 32)
 
@@ -35,6 +46,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default 8 at 224, 32 at 64)")
     p.add_argument("--image-size", type=int, nargs="+", default=[224, 64], help="one run per size")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument(
+        "--extra-archs",
+        nargs="*",
+        default=list(EXTRA_ARCHS),
+        help="more architectures, each in --extra-modes at --extra-size (none: just --arch)",
+    )
+    p.add_argument("--extra-modes", nargs="+", choices=ARCH_MODES, default=["full", "frozen", "inference"])
+    p.add_argument("--extra-size", type=int, default=224, help="input size of the --extra-archs rows (default 224)")
     p.add_argument("--probe-examples", type=int, default=None, help="probe set size (default 2 batches)")
     p.add_argument("--probe-epochs", type=int, default=10)
     p.add_argument("--probe-repeats", type=int, default=3, help="timed probe runs per side (each is long)")
@@ -50,6 +69,22 @@ def default_batch(size: int) -> int:
 
 
 # --- jaxtl side ------------------------------------------------------------------------------------------------
+
+
+def shrink_for(arch: str, smoke: bool) -> dict[str, Any] | None:
+    """The :data:`SMOKE_SHRINK` overrides of ``arch``'s family under ``--smoke``, else None (the real model)."""
+    if not smoke:
+        return None
+    from jaxtl.models import get_spec
+
+    return SMOKE_SHRINK.get(get_spec(arch).family)
+
+
+def build_model(arch: str, num_classes: int, dtype: str, size: int, shrink: dict[str, Any] | None = None) -> Any:
+    """``jaxtl.create(arch)`` for ``size``-px input (a ViT is built for it), ``shrink`` applied."""
+    import jaxtl
+
+    return jaxtl.create(arch, num_classes=num_classes, dtype=_jnp_dtype(dtype), image_size=size, **(shrink or {}))
 
 
 def _jnp_dtype(dtype: str) -> Any:
@@ -81,7 +116,15 @@ def _batch(n: int, size: int, num_classes: int, seed: int = 0) -> dict[str, np.n
 
 
 def jaxtl_step_fn(
-    mode: str, *, arch: str, batch: int, size: int, num_classes: int, dtype: str, devices: int
+    mode: str,
+    *,
+    arch: str,
+    batch: int,
+    size: int,
+    num_classes: int,
+    dtype: str,
+    devices: int,
+    shrink: dict[str, Any] | None = None,
 ) -> tuple[Callable[[], None], float]:
     """(timed callable, compile-and-first-run seconds) for ``mode`` in full/frozen/inference/autoencoder."""
     import jax
@@ -101,7 +144,7 @@ def jaxtl_step_fn(
         host = {"images": np.random.default_rng(0).uniform(size=host["images"].shape).astype(np.float32)}
         tx = optax.adam(1e-3)
     else:
-        module = jaxtl.create(arch, num_classes=num_classes, dtype=_jnp_dtype(dtype))
+        module = build_model(arch, num_classes, dtype, size, shrink)
         host = _batch(batch, size, num_classes)
         tx = optax.sgd(0.01, momentum=0.9)
     variables = jax.jit(functools.partial(module.init, train=False))(jax.random.PRNGKey(0), host["images"][:1])
@@ -120,7 +163,7 @@ def jaxtl_step_fn(
             common.block(fn(placed_vars, placed_batch))
 
     else:
-        groups = ParamGroups.head_only() if mode == "frozen" else None
+        groups = ParamGroups.head_only(module) if mode == "frozen" else None
         state = TrainState.create(module, variables, tx, 0, groups=groups)
         if mode == "frozen":
             assert state.backbone_frozen, "frozen mode must take the frozen-backbone path"
@@ -146,17 +189,17 @@ def jaxtl_probe_fn(
     num_classes: int,
     dtype: str,
     devices: int,
+    shrink: dict[str, Any] | None = None,
 ) -> Callable[[], None]:
     """The linear-probe fast path: ``extract_features`` once, then ``fit_linear_probe`` for ``epochs``."""
+    import jax
     import optax
 
-    import jaxtl
     from jaxtl.data import ArrayDataset
     from jaxtl.train import extract_features, fit_linear_probe
 
     par = make_parallel(devices)
-    module = jaxtl.create(arch, num_classes=num_classes, dtype=_jnp_dtype(dtype))
-    import jax
+    module = build_model(arch, num_classes, dtype, images.shape[1], shrink)
 
     variables = jax.jit(functools.partial(module.init, train=False))(jax.random.PRNGKey(0), images[:1])
     backbone = module.clone(num_classes=0)
@@ -171,6 +214,7 @@ def jaxtl_probe_fn(
             num_classes,
             tx,
             variables=variables,
+            classifier=module,
             epochs=epochs,
             batch_size=batch,
         )
@@ -180,8 +224,10 @@ def jaxtl_probe_fn(
 
 # --- the benchmark ---------------------------------------------------------------------------------------------
 
-# ResNet50 at 224x224: 4.1 GMACs = 8.2 GFLOP forward; a trained image costs about 3x (forward + two backward).
-RESNET50_FWD_GFLOP_224 = 8.2
+# Forward GFLOP per 224x224 image: 2x torchvision's GMACs ("_ops": ResNet50 4.09, ViT-B/16 17.56, ConvNeXt-T
+# 4.46); a trained image costs about 3x (forward + two backward).
+FWD_GFLOP_224 = {"resnet50": 8.2, "vit_b_16": 35.1, "convnext_tiny": 8.9}
+RESNET50_FWD_GFLOP_224 = FWD_GFLOP_224["resnet50"]
 RESNET50_TRAIN_GFLOP_224 = 24.5
 PEAK_TFLOPS = {  # dense, per chip: (bfloat16, float32 [TF32 where the library may use it])
     "H200": (989.0, 494.0),
@@ -192,10 +238,12 @@ PEAK_TFLOPS = {  # dense, per chip: (bfloat16, float32 [TF32 where the library m
 
 
 def gflop_per_image(arch: str, mode: str, size: int) -> float | None:
-    """Model FLOPs per image (ResNet50 only; scaled by pixel count from 224x224)."""
-    if arch != "resnet50" or mode not in ("full", "frozen", "inference"):
+    """Model FLOPs per image (ResNet50, ViT-B/16, ConvNeXt-T; convolutional networks scaled by pixel count from
+    224x224, a ViT at 224 only: its attention does not scale so)."""
+    fwd = FWD_GFLOP_224.get(arch)
+    if fwd is None or mode not in ("full", "frozen", "inference") or (arch.startswith("vit") and size != 224):
         return None
-    base = RESNET50_TRAIN_GFLOP_224 if mode == "full" else RESNET50_FWD_GFLOP_224
+    base = (RESNET50_TRAIN_GFLOP_224 if arch == "resnet50" else 3 * fwd) if mode == "full" else fwd
     return base * (size / 224) ** 2
 
 
@@ -210,11 +258,22 @@ def peak_tflops(args: argparse.Namespace, device_name: str | None) -> float | No
     return None
 
 
-def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: Any) -> dict[str, Any]:
-    """Build both sides of one case, warm up, alternate timed rounds; returns the JSON record."""
+def run_case(
+    args: argparse.Namespace, mode: str, size: int, batch: int, dev: Any, arch: str | None = None
+) -> dict[str, Any]:
+    """Build both sides of one case (``arch``, default ``--arch``), warm up, alternate timed rounds; returns the
+    JSON record."""
     from benchmarks import torch_ref
 
-    record: dict[str, Any] = {"mode": mode, "image_size": size, "batch_size": batch, "dtype": args.dtype}
+    arch = arch or args.arch
+    shrink = shrink_for(arch, args.smoke)
+    record: dict[str, Any] = {
+        "arch": "convnet_ae" if mode == "autoencoder" else arch,
+        "mode": mode,
+        "image_size": size,
+        "batch_size": batch,
+        "dtype": args.dtype,
+    }
     sides: dict[str, Callable[[], Any]] = {}
     compile_s: dict[str, float] = {}
     if mode == "probe":
@@ -224,7 +283,7 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
         labels = rng.integers(0, args.num_classes, n).astype(np.int32)
         record.update(examples=n, epochs=args.probe_epochs, steps=args.probe_epochs * (n // batch))
         j = jaxtl_probe_fn(
-            arch=args.arch,
+            arch=arch,
             images=images,
             labels=labels,
             batch=batch,
@@ -232,18 +291,20 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
             num_classes=args.num_classes,
             dtype=args.dtype,
             devices=args.devices,
+            shrink=shrink,
         )
         compile_s["jaxtl"] = common.time_once(j)  # includes compiling the feature pass and the head step
         sides["jaxtl"] = j
         if not args.no_torch:
             t = torch_ref.linear_probe_fn(
-                arch=args.arch,
+                arch=arch,
                 images=images,
                 labels=labels,
                 batch=batch,
                 epochs=args.probe_epochs,
                 num_classes=args.num_classes,
                 dev=dev,
+                shrink=shrink,
             )
             compile_s["torch"] = common.time_once(t)
             sides["torch"] = t
@@ -251,12 +312,13 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
     else:
         j, compile_s["jaxtl"] = jaxtl_step_fn(
             mode,
-            arch=args.arch,
+            arch=arch,
             batch=batch,
             size=size,
             num_classes=args.num_classes,
             dtype=args.dtype,
             devices=args.devices,
+            shrink=shrink,
         )
         sides["jaxtl"] = j
         if not args.no_torch:
@@ -267,12 +329,13 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
             else:
                 t = torch_ref.train_step_fn(
                     mode,
-                    arch=args.arch,
+                    arch=arch,
                     batch=batch,
                     size=size,
                     num_classes=args.num_classes,
                     dtype=args.dtype,
                     dev=dev,
+                    shrink=shrink,
                 )
             compile_s["torch"] = common.time_once(t)  # torch's first step: allocator and kernel selection
             sides["torch"] = t
@@ -290,7 +353,7 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
     if "torch" in times:
         record["ratio"] = record["jaxtl"]["median_s"] / record["torch"]["median_s"]
     record["peak_rss_mib_so_far"] = common.peak_rss_mib()
-    gflop = gflop_per_image(args.arch, mode, size)
+    gflop = None if shrink else gflop_per_image(arch, mode, size)
     record["gflop_per_image"] = gflop
     if gflop and args.peak_tf is not None:
         for name in times:
@@ -298,10 +361,10 @@ def run_case(args: argparse.Namespace, mode: str, size: int, batch: int, dev: An
     return record
 
 
-def _case_in_subprocess(argv: Sequence[str] | None, mode: str, size: int, batch: int) -> dict[str, Any]:
+def _case_in_subprocess(argv: Sequence[str] | None, mode: str, size: int, batch: int, arch: str) -> dict[str, Any]:
     """``run_case`` for one case in a fresh ``python -m benchmarks.train_steps --case ...`` process."""
-    args = [*(sys.argv[1:] if argv is None else argv), "--case", mode, str(size), str(batch)]
-    return common.run_worker("benchmarks.train_steps", args, what=f"case {mode} {size}x{size} b{batch}")
+    args = [*(sys.argv[1:] if argv is None else argv), "--case", mode, str(size), str(batch), arch]
+    return common.run_worker("benchmarks.train_steps", args, what=f"case {arch} {mode} {size}x{size} b{batch}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -309,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--devices", type=int, default=1, help="JAX devices (fake CPU devices are created if needed)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of one device, for MFU")
     p.add_argument("--in-process", action="store_true", help="run every case in this process (no fresh processes)")
-    p.add_argument("--case", nargs=3, metavar=("MODE", "SIZE", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--case", nargs=4, metavar=("MODE", "SIZE", "BATCH", "ARCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     common.prepare_backend(args.device, args.devices)
     from benchmarks import torch_ref
@@ -320,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.image_size = [16]
         args.batch_size = 4
         args.ae_image_size, args.ae_batch_size = 16, 4
+        args.extra_size = 32  # the shrunk ViT's 2x2 patch grid; ConvNeXt's smallest input
     dev = None if args.no_torch else torch_ref.setup(args.threads, args.device)
     info = common.machine_info(args.device)
     args.peak_tf = peak_tflops(args, info.get("gpu") or info.get("jax_device_kind"))
@@ -327,22 +391,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cases = []
     for size in args.image_size:
         batch = args.batch_size or default_batch(size)
-        cases += [(m, size, batch) for m in args.modes if m != "autoencoder"]
+        cases += [(m, size, batch, args.arch) for m in args.modes if m != "autoencoder"]
     if "autoencoder" in args.modes:
-        cases.append(("autoencoder", args.ae_image_size, args.ae_batch_size))
+        cases.append(("autoencoder", args.ae_image_size, args.ae_batch_size, args.arch))
+    extra_batch = args.batch_size or default_batch(args.extra_size)
+    for arch in args.extra_archs:
+        cases += [(m, args.extra_size, extra_batch, arch) for m in args.modes if m in args.extra_modes]
     if args.case:
-        mode, size, batch = args.case[0], int(args.case[1]), int(args.case[2])
-        common.emit_result(run_case(args, mode, size, batch, dev))
+        mode, size, batch, arch = args.case[0], int(args.case[1]), int(args.case[2]), args.case[3]
+        common.emit_result(run_case(args, mode, size, batch, dev, arch))
         return {}
     isolate = not (args.in_process or args.smoke)
-    for mode, size, batch in cases:
+    for mode, size, batch, arch in cases:
         t0 = time.perf_counter()
-        rec = _case_in_subprocess(argv, mode, size, batch) if isolate else run_case(args, mode, size, batch, dev)
+        if isolate:
+            rec = _case_in_subprocess(argv, mode, size, batch, arch)
+        else:
+            rec = run_case(args, mode, size, batch, dev, arch)
         rec["wall_s"] = time.perf_counter() - t0
         records.append(rec)
-        arch = "convnet_ae" if mode == "autoencoder" else args.arch
-        rows.append(_row(arch, rec))
-        print(f"[{mode} {size}x{size} b{batch}] done in {rec['wall_s']:.0f}s", flush=True)
+        rows.append(_row("convnet_ae" if mode == "autoencoder" else arch, rec))
+        print(f"[{arch} {mode} {size}x{size} b{batch}] done in {rec['wall_s']:.0f}s", flush=True)
     headers = [
         "model",
         "mode",

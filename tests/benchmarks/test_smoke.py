@@ -16,12 +16,16 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "train_steps.json"
 
 
 def test_train_steps_smoke(tmp_path: pathlib.Path) -> None:
+    # --arch's rows (convnet_small under --smoke), then the other families' rows: a ViT and a ConvNeXt shrunk to a
+    # few layers on both sides, in full, frozen and inference (not the probe: --extra-modes).
     out = tmp_path / "train_steps.json"
     payload = train_steps.main(["--smoke", "--modes", "full", "frozen", "inference", "probe", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["results"] == json.loads(json.dumps(payload["results"]))
-    modes = [r["mode"] for r in saved["results"]]
-    assert modes == ["full", "frozen", "inference", "probe"]
+    rows = [(r["arch"], r["mode"]) for r in saved["results"]]
+    extra = [(a, m) for a in ("vit_b_16", "convnext_tiny") for m in ("full", "frozen", "inference")]
+    assert rows == [("convnet_small", m) for m in ("full", "frozen", "inference", "probe")] + extra
+    assert {r["image_size"] for r in saved["results"][4:]} == {32}
     for r in saved["results"]:
         assert r["jaxtl"]["n"] == 2 and r["torch"]["n"] == 2
         assert r["jaxtl"]["median_s"] > 0 and r["torch"]["median_s"] > 0
@@ -31,21 +35,24 @@ def test_train_steps_smoke(tmp_path: pathlib.Path) -> None:
 
 def test_train_steps_cases_in_fresh_processes(tmp_path: pathlib.Path) -> None:
     # Without --smoke/--in-process every case runs in a process of its own and comes back as the same record.
-    args = ["--arch", "convnet_small", "--image-size", "16", "--batch-size", "4", "--repeats", "1"]
+    args = ["--arch", "convnet_small", "--image-size", "16", "--batch-size", "4", "--repeats", "1", "--extra-archs"]
     payload = train_steps.main([*args, "--modes", "frozen", "inference", "--out", str(tmp_path / "ts.json")])
     assert [r["mode"] for r in payload["results"]] == ["frozen", "inference"]
     for r in payload["results"]:
         assert r["jaxtl"]["n"] == 1 and r["torch"]["n"] == 1 and r["ratio"] > 0 and r["wall_s"] > 0
     # A case that fails in its own process (here: an unknown arch) stops the run, naming the case.
-    with pytest.raises(SystemExit, match="case frozen 16x16 b3 failed"):
-        train_steps.main(["--arch", "no_such_arch", "--image-size", "16", "--batch-size", "3", "--modes", "frozen"])
+    with pytest.raises(SystemExit, match="case no_such_arch frozen 16x16 b3 failed"):
+        train_steps.main(
+            ["--arch", "no_such_arch", "--image-size", "16", "--batch-size", "3", "--modes", "frozen", "--extra-archs"]
+        )
 
 
 def test_train_steps_autoencoder_smoke(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "ts.json"
     payload = train_steps.main(["--smoke", "--modes", "autoencoder", "--no-torch", "--out", str(out)])
-    (r,) = payload["results"]
-    assert r["mode"] == "autoencoder" and "torch" not in r and r["jaxtl"]["images_per_s"] > 0
+    (r,) = payload["results"]  # no other family's rows: --extra-modes has no autoencoder
+    assert r["mode"] == "autoencoder" and r["arch"] == "convnet_ae" and "torch" not in r
+    assert r["jaxtl"]["images_per_s"] > 0
 
 
 def test_end_to_end_smoke(tmp_path: pathlib.Path) -> None:
@@ -79,6 +86,9 @@ def test_mfu_only_with_a_peak() -> None:
     assert train_steps.gflop_per_image("resnet50", "full", 224) == pytest.approx(24.5)
     assert train_steps.gflop_per_image("resnet50", "inference", 112) == pytest.approx(8.2 / 4)
     assert train_steps.gflop_per_image("resnet18", "full", 224) is None
+    assert train_steps.gflop_per_image("vit_b_16", "inference", 224) == pytest.approx(35.1)
+    assert train_steps.gflop_per_image("vit_b_16", "full", 384) is None  # attention does not scale by pixels
+    assert train_steps.gflop_per_image("convnext_tiny", "full", 224) == pytest.approx(3 * 8.9)
 
 
 def test_replace_between_markers() -> None:
