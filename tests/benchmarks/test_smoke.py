@@ -77,9 +77,11 @@ def test_scaling_smoke(tmp_path: pathlib.Path) -> None:
 
 def test_bridge_smoke(tmp_path: pathlib.Path) -> None:
     payload = bridge.main(["--smoke", "--out", str(tmp_path / "bridge.json")])
-    (r,) = payload["results"]
-    assert r["arch"] == "resnet18"
-    assert r["max_abs_diff"] < 1e-3 * max(1.0, r["max_abs_logit"])
+    got = [(r["arch"], r["weights"], r["image_size"]) for r in payload["results"]]
+    assert got == [("resnet18", "DEFAULT", 32), ("convnext_tiny", "DEFAULT", 32), ("vit_b_32", "IMAGENET1K_V1", 224)]
+    for r in payload["results"]:
+        assert r["max_abs_logit"] > 0.1 and r["max_abs_diff"] < 1e-4 * max(1.0, r["max_abs_logit"]), r["arch"]
+        assert r["pretrained_cached_s"] < r["pretrained_first_s"]
 
 
 def test_mfu_only_with_a_peak() -> None:
