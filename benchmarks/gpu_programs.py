@@ -54,7 +54,7 @@ def init_variables(arch: str, num_classes: int, size: int) -> dict[str, Any]:
 
     import jaxtl
 
-    module = jaxtl.create(arch, num_classes=num_classes)
+    module = jaxtl.create(arch, num_classes=num_classes, image_size=size)  # a ViT is built for its input size
     init = jax.jit(functools.partial(module.init, train=False))
     variables = init(jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32))
     return jax.tree.map(np.asarray, jax.device_get(variables))  # type: ignore[no-any-return]
@@ -238,7 +238,8 @@ def build(
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    module = jaxtl.create(arch, num_classes=num_classes, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    module = jaxtl.create(arch, num_classes=num_classes, dtype=dt, image_size=size)  # a ViT is built for size
     par = Parallel("none", devices=None if device is None else [device])
     norm = normalization()
     batch_dev = par.put_batch(uint8_batch(batch, size, num_classes))
@@ -251,7 +252,7 @@ def build(
         jitted: Any = par.map(infer, donate=False, n_out=1, batch_out=True)
         holder = [par.put_state(variables)]
     else:
-        groups = ParamGroups.head_only() if mode == "frozen" else None
+        groups = ParamGroups.head_only(module) if mode == "frozen" else None
         tx = optax.sgd(lr, momentum=0.9)
         state = TrainState.create(module, variables, tx, 0, groups=groups, normalization=norm)
         if mode == "frozen" and not state.backbone_frozen:

@@ -283,7 +283,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--smoke", action="store_true", help="every phase on the CPU at a tiny size (the rehearsal)")
     p.add_argument("--phases", nargs="+", choices=names, default=names, help="run only these (in the fixed order)")
-    p.add_argument("--arch", default=None, help="model of the step, pipeline and PyTorch phases (default resnet50)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="model of the step, pipeline and PyTorch phases: any registered classifier, e.g. vit_b_16 (built for "
+        "the plan's input size) or convnext_tiny (default resnet50)",
+    )
     p.add_argument("--workers", type=int, default=None, help="grain workers (default: one per core but one)")
     p.add_argument("--images", type=int, default=None, help="generated JPEGs for the pipeline phase (default 8192)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known chips)")

@@ -104,3 +104,14 @@ def test_a_run_killed_mid_write_reads_back(tmp_path: pathlib.Path) -> None:
     payload, records = gpu_report.load(tmp_path)
     assert records == [rec]
     assert "resnet50" in gpu_report.text(payload["phases"], records)
+
+
+@pytest.mark.parametrize("arch", ["vit_b_16", "convnext_tiny"])
+def test_the_driver_builds_other_families_frozen_steps(arch: str) -> None:
+    # --arch vit_b_16 / convnext_tiny: a ViT built for the plan's size, the head found at the model's own path.
+    variables = gpu_programs.init_variables(arch, 10, 32)
+    prog = gpu_programs.build(
+        "frozen", arch=arch, dtype="float32", batch=2, size=32, variables=variables, num_classes=10
+    )
+    metrics = jax.device_get(prog())
+    assert jnp.isfinite(metrics["loss"]) and prog.describe()["arch"] == arch
