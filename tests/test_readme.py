@@ -19,9 +19,11 @@ What runs, and how (the conventions README.md follows):
   ``jaxtl`` command in the README, run or not, must still name an existing subcommand and only options that
   subcommand has (:func:`test_readme_names_only_existing_options`).
 - **Files the README names are made first** (:func:`make_fixtures`): ``NAME.pth``/``NAME.pt``/``NAME.safetensors``
-  where NAME is a registered ResNet architecture (``resnet50.pth``, ``resnet18.pth``) -> that torchvision model
-  with ``weights=None``, its ``state_dict()`` saved with ``torch.save`` (or safetensors); every ``folder:DIR`` and every
-  ``load_image_folder("DIR", ...)`` -> a small image folder (:data:`FOLDER_CLASSES` classes x
+  where NAME is a torchvision architecture jaxtl has (``resnet50.pth``, ``vit_b_16.pth``, ``convnext_tiny.pth``) ->
+  that torchvision model with ``weights=None``, its ``state_dict()`` saved with ``torch.save`` (or safetensors);
+  weights named as ``pretrained("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1")`` or ``--weights resnet18.DEFAULT``
+  -> that model (a ViT at those weights' size) under the official file name in torch's hub cache; every
+  ``folder:DIR`` and every ``load_image_folder("DIR", ...)`` -> a small image folder (:data:`FOLDER_CLASSES` classes x
   :data:`FOLDER_IMAGES` PNGs of 40x40 px); every ``npz:FILE`` -> an ``.npz`` with ``images``/``labels`` at the
   test image size. Anything else a snippet uses, it must create itself ("snippets define what they use").
 - **Small sizes, injected only where the README gives a size or length**: in commands, the values of
@@ -236,16 +238,16 @@ if __name__ == "__main__":
 # ---- the files the README names ------------------------------------------------------------------------------------
 
 
-def _resnet_names() -> list[str]:
+def _torchvision_names() -> list[str]:
     from jaxtl.models import list_models
 
-    return list(list_models("resnet"))
+    return list(list_models(torchvision=True))
 
 
 def fixture_names(texts: Iterable[str]) -> dict[str, set[str]]:
     """``{"weights": {...}, "folders": {...}, "npz": {...}}`` named in ``texts`` (commands and snippets)."""
     text = "\n".join(texts)
-    archs = set(_resnet_names())
+    archs = set(_torchvision_names())
     weights = {
         m.group(0)
         for m in re.finditer(r"[\w./-]+\.(?:pth?|safetensors)\b", text)
@@ -297,7 +299,10 @@ def make_fixtures(cwd: Path, names: dict[str, set[str]]) -> None:
             path = cwd / TORCH_HOME / "hub" / "checkpoints" / w.filename
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
-            torch.save(getattr(torchvision.models, w.arch)(weights=None).state_dict(), path)
+            # A ViT is built for its weights' size (SWAG weights: 384, 512 or 518 px), as torchvision builds it.
+            size = torchvision.models.get_weight(w.qualname).meta.get("min_size", (224,))[0]
+            kwargs = {"image_size": size} if w.arch.startswith("vit_") else {}
+            torch.save(getattr(torchvision.models, w.arch)(weights=None, **kwargs).state_dict(), path)
     if names["weights"]:
         import torch
         import torchvision
@@ -545,6 +550,8 @@ def test_harness_reads_blocks_sections_tags_and_continuations() -> None:
     assert fixture_names(texts) == expected
     more = fixture_names(["jaxtl inspect w/resnet34.safetensors mine.pth --data npz:d/x.npz", "load_image_folder('a')"])
     assert more == {"weights": {"w/resnet34.safetensors"}, "folders": {"a"}, "npz": {"d/x.npz"}, "named": set()}
+    families = fixture_names(["jaxtl convert vit_b_16.pth out", "jaxtl inspect convnext_tiny.safetensors x.pth"])
+    assert families["weights"] == {"vit_b_16.pth", "convnext_tiny.safetensors"}
     named = fixture_names(
         ['pretrained("resnet50", weights="IMAGENET1K_V2")', "jaxtl predict x --weights resnet18.DEFAULT"]
     )
