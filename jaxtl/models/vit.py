@@ -246,8 +246,9 @@ class VisionTransformer(nn.Module):
         if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
             raise ValueError(
                 f"this VisionTransformer is built for {self.image_size}x{self.image_size} images, got "
-                f"{x.shape[1]}x{x.shape[2]}; build it with image_size={x.shape[1]} and interpolate the position "
-                "embedding (jaxtl.models.vit.resize)"
+                f"{x.shape[1]}x{x.shape[2]}; resize the model first (its position embedding interpolated): "
+                f"jaxtl.models.at_image_size(module, variables, {x.shape[1]}), or pretrained(...).at_image_size("
+                f"{x.shape[1]})"
             )
         check_rng(self, train, {"dropout": self.dropout, "attention_dropout": self.attention_dropout})
         n = x.shape[0]
