@@ -140,6 +140,19 @@ def run_worker(
     return result
 
 
+def process_start() -> float:
+    """When this process started, on ``time.perf_counter()``'s clock (Linux: from ``/proc``; elsewhere: now), so a
+    start-up profile can count the interpreter's own start and the imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.perf_counter() - max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+
+
 def block(x: Any) -> Any:
     """Wait for JAX (or torch CUDA) work behind ``x`` to finish."""
     import jax

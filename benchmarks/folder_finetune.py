@@ -10,13 +10,21 @@ BatchNorm on running averages; ``full``: everything trains) whole runs of:
   stratified 80/20 split, ``--epochs`` epochs, evaluation on the held-out part.
 - ``torch``: the loop a PyTorch user writes (:func:`benchmarks.torch_ref.folder_finetune`): ``ImageFolder`` +
   ``DataLoader(num_workers, persistent_workers)`` + v2 transforms, the same split, SGD, evaluation.
+- ``jaxtl warm`` (``--warm``): the same call run again as a user re-runs a script: JAX's persistent compilation
+  cache and the converted-weights cache (both on by default) hold what a first, untimed run put there.
 - ``jaxtl CLI`` (``--cli``): ``jaxtl finetune`` itself, which also saves checkpoints and the classifier.
 
 Same image size, batch, epochs, worker count, optimizer (SGD with momentum, constant learning rate) and split on
 every side. Each run is a fresh process (imports, weight loading, worker start, compilation, training and
-evaluation all count: jaxtl converts the weights afresh and has no compilation cache); the sides take turns,
-never overlapping, over ``--repeats`` rounds. ``wall_s`` is the median process wall time, ``images_per_s`` the
-training images (steps x batch) over it, ``ratio`` jaxtl's wall time over torch's (< 1: jaxtl is faster).
+evaluation all count: the ``jaxtl`` row converts the weights afresh and compiles with no compilation cache,
+``JAXTL_COMPILE_CACHE=0``); the sides take turns, never overlapping, over ``--repeats`` rounds. ``wall_s`` is the
+median process wall time, ``images_per_s`` the training images (steps x batch) over it, ``ratio`` jaxtl's wall time
+over torch's (< 1: jaxtl is faster).
+
+Every jaxtl library run records its start-up profile (:func:`jaxtl.train.record_timings`: the interpreter and
+imports, loading the weights, listing the data, the new head, each compile, the first batch, evaluation, stopping
+the workers, and the exit measured from outside); the medians over the rounds are printed and kept in the JSON
+(``profile`` of each side).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from benchmarks import common
 MODES = ("frozen", "full")
 FREEZE = {"frozen": "backbone", "full": "none"}  # jaxtl finetune --freeze
 CLI = "jaxtl CLI"
+WARM = "jaxtl warm"
+EXIT = "exit (interpreter teardown, seen from outside)"
 
 
 def _worker_env() -> dict[str, str]:
@@ -69,20 +79,32 @@ def _run_options(args: argparse.Namespace) -> list[str]:
 
 
 def jaxtl_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """One whole jaxtl run in this process, as a user's script does it (``tune_cpu`` first, as the README says)."""
-    common.prepare_backend("cpu")
-    import jaxtl
+    """One whole jaxtl run in this process, as a user's script does it (``tune_cpu`` first, as the README says),
+    with its start-up profile."""
+    origin = common.process_start()
+    from jaxtl.train.timings import Timings, mark, phase, record_timings
 
-    t0 = time.perf_counter()
-    model = jaxtl.pretrained("resnet18", args.weights, use_cache=False, progress=False)
-    config = jaxtl.FinetuneConfig(
-        mode=args.worker_mode,
-        optimizer=jaxtl.Optimizer("sgd", lr=args.lr, momentum=args.momentum, schedule="constant"),
-        loop=jaxtl.Loop(batch_size=args.batch_size, epochs=args.epochs),
-        input=jaxtl.Input(image_size=args.image_size, workers=args.workers, augment="rrc"),
-        split=jaxtl.Split(test_fraction=args.test_fraction),
-    )
-    res = jaxtl.finetune(config, model, f"folder:{args.folder}", progress=False)
+    timings = Timings(origin)
+    with record_timings(timings):
+        common.prepare_backend("cpu")
+        import jax
+
+        import jaxtl
+
+        jax.devices()
+        mark("python start, imports, jax backend", origin)
+        t0 = time.perf_counter()
+        with phase("weights: read + convert" if not args.worker_warm else "weights: from the converted cache"):
+            model = jaxtl.pretrained("resnet18", args.weights, use_cache=args.worker_warm, progress=False)
+        config = jaxtl.FinetuneConfig(
+            mode=args.worker_mode,
+            optimizer=jaxtl.Optimizer("sgd", lr=args.lr, momentum=args.momentum, schedule="constant"),
+            loop=jaxtl.Loop(batch_size=args.batch_size, epochs=args.epochs),
+            input=jaxtl.Input(image_size=args.image_size, workers=args.workers, augment="rrc"),
+            split=jaxtl.Split(test_fraction=args.test_fraction),
+        )
+        with phase("finetune (whole call)"):
+            res = jaxtl.finetune(config, model, f"folder:{args.folder}", progress=False)
     train = [r for r in res.history if r.get("split") == "train"]
     steps = max(int(r["step"]) for r in train)
     rates = [float(r["images_per_s"]) for r in train if r["batch"]]  # the first of an epoch waits for workers
@@ -93,6 +115,8 @@ def jaxtl_worker(args: argparse.Namespace) -> dict[str, Any]:
         "test_images": int(res.metrics["n"]),
         "top1": float(res.metrics["top1"]),
         "step_images_per_s": statistics.median(rates) if rates else None,
+        "profile": timings.to_dict(),
+        "elapsed_s": time.perf_counter() - origin,
     }
 
 
@@ -118,10 +142,15 @@ def torch_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_side(
-    args: argparse.Namespace, side: str, mode: str, folder: pathlib.Path, weights: pathlib.Path
+    args: argparse.Namespace, side: str, mode: str, folder: pathlib.Path, weights: pathlib.Path, caches: pathlib.Path
 ) -> dict[str, Any]:
-    """One whole run of ``side`` in a fresh process; its record plus ``wall_s`` (process start to exit)."""
+    """One whole run of ``side`` in a fresh process; its record plus ``wall_s`` (process start to exit).
+
+    ``jaxtl`` compiles and converts afresh; ``jaxtl warm`` uses the compilation and weights caches in ``caches``
+    (the library's defaults, pointed at a folder of this benchmark)."""
     env = _worker_env()
+    env["JAXTL_COMPILE_CACHE"] = str(caches / "xla") if side == WARM else "0"
+    env["JAXTL_WEIGHTS_CACHE"] = str(caches / "weights")
     t0 = time.perf_counter()
     if side == CLI:
         with tempfile.TemporaryDirectory(prefix="jaxtl-folder-ft-") as tmp:
@@ -136,11 +165,43 @@ def _run_side(
             raise SystemExit(f"{side} {mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         train = args.train_images_per_epoch // args.batch_size * args.batch_size * args.epochs
         return {"wall_s": wall, "train_images": train, "output": proc.stdout.strip().splitlines()[-1:]}
-    extra = ["--worker", side, "--worker-mode", mode, "--folder", str(folder), "--weights", str(weights)]
-    extra += [*_run_options(args), "--threads", str(args.threads)]
+    worker = "torch" if side == "torch" else "jaxtl"
+    extra = ["--worker", worker, "--worker-mode", mode, "--folder", str(folder), "--weights", str(weights)]
+    extra += [*_run_options(args), "--threads", str(args.threads), *(["--worker-warm"] if side == WARM else [])]
     rec = common.run_worker("benchmarks.folder_finetune", extra, what=f"{side} {mode} run", env=env)
     rec["wall_s"] = time.perf_counter() - t0
+    if "elapsed_s" in rec:
+        rec["profile"]["phases"].append({"name": EXIT, "start_s": rec["elapsed_s"], "end_s": rec["wall_s"]})
     return rec
+
+
+def _profile(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each phase's median start, end and seconds over the runs (phases in the last run's start order); a phase
+    that ran more than once in a run is summed, at its first start and last end."""
+    per_run: list[dict[str, tuple[float, float, float]]] = []
+    for r in runs:
+        phases: dict[str, tuple[float, float, float]] = {}
+        for p in r["profile"]["phases"]:
+            start, end = float(p["start_s"]), float(p["end_s"])
+            if p["name"] in phases:
+                s0, e0, d0 = phases[p["name"]]
+                phases[p["name"]] = (min(s0, start), max(e0, end), d0 + end - start)
+            else:
+                phases[p["name"]] = (start, end, end - start)
+        per_run.append(phases)
+    names = sorted(per_run[-1], key=lambda n: per_run[-1][n][0])
+    out = []
+    for name in names:
+        got = [p[name] for p in per_run if name in p]
+        out.append(
+            {
+                "phase": name,
+                "start_s": statistics.median(g[0] for g in got),
+                "end_s": statistics.median(g[1] for g in got),
+                "s": statistics.median(g[2] for g in got),
+            }
+        )
+    return out
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -154,6 +215,9 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["step_images_per_s"] for r in runs if r.get("step_images_per_s")]
     if rates:
         out["step_images_per_s"] = statistics.median(rates)  # steady training rate, start-up excluded
+    if all("profile" in r for r in runs):
+        out["profile"] = _profile(runs)
+        out["jax"] = runs[-1]["profile"]["jax"]
     for key in ("steps", "test_images", "top1", "output"):
         if key in runs[-1]:
             out[key] = runs[-1][key]
@@ -172,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out stratified split (0.2, as the CLI)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--repeats", type=int, default=2, help="rounds, the sides' order alternating (2)")
-    p.add_argument("--cli", action="store_true", help="a third row: the jaxtl finetune command itself")
+    p.add_argument("--cli", action="store_true", help="another row: the jaxtl finetune command itself")
+    p.add_argument("--warm", action="store_true", help="another row: jaxtl re-run with its caches warm (default on)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--min-side", type=int, default=256, help="generated image sides lie in [min, max] (256)")
     p.add_argument("--max-side", type=int, default=400, help="(default 400)")
@@ -186,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--worker", choices=("jaxtl", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--worker-mode", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--worker-warm", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -206,18 +272,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     from benchmarks.data_pipeline import _random_resnet18, make_folder
 
-    sides = ["jaxtl"] + ([CLI] if args.cli else []) + ([] if args.no_torch else ["torch"])
-    with common.data_dir(args.data_dir, "jaxtl-bench-folder-ft-") as base:
+    sides = ["jaxtl"] + ([WARM] if args.warm else []) + ([CLI] if args.cli else [])
+    sides += [] if args.no_torch else ["torch"]
+    with (
+        common.data_dir(args.data_dir, "jaxtl-bench-folder-ft-") as base,
+        tempfile.TemporaryDirectory(prefix="jaxtl-folder-ft-caches-") as caches,
+    ):
         folder = base / f"finetune-{args.images}-{args.min_side}-{args.max_side}"
         make_folder(folder, args.images, min_side=args.min_side, max_side=args.max_side)
         weights = base / "resnet18-random.pth"
         _random_resnet18(weights)
-        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(m, s): [] for m in args.modes for s in sides}
-        for r in range(args.repeats):
+        if args.warm:  # the untimed first runs that fill the caches
             for mode in args.modes:
-                for side in sides if r % 2 == 0 else sides[::-1]:
-                    rec = _run_side(args, side, mode, folder, weights)
-                    print(f"round {r + 1}/{args.repeats} {mode:6s} {side:9s} {rec['wall_s']:.1f}s", flush=True)
+                _run_side(args, WARM, mode, folder, weights, pathlib.Path(caches))
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(m, s): [] for m in args.modes for s in sides}
+        load: list[float] = []
+        for rnd in range(args.repeats):
+            for mode in args.modes:
+                for side in sides if rnd % 2 == 0 else sides[::-1]:
+                    rec = _run_side(args, side, mode, folder, weights, pathlib.Path(caches))
+                    load.append(os.getloadavg()[0])
+                    print(
+                        f"round {rnd + 1}/{args.repeats} {mode:6s} {side:10s} {rec['wall_s']:.1f}s "
+                        f"(load {load[-1]:.1f})",
+                        flush=True,
+                    )
                     runs[(mode, side)].append(rec)
     rows = []
     for mode in args.modes:
@@ -227,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "torch" in row:
             for side in sides:
                 if side != "torch":
-                    key = "ratio" if side == "jaxtl" else "cli_ratio"
+                    key = {"jaxtl": "ratio", WARM: "warm_ratio", CLI: "cli_ratio"}[side]
                     row[key] = row[side]["wall_s"] / row["torch"]["wall_s"]
         rows.append(row)
     payload = {
@@ -249,11 +328,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
+            "load_average_1min": {"median": statistics.median(load), "min": min(load), "max": max(load)},
         },
         "results": rows,
         "notes": "wall time of one whole run per process (start-up, imports, weight loading, workers, compilation, "
-        "training, held-out evaluation); sides alternated, never overlapping; jaxtl without compilation or "
-        "weight-conversion cache",
+        "training, held-out evaluation); sides alternated, never overlapping; 'jaxtl' without compilation or "
+        "weight-conversion cache, 'jaxtl warm' with both (filled by an untimed first run); load_average_1min: the "
+        "machine's load after each run (other processes share it)",
     }
     path = common.write_results("folder_finetune", payload, args.out)
     common.print_table(
@@ -272,8 +353,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for side in sides
         ],
     )
+    for r in rows:
+        for side in sides:
+            if "profile" in r[side]:
+                print(f"\nstart-up profile, {r['mode']}, {side} (medians over {args.repeats} runs; phases overlap)")
+                print(_profile_table(r[side]["profile"], r[side].get("jax")))
     print(f"wrote {path}")
     return payload
+
+
+def _profile_table(profile: list[dict[str, Any]], jax_counts: dict[str, Any] | None) -> str:
+    lines = [f"{'start':>7} {'end':>7} {'s':>6}  phase"]
+    lines += [f"{p['start_s']:7.2f} {p['end_s']:7.2f} {p['s']:6.2f}  {p['phase']}" for p in profile]
+    if jax_counts:
+        lines.append(
+            f"jax: {int(jax_counts['programs'])} programs built, {int(jax_counts.get('compiled', 0))} compiled "
+            f"({jax_counts['compile_s']:.2f} s), {int(jax_counts['cache_hits'])} from the persistent cache"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

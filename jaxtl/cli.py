@@ -62,7 +62,7 @@ def _compile_cache_args(p: argparse.ArgumentParser) -> None:
         "--compile-cache",
         metavar="DIR",
         help="JAX's persistent compilation cache, reused by later runs (default: one already configured, else "
-        "$JAXTL_COMPILE_CACHE or ~/.cache/jaxtl/xla)",
+        "$JAXTL_COMPILE_CACHE or ~/.cache/jaxtl/xla; JAXTL_COMPILE_CACHE=0 turns it off)",
     )
     p.add_argument("--no-compile-cache", action="store_true", help="compile from scratch, store nothing")
 
@@ -85,6 +85,7 @@ def _setup_compile_cache(a: argparse.Namespace) -> None:
     if a.no_compile_cache:
         if a.compile_cache:
             raise UsageError("give --compile-cache DIR or --no-compile-cache, not both")
+        enable_compile_cache(False)  # the library's runs would otherwise turn the default one on
         return
     try:
         enable_compile_cache(a.compile_cache, replace=a.compile_cache is not None)  # an explicit DIR wins

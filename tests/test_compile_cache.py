@@ -1,4 +1,5 @@
-"""jaxtl.enable_compile_cache and the CLI's --compile-cache / --no-compile-cache.
+"""jaxtl.enable_compile_cache, the default cache a run turns on (and the ways to turn it off), and the CLI's
+--compile-cache / --no-compile-cache.
 
 The cache is process-global jax config (and the test session has its own), so the library checks run in fresh
 subprocesses.
@@ -74,3 +75,29 @@ def test_cli_cache_options_reach_the_command(tmp_path: Path, capsys, flag: list[
     # then fails on the missing checkpoint, after the cache options were handled.
     assert main(["evaluate", str(tmp_path / "nothing"), "--data", "digits", *flag]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+DEFAULTS = """
+import os, sys, jax, jax.numpy as jnp
+from jaxtl.compile_cache import configured_cache_dir, default_compile_cache, enable_compile_cache
+cache = sys.argv[1]
+jax.jit(lambda x: x * 2)(jnp.ones(3)).block_until_ready()  # compiled before any cache: jax has looked already
+os.environ["JAXTL_COMPILE_CACHE"] = "0"
+print(default_compile_cache(), enable_compile_cache(), configured_cache_dir())  # off by the environment
+os.environ["JAXTL_COMPILE_CACHE"] = cache
+print(default_compile_cache() == cache)  # a run turns the default on, even after earlier compiles
+jax.jit(lambda x: jnp.sin(x) + 1)(jnp.ones(5)).block_until_ready()
+print(len([p for p in os.listdir(cache) if p.endswith("-cache")]))
+print(enable_compile_cache(False), configured_cache_dir(), default_compile_cache())  # off for this process
+"""
+
+
+def test_the_default_cache_a_run_turns_on_and_the_ways_to_turn_it_off(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", DEFAULTS, str(tmp_path / "xla")]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    off, on, stored, off_again = proc.stdout.strip().splitlines()
+    assert off == "None None None"
+    assert on == "True"
+    assert int(stored) >= 1, "the program compiled after the cache was turned on was not stored"
+    assert off_again == "None None None"

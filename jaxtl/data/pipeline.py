@@ -20,14 +20,17 @@ Bad files found mid-stream (corrupt, truncated, zero bytes, gone) never stop a r
 
 Either way it is counted: one :class:`~jaxtl.data.loaders.SkippedFilesWarning` per ``batches()`` call (an epoch)
 names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
+
+Start-up: a worker process costs about as much to start (a fresh interpreter importing grain, which imports jax and
+Orbax: 1.5-2 s on a 2-core CPU) as decoding a few hundred images, so an evaluation pass over fewer than
+:data:`IN_PROCESS_BELOW` examples decodes in this process (threads) instead: the batches are the same either way.
+:meth:`ImageSource.prepare` starts a pass's workers and its first batches ahead of the ``batches()`` call that
+takes them (fine-tuning does so before it builds the head and compiles), and stopping a stream's workers happens in
+the background.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import gc
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,108 +40,16 @@ from jaxtl.data.batching import Batch, num_batches, process_slice
 from jaxtl.data.constants import channel_stats, default_resize
 from jaxtl.data.loaders import SkippedFilesWarning
 from jaxtl.data.loading import LoadBatch, Plan, Reader
+from jaxtl.data.stream import IN_PROCESS_BELOW, Stream
 from jaxtl.data.transforms import Augment, ImageTransform
-from jaxtl.data.workers import (
-    MainGuardError,
-    check_not_bootstrapping,
-    check_worker_count,
-    is_bootstrap_failure,
-    usable_cores,
-    warn_at_caller,
-    worker_init,
-)
+from jaxtl.data.workers import check_worker_count, usable_cores, warn_at_caller
 
-__all__ = ["ImageSource", "default_workers"]
+__all__ = ["IN_PROCESS_BELOW", "ImageSource", "default_workers"]
 
 
 def default_workers() -> int:
     """Worker processes when none are asked for: one per core but one (left for the training loop), at most 16."""
     return max(0, min(16, usable_cores() - 1))
-
-
-_LIVE_STREAMS: weakref.WeakSet[_Stream] | None = None
-
-
-def _close_live_streams() -> None:
-    """At exit: close the streams still open, so grain unlinks the shared memory of batches nobody took (otherwise
-    Python's resource tracker reports them as leaked at shutdown), and drop grain's iterators while the modules
-    they need still exist (collected at interpreter teardown, their ``__del__`` fails: "Exception ignored")."""
-    for stream in list(_LIVE_STREAMS or ()):
-        with contextlib.suppress(Exception):
-            stream.close()
-        stream._it = None
-    gc.collect()
-
-
-def _track(stream: _Stream) -> None:
-    global _LIVE_STREAMS
-    if _LIVE_STREAMS is None:  # registered on first use, not on import
-        _LIVE_STREAMS = weakref.WeakSet()
-        atexit.register(_close_live_streams)
-    _LIVE_STREAMS.add(stream)
-
-
-class _Stream:
-    """One grain pipeline yielding batch after batch of a :class:`Plan`, across epochs, from ``(epoch, batch)``.
-
-    Kept by the source between ``batches()`` calls, so consecutive epochs reuse the worker processes (starting
-    them costs seconds: each imports jax through grain) and the next epoch's first batches are ready in time.
-    """
-
-    _LENGTH = 1 << 50  # batches: a stream never runs out; it is closed or dropped instead
-
-    def __init__(self, source: ImageSource, plan: Plan, epoch: int, start: int) -> None:
-        import grain
-
-        load = LoadBatch(source.reader, source._labels, source.transform, source.channels, plan, (epoch, start))
-        ds = grain.MapDataset.range(self._LENGTH).map(load)
-        read = grain.ReadOptions(num_threads=source.read_threads, prefetch_buffer_size=source.prefetch)
-        it = ds.to_iter_dataset(read)
-        if source.workers > 0:
-            check_not_bootstrapping()
-            _let_grain_read_its_flags()
-            opts = grain.MultiprocessingOptions(num_workers=source.workers, per_worker_buffer_size=source.prefetch)
-            it = it.mp_prefetch(opts, worker_init_fn=worker_init)
-        self.plan = plan
-        self.next = (epoch, start)
-        self.owner: object | None = None  # the batches() generator reading it now
-        self._it: Any = iter(it)
-        _track(self)
-
-    def take(self) -> Batch:
-        try:
-            shared = next(self._it)
-        except RuntimeError as err:
-            if is_bootstrap_failure(err):
-                raise MainGuardError() from None
-            raise
-        # Copied out of grain's shared memory (one memcpy, small next to decoding the batch): the segment is freed
-        # now, whatever keeps the batch alive later (jax on CPU may alias host arrays instead of copying them).
-        batch = {k: np.array(v, copy=True) for k, v in shared.items()}
-        del shared
-        where = (int(batch["where"][0]), int(batch["where"][1]))
-        if where != self.next:  # grain keeps order; never hand out a batch of another position regardless
-            raise RuntimeError(f"data stream out of step: got batch {where}, expected {self.next}")
-        e, b = self.next
-        self.next = (e, b + 1) if b + 1 < self.plan.per_epoch else (e + 1, 0)
-        del batch["where"]
-        return batch
-
-    def close(self) -> None:
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()
-
-
-def _let_grain_read_its_flags() -> None:
-    """grain 0.2 reads an absl flag when it starts worker processes, which fails unless absl parsed the command
-    line (an ``absl.app`` program). Outside one, mark only that flag as given (its default value): the same thing
-    grain does for its own debug flags in the workers. Nothing else about absl's state changes."""
-    from absl import flags
-
-    name = "grain_enable_multiprocess_worker_profiling"
-    if not flags.FLAGS.is_parsed() and name in flags.FLAGS:
-        flags.FLAGS[name].present = 1
 
 
 class ImageSource:
@@ -205,7 +116,7 @@ class ImageSource:
         self.origin = origin
         self.bad_files: set[str] = set()
         self._labeled = labeled
-        self._stream: _Stream | None = None
+        self._stream: Stream | None = None
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -230,6 +141,32 @@ class ImageSource:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.transform.size, self.transform.size, self.channels)
+
+    def batch_layout(
+        self, batch_size: int, *, drop_remainder: bool = True, process_count: int = 1
+    ) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+        """``{key: (shape, dtype)}`` of the batches :meth:`batches` yields with these options (every batch of a
+        pass has it: the ragged last one is padded, or dropped), known without reading an image."""
+        b = process_slice(batch_size, 0, process_count).stop
+        out: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {"images": ((b, *self.image_shape), np.dtype(np.uint8))}
+        if self._labeled:
+            out["labels"] = ((b,), np.dtype(np.int32))
+        if not drop_remainder:
+            out["mask"] = ((b,), np.dtype(np.float32))
+        return out
+
+    def prepare(self, batch_size: int, **options: Any) -> None:
+        """Start the workers of the pass ``batches(batch_size, **options)`` would give and fetch its first batch in
+        the background, so that call (made soon after, with the same options) finds them ready. Does nothing if
+        this source's kept stream is being read."""
+        plan, epoch, start, total = self._plan(batch_size, **options)
+        if start == total:
+            return
+        stream, private = self._open_stream(plan, epoch, start)
+        if private:
+            stream.close()
+        else:
+            stream.prime()
 
     def with_options(self, **changes: Any) -> ImageSource:
         """The same examples with other options (``image_size``, ``augment``, ``workers``, ``normalization``, ...;
@@ -332,6 +269,33 @@ class ImageSource:
         Asking for the next epoch with the same options continues the same grain pipeline (the workers stay up
         and have its first batches ready); anything else starts a new one.
         """
+        plan, epoch, start, total = self._plan(
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            drop_remainder=drop_remainder,
+            start_batch=start_batch,
+            process_index=process_index,
+            process_count=process_count,
+            train=train,
+        )
+        return self._iterate(plan, epoch, start, total)
+
+    def _plan(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        train: bool = True,
+    ) -> tuple[Plan, int, int, int]:
+        """``(plan, epoch, start batch, batches in the epoch)`` of a ``batches()`` call (its defaults are these)."""
         n = len(self)
         total = num_batches(n, batch_size, drop_remainder)
         if not 0 <= start_batch <= total:
@@ -339,10 +303,14 @@ class ImageSource:
                 f"start_batch={start_batch} outside [0, {total}] for {n} examples, batch_size={batch_size}"
             )
         rows = process_slice(batch_size, process_index, process_count)
-        plan = Plan(n, batch_size, seed, shuffle, drop_remainder, (rows.start, rows.stop), train)
-        return self._iterate(plan, epoch, start_batch, total)
+        return (
+            Plan(n, batch_size, seed, shuffle, drop_remainder, (rows.start, rows.stop), train),
+            epoch,
+            start_batch,
+            total,
+        )
 
-    def _open_stream(self, plan: Plan, epoch: int, start_batch: int) -> tuple[_Stream, bool]:
+    def _open_stream(self, plan: Plan, epoch: int, start_batch: int) -> tuple[Stream, bool]:
         """The kept stream when it is at ``(epoch, start_batch)`` of ``plan`` and idle, else a new one (kept unless
         the kept one is being read: then a private one). Returns ``(stream, private)``."""
         kept = self._stream
@@ -357,10 +325,14 @@ class ImageSource:
         ):
             return kept, False
         if kept is not None and kept.owner is not None:
-            return _Stream(self, plan, epoch, start_batch), True
+            return self._new_stream(plan, epoch, start_batch), True
         self.close()
-        self._stream = _Stream(self, plan, epoch, start_batch)
+        self._stream = self._new_stream(plan, epoch, start_batch)
         return self._stream, False
+
+    def _new_stream(self, plan: Plan, epoch: int, start_batch: int) -> Stream:
+        load = LoadBatch(self.reader, self._labels, self.transform, self.channels, plan, (epoch, start_batch))
+        return Stream(load, workers=self.workers, read_threads=self.read_threads, prefetch=self.prefetch)
 
     def _iterate(self, plan: Plan, epoch: int, start_batch: int, total: int) -> Iterator[Batch]:
         if start_batch == total:

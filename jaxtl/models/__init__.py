@@ -1,53 +1,112 @@
-"""Flax models: torchvision's ResNet, ViT and ConvNeXt families, torch-exact BatchNorm, heads, and the registry."""
+"""Flax models: torchvision"s ResNet, ViT and ConvNeXt families, torch-exact BatchNorm, heads, and the registry."""
 
-from jaxtl.models.autoencoder import Autoencoder, ConvNet, classifier_from_autoencoder
-from jaxtl.models.batchnorm import BatchNorm
-from jaxtl.models.card import ModelCard, ModelCardError, Preprocessing
-from jaxtl.models.convnext import ConvNeXt
-from jaxtl.models.heads import (
-    HEAD,
-    get_head,
-    head_classes,
-    head_name,
-    head_path,
-    init_head,
-    new_head,
-    replace_head,
-    set_head,
-    strip_head,
-)
-from jaxtl.models.protocol import Classifier
-from jaxtl.models.registry import (
-    ArchSpec,
-    at_image_size,
-    channel_stats,
-    convnext_base,
-    convnext_large,
-    convnext_small,
-    convnext_tiny,
-    create,
-    default_resize,
-    families,
-    get_spec,
-    list_models,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
-    resnet152,
-    resnext50_32x4d,
-    resnext101_32x8d,
-    resnext101_64x4d,
-    vit_b_16,
-    vit_b_32,
-    vit_h_14,
-    vit_l_16,
-    vit_l_32,
-    wide_resnet50_2,
-    wide_resnet101_2,
-)
-from jaxtl.models.resnet import ResNet
-from jaxtl.models.vit import VisionTransformer, interpolate_embeddings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jaxtl.models.autoencoder import Autoencoder, ConvNet, classifier_from_autoencoder
+    from jaxtl.models.batchnorm import BatchNorm
+    from jaxtl.models.card import ModelCard, ModelCardError, Preprocessing
+    from jaxtl.models.convnext import ConvNeXt
+    from jaxtl.models.heads import (
+        HEAD,
+        get_head,
+        head_classes,
+        head_name,
+        head_path,
+        init_head,
+        new_head,
+        replace_head,
+        set_head,
+        strip_head,
+    )
+    from jaxtl.models.protocol import Classifier
+    from jaxtl.models.registry import (
+        ArchSpec,
+        at_image_size,
+        channel_stats,
+        convnext_base,
+        convnext_large,
+        convnext_small,
+        convnext_tiny,
+        create,
+        default_resize,
+        families,
+        get_spec,
+        list_models,
+        resnet18,
+        resnet34,
+        resnet50,
+        resnet101,
+        resnet152,
+        resnext50_32x4d,
+        resnext101_32x8d,
+        resnext101_64x4d,
+        vit_b_16,
+        vit_b_32,
+        vit_h_14,
+        vit_l_16,
+        vit_l_32,
+        wide_resnet50_2,
+        wide_resnet101_2,
+    )
+    from jaxtl.models.resnet import ResNet
+    from jaxtl.models.vit import VisionTransformer, interpolate_embeddings
+else:
+    from jaxtl._lazy import exports
+
+    __getattr__, __dir__ = exports(
+        __name__,
+        {
+            "jaxtl.models.autoencoder": ("Autoencoder", "ConvNet", "classifier_from_autoencoder"),
+            "jaxtl.models.batchnorm": ("BatchNorm",),
+            "jaxtl.models.card": ("ModelCard", "ModelCardError", "Preprocessing"),
+            "jaxtl.models.convnext": ("ConvNeXt",),
+            "jaxtl.models.heads": (
+                "HEAD",
+                "get_head",
+                "head_classes",
+                "head_name",
+                "head_path",
+                "init_head",
+                "new_head",
+                "replace_head",
+                "set_head",
+                "strip_head",
+            ),
+            "jaxtl.models.protocol": ("Classifier",),
+            "jaxtl.models.registry": (
+                "ArchSpec",
+                "at_image_size",
+                "channel_stats",
+                "convnext_base",
+                "convnext_large",
+                "convnext_small",
+                "convnext_tiny",
+                "create",
+                "default_resize",
+                "families",
+                "get_spec",
+                "list_models",
+                "resnet18",
+                "resnet34",
+                "resnet50",
+                "resnet101",
+                "resnet152",
+                "resnext50_32x4d",
+                "resnext101_32x8d",
+                "resnext101_64x4d",
+                "vit_b_16",
+                "vit_b_32",
+                "vit_h_14",
+                "vit_l_16",
+                "vit_l_32",
+                "wide_resnet50_2",
+                "wide_resnet101_2",
+            ),
+            "jaxtl.models.resnet": ("ResNet",),
+            "jaxtl.models.vit": ("VisionTransformer", "interpolate_embeddings"),
+        },
+    )
 
 __all__ = [
     "HEAD",

@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.augment import random_crop_flip
 from jaxtl.data.batching import run_length
+from jaxtl.data.pipeline import ImageSource
 from jaxtl.data.source import Source
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
@@ -33,6 +35,7 @@ from jaxtl.recipes.data import open_data, resolve_augment, split_for_training, w
 from jaxtl.recipes.evaluation import evaluate_classifier
 from jaxtl.recipes.model import ModelLike, as_model, classifier_for, variables_digest
 from jaxtl.train.config import Checkpoints, fit_batch
+from jaxtl.train.evaluation import prepare_evaluation
 from jaxtl.train.fit import OnStep, fit
 from jaxtl.train.groups import ParamGroups
 from jaxtl.train.losses import CrossEntropy, imbalance_warning
@@ -41,12 +44,14 @@ from jaxtl.train.parallel import Parallel
 from jaxtl.train.probe import extract_features, fit_linear_probe
 from jaxtl.train.result import RunResult
 from jaxtl.train.run_log import METRICS, TENSORBOARD, RunLog, kept_records
+from jaxtl.train.timings import phase
 
 __all__ = ["finetune"]
 
 WRITES = ("checkpoints", METRICS, TENSORBOARD, "classifier", "classifier_ema", "features.npy")
 SAMPLE_IMAGES = 8  # training inputs shown in TensorBoard
 FEATURES_IN_MEMORY = 1 << 30  # cached features beyond 1 GiB go to a memory-mapped .npy file
+EVAL_BATCH = 256  # evaluate_classifier's default batch
 
 
 def crop_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
@@ -73,27 +78,45 @@ class _Plan:
     loss: CrossEntropy
 
 
-def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source) -> tuple[_Plan, dict[str, Any]]:
+def _start_workers(config: FinetuneConfig, train: Source, batch: int, par: Parallel) -> None:
+    """Start the training data's workers and first batches now, for the pass the run takes first (the feature pass,
+    or the first epoch), so they get going while the head is built and the step compiles."""
+    if not isinstance(train, ImageSource):
+        return
+    where = {"process_index": par.process_index, "process_count": par.process_count}
+    if config.cached_features:
+        batch = -(-batch // par.num_devices) * par.num_devices  # as extract_features pads it
+        train.prepare(batch, shuffle=False, drop_remainder=False, train=False, **where)
+    else:
+        train.prepare(batch, seed=config.loop.seed, epoch=0, train=True, **where)
+
+
+def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source, fresh: bool) -> tuple[_Plan, dict[str, Any]]:
+    """``fresh``: the run starts at step 0 (no checkpoint to resume), so its data workers may start right away."""
     module, variables, card = as_model(model)
     if isinstance(data, str) and card is None:
         raise ConfigError("a data spec needs the model card to prepare images: pass (module, variables, card)", "model")
-    if card is not None:
-        source = open_data(data, card, config.input)
-    else:
-        assert not isinstance(data, str)
-        source = data
-    _, on_device = resolve_augment(config.input.augment, source)
-    train, test, heldout = split_for_training(source, config.split, config.loop.seed)
-    clf, clf_vars, _ = classifier_for(
-        module, variables, card, tuple(source.class_names or ()), source.num_classes, config.loop.seed
-    )
+    with phase("data: list and split"):
+        if card is not None:
+            source = open_data(data, card, config.input)
+        else:
+            assert not isinstance(data, str)
+            source = data
+        _, on_device = resolve_augment(config.input.augment, source)
+        train, test, heldout = split_for_training(source, config.split, config.loop.seed)
+    par = Parallel(config.loop.parallel)
+    batch = fit_batch(config.loop.batch_size, len(train), par.num_devices)
+    _, total = run_length(len(train), batch, config.loop.epochs, config.loop.steps)
+    config.loop.check_length(total)  # before the run opens: a refused length must not leave a recorded run
+    if fresh:
+        _start_workers(config, train, batch, par)
+    with phase("model: new head"):
+        clf, clf_vars, _ = classifier_for(
+            module, variables, card, tuple(source.class_names or ()), source.num_classes, config.loop.seed
+        )
     dtype = config.dtype or (card.dtype if card is not None else None)
     if dtype == "bfloat16":
         clf = clf.clone(dtype=jnp.bfloat16)
-    devices = Parallel(config.loop.parallel).num_devices
-    batch = fit_batch(config.loop.batch_size, len(train), devices)
-    _, total = run_length(len(train), batch, config.loop.epochs, config.loop.steps)
-    config.loop.check_length(total)  # before the run opens: a refused length must not leave a recorded run
     labels = np.asarray(train.labels)
     loss = config.regularization.loss(labels, train.num_classes)
     if config.regularization.class_weights is None:
@@ -205,6 +228,21 @@ def _log_cached(p: _Plan, run: Run | None, steps: list[dict[str, Any]], tensorbo
     return log.history
 
 
+class _EvaluationAhead:
+    """A step callback that, once training runs, compiles the held-out evaluation in the background (what
+    :func:`~jaxtl.recipes.evaluation.evaluate_classifier` runs with its default batch), so it is built by the end."""
+
+    def __init__(self, p: _Plan) -> None:
+        self.plan, self.started = p, False
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.started or self.plan.test is None:
+            return
+        self.started = True
+        test = self.plan.test
+        prepare_evaluation(self.plan.module, self.plan.variables, test, max(1, min(EVAL_BATCH, len(test))))
+
+
 def _train_steps(
     p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep], tensorboard: bool
 ) -> RunResult:
@@ -223,7 +261,7 @@ def _train_steps(
         loss=p.loss,
         augment=crop_flip if p.on_device else None,
         eval_data=p.test if c.loop.stopping is not None else None,  # early stopping watches the held-out split
-        callbacks=callbacks,
+        callbacks=(*callbacks, _EvaluationAhead(p)),
         progress=progress,
     )
 
@@ -287,7 +325,9 @@ def finetune(
     """
     if not isinstance(config, FinetuneConfig):
         raise ConfigError(f"config must be a FinetuneConfig, got {type(config).__name__}", "config")
-    plan, identity = _plan(config, model, data)
+    default_compile_cache()  # on unless configured otherwise or turned off (jaxtl.compile_cache)
+    fresh = workdir is None or not (pathlib.Path(workdir) / "checkpoints").exists()
+    plan, identity = _plan(config, model, data, fresh)
     if workdir is not None and plan.card is None:
         raise ConfigError("saving a classifier needs the model card: pass (module, variables, card)", "model")
     run = None
@@ -315,7 +355,8 @@ def finetune(
         else:
             result = _train_steps(plan, run, progress, callbacks, tensorboard)
             variables, history, state, resumed = result.variables, result.history, result.state, result.resumed_from
-        metrics = evaluate_classifier(plan.module, variables, plan.test) if plan.test is not None else {}
+        with phase("eval: held-out split"):
+            metrics = evaluate_classifier(plan.module, variables, plan.test) if plan.test is not None else {}
         card = _classifier_card(plan, metrics)
         ema = None if state is None or state.ema is None else state.ema_variables
         ema_metrics = evaluate_classifier(plan.module, ema, plan.test) if ema and plan.test is not None else {}

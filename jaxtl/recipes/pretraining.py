@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.augment import add_noise, random_mask
 from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
@@ -123,6 +124,7 @@ def pretrain(
     """
     if not isinstance(config, PretrainConfig):
         raise ConfigError(f"config must be a PretrainConfig, got {type(config).__name__}", "config")
+    default_compile_cache()  # on unless configured otherwise or turned off (jaxtl.compile_cache)
     start: dict[str, Any] | None = None
     encoder = None
     if isinstance(init, nn.Module):

@@ -25,7 +25,9 @@ import flax.linen as nn
 import jax
 import optax
 
+from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.batching import run_length
+from jaxtl.data.pipeline import ImageSource
 from jaxtl.data.source import Source, check_labels
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
@@ -42,6 +44,7 @@ from jaxtl.train.run_log import METRICS, TENSORBOARD, RunLog, kept_records
 from jaxtl.train.run_store import RunStore, checkpoint_bytes, sync
 from jaxtl.train.state import TrainState
 from jaxtl.train.step import Augment
+from jaxtl.train.timings import phase
 
 __all__ = ["WRITES", "NonFiniteLossError", "OnStep", "evaluate", "evaluate_variables", "fit"]
 
@@ -242,6 +245,7 @@ def fit(
     ``callbacks``: ``fn(step, metrics)`` for every step in order (after its checkpoint if it has one; the next step
     may already be computing).
     """
+    default_compile_cache()  # on unless configured otherwise or turned off (jaxtl.compile_cache)
     loss = get_loss(loss)
     par = _check_request(module, variables, data, loop, loss, eval_data)
     per_epoch, total = run_length(len(data), loop.batch_size, loop.epochs, loop.steps)
@@ -250,17 +254,18 @@ def fit(
     spec = _optimizer(optimizer)
     tx = spec.factory(updates) if isinstance(spec, Optimizer) else spec
     reduces = loop.stopping is not None and loop.stopping.reduces_lr
-    state = TrainState.create(
-        module,
-        dict(variables),
-        tx,
-        jax.random.PRNGKey(loop.seed),
-        groups,
-        data.normalization,
-        ema=loop.ema,
-        accumulate=loop.accumulate,
-        lr_scale=1.0 if reduces else None,
-    )
+    with phase("state: create"):
+        state = TrainState.create(
+            module,
+            dict(variables),
+            tx,
+            jax.random.PRNGKey(loop.seed),
+            groups,
+            data.normalization,
+            ema=loop.ema,
+            accumulate=loop.accumulate,
+            lr_scale=1.0 if reduces else None,
+        )
     schedule = spec.schedule_fn(updates) if isinstance(spec, Optimizer) else None
     request = Request(data, loop, total, loss, augment, eval_data, tuple(callbacks), progress, schedule)
     need = int(checkpoint_bytes(state) * 1.1) + 2**20  # one more checkpoint plus Orbax's metadata
@@ -295,6 +300,9 @@ def fit(
             final = training.result_state()
             training.log_images(final)
         finally:
+            for source in (data, eval_data):
+                if isinstance(source, ImageSource):
+                    source.close()  # its workers would go on preparing an epoch nobody asked for
             if log is not None:
                 log.close()
             if store is not None:

@@ -4,6 +4,10 @@ early-stopping monitor, checkpoints, the log) and the loop over batches.
 One step stays in flight: the previous step's metrics are read (a host sync) only once the next one is queued, so
 the device never waits for the host between steps. Evaluation and checkpoints happen between steps; a checkpoint
 holds the state, the data position and the early-stopping/plateau trackers, so a resumed run continues exactly.
+
+Start-up: the train step is compiled from the batch's shapes while the first batch is fetched in the background
+(:mod:`jaxtl.train.startup`: the data workers start meanwhile); the eval step compiles when the first evaluation
+needs it, while that evaluation's first batch is fetched.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from jaxtl.train.plateau import Monitor, set_lr_scale
 from jaxtl.train.progress import Progress
 from jaxtl.train.run_log import RunLog
 from jaxtl.train.run_store import RunStore
+from jaxtl.train.startup import Ahead, Program, batch_spec, spec_of
 from jaxtl.train.state import TrainState
 from jaxtl.train.step import Augment, prepare_images, train_step
+from jaxtl.train.timings import mark, phase
 
 __all__ = ["BEST_RANK", "NonFiniteLossError", "OnStep", "Outputs", "Request", "TrainingLoop"]
 
@@ -99,7 +105,7 @@ class TrainingLoop:
         self.per_epoch = run_length(len(r.data), r.loop.batch_size, r.loop.epochs, r.loop.steps)[0]
         self.eval_every = r.loop.eval_every or self.per_epoch
         self.ckpt_every = outputs.every or self.per_epoch
-        self.step_fn = par.map(functools.partial(train_step, loss=r.loss, augment=r.augment))
+        self.step_fn = Program(par.map(functools.partial(train_step, loss=r.loss, augment=r.augment)), "train step")
         self.eval_fn = eval_function(state.module, r.loss, state.normalization, par)
         self.template = state  # host arrays: what a checkpoint is restored into
         self.state = par.put_state(state)
@@ -110,12 +116,16 @@ class TrainingLoop:
         self.bar = Progress(r.total, initial=step, desc="fit", enabled=r.progress and self.main)
         self.clock = time.perf_counter()
         self.pending: tuple[int, int, int, Any] | None = None
+        self.first_step = step + 1  # the step whose metrics mark the end of start-up
+        self.first_batch_at: float | None = None
 
     # -- one step's bookkeeping --
 
     def finish(self, done: int, epoch: int, b: int, metrics: Any, callback: bool = True) -> dict[str, float]:
         """Step ``done`` is over: fetch its metrics, check the loss, log, show progress, run the callbacks."""
         m = self.par.get_metrics(metrics)
+        if done == self.first_step and self.first_batch_at is not None:
+            mark("train: first step", self.first_batch_at)
         if not math.isfinite(m["loss"]):
             raise NonFiniteLossError(done, m["loss"], self.last_ckpt)
         now = time.perf_counter()
@@ -229,13 +239,35 @@ class TrainingLoop:
 
     # -- the run --
 
+    def start(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """The first epoch's batches, the first one fetched in the background while the train step compiles from
+        the batch's shapes (known ahead for a streaming source; else the first batch's)."""
+        ahead = Ahead(batches, "data: first batch")
+        try:
+            spec = batch_spec(self.r.data, self.r.loop.batch_size, self.par, train=True)
+            self.step_fn.compile(self.state, spec if spec is not None else spec_of(ahead.first()))
+            ahead.first()
+        except BaseException:
+            ahead.close()
+            raise
+        self.first_batch_at = time.perf_counter()
+        return iter(ahead)
+
     def train(self) -> None:
+        with phase("train: steps"):
+            self._train()
+
+    def _train(self) -> None:
         run = self.out.run
         signal = (lambda: run.stop_signal) if run is not None else (lambda: None)
+        started = False
         while self.step < self.r.total and signal() is None and not self.stopped_early:
             epoch, start = divmod(self.step, self.per_epoch)
             end = min(self.per_epoch, start + self.r.total - self.step)
-            for b, batch in zip(range(start, end), self.epoch_batches(epoch, start)):
+            batches = self.epoch_batches(epoch, start)
+            if not started:
+                batches, started = self.start(batches), True
+            for b, batch in zip(range(start, end), batches):
                 self.state, metrics = self.step_fn(self.state, batch)
                 self.step += 1
                 self.after_step(epoch, b, metrics, signal() is not None)
