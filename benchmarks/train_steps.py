@@ -267,13 +267,9 @@ def run_case(
 
     arch = arch or args.arch
     shrink = shrink_for(arch, args.smoke)
-    record: dict[str, Any] = {
-        "arch": "convnet_ae" if mode == "autoencoder" else arch,
-        "mode": mode,
-        "image_size": size,
-        "batch_size": batch,
-        "dtype": args.dtype,
-    }
+    name = "convnet_ae" if mode == "autoencoder" else arch
+    record: dict[str, Any] = {"arch": name, "mode": mode, "image_size": size, "batch_size": batch, "dtype": args.dtype}
+    model: dict[str, Any] = {"arch": arch, "num_classes": args.num_classes, "shrink": shrink}  # both sides' model
     sides: dict[str, Callable[[], Any]] = {}
     compile_s: dict[str, float] = {}
     if mode == "probe":
@@ -283,42 +279,21 @@ def run_case(
         labels = rng.integers(0, args.num_classes, n).astype(np.int32)
         record.update(examples=n, epochs=args.probe_epochs, steps=args.probe_epochs * (n // batch))
         j = jaxtl_probe_fn(
-            arch=arch,
-            images=images,
-            labels=labels,
-            batch=batch,
-            epochs=args.probe_epochs,
-            num_classes=args.num_classes,
-            dtype=args.dtype,
+            **model, images=images, labels=labels, batch=batch, epochs=args.probe_epochs, dtype=args.dtype,
             devices=args.devices,
-            shrink=shrink,
-        )
+        )  # fmt: skip
         compile_s["jaxtl"] = common.time_once(j)  # includes compiling the feature pass and the head step
         sides["jaxtl"] = j
         if not args.no_torch:
             t = torch_ref.linear_probe_fn(
-                arch=arch,
-                images=images,
-                labels=labels,
-                batch=batch,
-                epochs=args.probe_epochs,
-                num_classes=args.num_classes,
-                dev=dev,
-                shrink=shrink,
+                **model, images=images, labels=labels, batch=batch, epochs=args.probe_epochs, dev=dev
             )
             compile_s["torch"] = common.time_once(t)
             sides["torch"] = t
         per = "run"
     else:
         j, compile_s["jaxtl"] = jaxtl_step_fn(
-            mode,
-            arch=arch,
-            batch=batch,
-            size=size,
-            num_classes=args.num_classes,
-            dtype=args.dtype,
-            devices=args.devices,
-            shrink=shrink,
+            mode, **model, batch=batch, size=size, dtype=args.dtype, devices=args.devices
         )
         sides["jaxtl"] = j
         if not args.no_torch:
@@ -327,16 +302,7 @@ def run_case(
                     batch=batch, size=size, widths=AE_WIDTHS, decoder_widths=AE_DECODER, dtype=args.dtype, dev=dev
                 )
             else:
-                t = torch_ref.train_step_fn(
-                    mode,
-                    arch=arch,
-                    batch=batch,
-                    size=size,
-                    num_classes=args.num_classes,
-                    dtype=args.dtype,
-                    dev=dev,
-                    shrink=shrink,
-                )
+                t = torch_ref.train_step_fn(mode, **model, batch=batch, size=size, dtype=args.dtype, dev=dev)
             compile_s["torch"] = common.time_once(t)  # torch's first step: allocator and kernel selection
             sides["torch"] = t
         per = "step"
