@@ -207,6 +207,11 @@ def add_finetune(p: argparse.ArgumentParser, data_help: str) -> None:
         "features computed once (the fastest; no --augment) (default backbone)",
     )
     p.add_argument("--backbone-lr-scale", type=float, default=1.0, help="--freeze none: backbone lr = lr * this")
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        help="--freeze none: layer-wise lr decay, each layer at this times the rate of the one above (e.g. 0.75)",
+    )
     p.add_argument("--labels-per-class", type=int, help="train on only N labeled examples per class")
     p.add_argument(
         "--test-fraction",
@@ -359,6 +364,7 @@ def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
         input=_input(a, a.augment),
         split=Split(test_fraction=a.test_fraction, labels_per_class=a.labels_per_class),
         backbone_lr_scale=a.backbone_lr_scale,
+        layer_decay=a.layer_decay,
         dtype=a.dtype,
         feature_cache=False if a.no_feature_cache else None,
         regularization=Regularization(

@@ -244,3 +244,36 @@ def test_the_head_rule_made_the_new_head(family) -> None:
     got = get_head(clf_vars, clf)
     for k in ("kernel", "bias"):
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+
+
+OTHER_SIZE = {"vit_b_32": 96, "convnext_tiny": 48}  # another input size than the weights were built for
+
+
+def test_layer_decay_at_another_input_size(family, tmp_path) -> None:
+    # A full fine-tune with layer-wise lr decay at another size than the model was built for: a ViT is rebuilt for
+    # it (position embedding interpolated), a ConvNeXt takes it as it is; the saved card says the new size.
+    arch, other = family["arch"], OTHER_SIZE[family["arch"]]
+    flags = ["--data", family["data"], "--image-size", other, "--workers", 0, "--optimizer", "sgd", "--lr", LR]
+    flags += ["--momentum", 0, "--steps", STEPS, "--batch-size", BATCH, "--test-fraction", TEST, "--parallel", "none"]
+    out = tmp_path / "ld"
+    text = _cli(
+        "finetune",
+        "--torch-weights",
+        family["weights"],
+        "--freeze",
+        "none",
+        "--layer-decay",
+        0.75,
+        "--workdir",
+        out,
+        "--no-progress",
+        "--no-tensorboard",
+        *flags,
+    )
+    assert "fine-tuned" in text, text
+    module, variables, card = load_variables(out / "classifier")
+    assert card.arch == arch and card.preprocessing.crop_size == other
+    x = np.zeros((1, other, other, 3), np.float32)
+    assert jax.eval_shape(module.apply, variables, x).shape == (1, CLASSES)
+    identity = json.loads((out / "run.json").read_text())["identity"]
+    assert identity["layer_decay"] == 0.75

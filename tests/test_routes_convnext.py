@@ -8,6 +8,7 @@ from families_routes import (  # noqa: F401  (the tests and fixtures this file r
     test_convert_infers_the_architecture_and_inspect_reads_file_and_folder,
     test_frozen_routes_leave_every_backbone_parameter_bit_identical,
     test_full_fine_tuning_trains_the_backbone,
+    test_layer_decay_at_another_input_size,
     test_the_head_rule_made_the_new_head,
     test_the_routes_agree,
     test_the_saved_classifier_reloads_at_its_cards_size_and_evaluates,

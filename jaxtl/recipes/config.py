@@ -54,6 +54,7 @@ WORDS = {
     "split.test_fraction": "the held-out fraction",
     "split.labels_per_class": "the labels per class",
     "backbone_lr_scale": "the backbone's learning-rate scale",
+    "layer_decay": "the layer-wise learning-rate decay",
     "dtype": "the compute dtype",
     "feature_cache": "the feature cache",
     "label_smoothing": "the label smoothing",
@@ -132,7 +133,10 @@ class FinetuneConfig:
     ``mode``: ``"frozen"`` trains a new head with the backbone frozen (eval-mode BatchNorm, no backward through it;
     without augmentation its features are computed once, ``feature_cache=False`` runs the backbone every step);
     ``"linear_probe"`` is that head trained on features computed once (it cannot augment); ``"full"`` trains
-    everything, the backbone at ``lr * backbone_lr_scale``. ``dtype``: ``"float32"`` or ``"bfloat16"`` compute
+    everything, the backbone at ``lr * backbone_lr_scale``, or with ``layer_decay=d`` each layer at ``d`` times the
+    rate of the one above it (layer-wise learning-rate decay, the head at ``lr``). A full fine-tune takes weight decay
+    off norms, biases and embeddings where the family's recipe does (ViT, ConvNeXt; a ResNet decays every
+    parameter, as torchvision's recipe). ``dtype``: ``"float32"`` or ``"bfloat16"`` compute
     (default: the model card's). ``regularization`` (:class:`Regularization`): label smoothing, class weights,
     mixup/cutmix. ``loop`` also holds gradient accumulation, the weight EMA (its classifier is saved beside the
     model's, as ``classifier_ema``) and early stopping / reduce-on-plateau (on the held-out split's metric, so
@@ -149,12 +153,21 @@ class FinetuneConfig:
     input: Input = dataclasses.field(default_factory=Input)
     split: Split = dataclasses.field(default_factory=Split)
     backbone_lr_scale: float = 1.0
+    layer_decay: float | None = None
     dtype: str | None = None
     feature_cache: bool | None = None
     regularization: Regularization = dataclasses.field(default_factory=Regularization)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
+        if self.layer_decay is not None:
+            check_number(self.layer_decay, "layer_decay", low=0, low_open=True)
+            if self.layer_decay > 1 or self.mode != "full" or self.backbone_lr_scale != 1.0:
+                raise ConfigError(
+                    f"layer_decay={self.layer_decay} needs 0 < layer_decay <= 1, mode='full' and no "
+                    "backbone_lr_scale (it sets every layer's rate itself)",
+                    "layer_decay",
+                )
         _check_types(self, optimizer=Optimizer, loop=Loop, input=Input, split=Split, regularization=Regularization)
         if self.loop.epochs is None and self.loop.steps is None:
             raise ConfigError("give the run's length: loop=Loop(epochs=N) or Loop(steps=N)", "epochs")
@@ -234,6 +247,7 @@ class FinetuneConfig:
             "dtype": self.dtype,
             "feature_cache": self.cached_features,
             **self.regularization.identity(),
+            **({"layer_decay": self.layer_decay} if self.layer_decay is not None else {}),
         }
 
 

@@ -29,7 +29,7 @@ from jaxtl.data.source import Source
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
 from jaxtl.models.card import ModelCard
-from jaxtl.models.heads import head_name
+from jaxtl.models.registry import at_image_size
 from jaxtl.recipes.config import WORDS, FinetuneConfig
 from jaxtl.recipes.data import open_data, resolve_augment, split_for_training, write_heldout
 from jaxtl.recipes.evaluation import evaluate_classifier
@@ -103,6 +103,8 @@ def _plan(config: FinetuneConfig, model: ModelLike, data: str | Source, fresh: b
             assert not isinstance(data, str)
             source = data
         _, on_device = resolve_augment(config.input.augment, source)
+        # A transformer is built for one input size: rebuilt for the data's, its position embedding interpolated.
+        module, variables = at_image_size(module, variables, source.image_shape[0])
         train, test, heldout = split_for_training(source, config.split, config.loop.seed)
     par = Parallel(config.loop.parallel)
     batch = fit_batch(config.loop.batch_size, len(train), par.num_devices)
@@ -177,7 +179,6 @@ def _train_cached(
             "trained on them (feature_cache=False to run the backbone every step)",
             file=sys.stderr,
         )
-    head = head_name(p.module)
     train = p.train if run is None else _Watched(p.train, run)  # SIGINT/SIGTERM stop between batches
     with _feature_file(p.module, len(p.train), run) as out_path:
         feats = extract_features(
@@ -195,7 +196,7 @@ def _train_cached(
             p.train.num_classes,
             c.optimizer.build(p.total),
             variables=p.variables,
-            classifier=head,
+            classifier=p.module,
             steps=p.total,
             batch_size=p.batch_size,
             seed=c.loop.seed,
@@ -243,12 +244,20 @@ class _EvaluationAhead:
         prepare_evaluation(self.plan.module, self.plan.variables, test, max(1, min(EVAL_BATCH, len(test))))
 
 
+def _groups(c: FinetuneConfig, module: nn.Module) -> ParamGroups:
+    """What trains, by the config and the family's own rules (its head path, its no-decay parameters)."""
+    if c.mode == "frozen":
+        return ParamGroups.head_only(module)
+    if c.layer_decay is not None:
+        return ParamGroups.layer_decay(module, c.layer_decay, no_decay=not module.decay_norms)
+    return ParamGroups.finetune(module, c.backbone_lr_scale, no_decay=not module.decay_norms)
+
+
 def _train_steps(
     p: _Plan, run: Run | None, progress: bool, callbacks: Sequence[OnStep], tensorboard: bool
 ) -> RunResult:
     c = p.config
-    head = head_name(p.module)
-    groups = ParamGroups.head_only(head) if c.mode == "frozen" else ParamGroups.finetune(head, c.backbone_lr_scale)
+    groups = _groups(c, p.module)
     loop = dataclasses.replace(c.loop, batch_size=p.batch_size, epochs=None, steps=p.total)
     return fit(
         p.module,
