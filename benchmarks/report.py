@@ -106,7 +106,7 @@ def _train_steps(p: dict[str, Any]) -> str:
     has_mfu = any("mfu" in r["jaxtl"] for r in p["results"])
     for r in p["results"]:
         t = r.get("torch") or {}
-        model = "convnet autoencoder" if r["mode"] == "autoencoder" else arch
+        model = "convnet autoencoder" if r["mode"] == "autoencoder" else r.get("arch", arch)
         row = [
             model,
             r["mode"],

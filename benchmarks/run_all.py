@@ -23,7 +23,7 @@ PLAN: list[tuple[str, list[str]]] = [
     ("data_pipeline", ["--workers", "0", "1", "--rss"]),
 ]
 QUICK: dict[str, list[str]] = {
-    "train_steps": ["--image-size", "64", "--repeats", "3"],
+    "train_steps": ["--image-size", "64", "--extra-size", "64", "--repeats", "3"],
     "end_to_end": ["--examples", "128", "--epochs", "3"],
     "folder_finetune": ["--images", "200", "--epochs", "1", "--repeats", "1"],
     "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
