@@ -140,6 +140,14 @@ def run_worker(
     return result
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (0 where the OS does not say): printed beside timings on shared machines."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
 def process_start() -> float:
     """When this process started, on ``time.perf_counter()``'s clock (Linux: from ``/proc``; elsewhere: now), so a
     start-up profile can count the interpreter's own start and the imports."""

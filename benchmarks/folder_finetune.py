@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for mode in args.modes:
                 for side in sides if rnd % 2 == 0 else sides[::-1]:
                     rec = _run_side(args, side, mode, folder, weights, pathlib.Path(caches))
-                    load.append(os.getloadavg()[0])
+                    load.append(common.load_average())
                     print(
                         f"round {rnd + 1}/{args.repeats} {mode:6s} {side:10s} {rec['wall_s']:.1f}s "
                         f"(load {load[-1]:.1f})",

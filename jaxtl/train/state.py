@@ -25,6 +25,15 @@ from jaxtl.train.groups import (
 from jaxtl.train.optim import accumulate_gradients, trainable_labels
 
 
+def _init_optimizer(tx: optax.GradientTransformation, params: Any) -> optax.OptState:
+    """``tx.init(params)`` as one compiled program (the same values as op by op, which dispatches and compiles a
+    program per leaf shape: 0.6 s for a ResNet18 on a CPU, 0.2 s this way); op by op if it cannot be traced."""
+    try:
+        return jax.jit(tx.init)(params)
+    except Exception:  # an init that needs concrete values: its own error, if any, comes from the plain call
+        return tx.init(params)
+
+
 class TrainState(struct.PyTreeNode):
     """params, batch_stats, opt_state, step and rng; the module, optimizer and parameter groups are static.
 
@@ -137,7 +146,7 @@ class TrainState(struct.PyTreeNode):
         return cls(
             params=params,
             batch_stats=batch_stats,
-            opt_state=full_tx.init(params),
+            opt_state=_init_optimizer(full_tx, params),
             step=jnp.zeros((), jnp.int32),
             rng=jnp.asarray(rng, jnp.uint32),
             module=module,
