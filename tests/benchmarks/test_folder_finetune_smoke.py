@@ -1,6 +1,7 @@
 """benchmarks/folder_finetune.py --smoke: jaxtl's library route and the PyTorch loop each fine-tune resnet18 from
 the same generated folder, in both modes, in processes of their own, and the JSON holds what the README table reads
-(wall time, images/s, the ratio) with the same work on both sides (same split, same optimizer steps)."""
+(wall time, images/s, the ratio, jaxtl's start-up profile) with the same work on both sides (same split, same
+optimizer steps)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def test_folder_finetune_smoke(tmp_path: pathlib.Path, monkeypatch: pytest.Monke
         assert (j["steps"], j["train_images"], j["test_images"]) == (4, 32, 10)
         assert (t["steps"], t["train_images"], t["test_images"]) == (4, 32, 10)
         assert math.isfinite(row["ratio"]) and row["ratio"] == pytest.approx(j["wall_s"] / t["wall_s"])
+        # jaxtl's start-up profile: medians per phase, from process start to exit, in start order.
+        phases = {p["phase"]: p for p in j["profile"]}
+        for name in ("python start, imports, jax backend", "weights: read + convert", "compile: train step"):
+            assert name in phases, sorted(phases)
+        assert "data: first batch" in phases and "eval: pass" in phases and folder_finetune.EXIT in phases
+        starts = [p["start_s"] for p in j["profile"]]
+        assert starts == sorted(starts) and phases[folder_finetune.EXIT]["end_s"] == pytest.approx(j["wall_s"])
+        assert j["jax"]["programs"] >= 2
     assert saved["settings"]["image_size"] == 32
     assert (tmp_path / "data" / "resnet18-random.pth").is_file()  # --data-dir keeps the folder and the weights
     block = report.render(report.load_results(out.parent))
