@@ -229,6 +229,17 @@ def check(
         report.dropped = [k for k in head_keys if k in sd] if source_classes > 0 else []
         report.fc_reinitialized = target > 0
     pairs = compare(sd, entries, report, strict, arch)
+    present = [k for k in head_keys if k in sd]
+    if present and (source_classes == 0 or len(present) == 1):
+        # Half a head, or one that is not a matrix: a damaged checkpoint, never a backbone (strict or not).
+        shapes = ", ".join(f"{k} {list(getattr(sd[k], 'shape', ()))}" for k in present)
+        report.mismatched.append(
+            f"the head {prefix.rstrip('.')!r} is incomplete or malformed ({shapes}): a backbone has neither "
+            f"{head_keys[0]!r} nor {head_keys[1]!r}, a classifier both ([classes, features] and [classes])"
+        )
+        report.dropped = [k for k in report.dropped if k not in present]
+        report.ignored = [k for k in report.ignored if k not in present]
+        report.unexpected = [k for k in report.unexpected if k not in present]
     if report.problems:
         try:
             looks = infer(sd)[0]

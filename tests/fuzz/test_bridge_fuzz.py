@@ -154,13 +154,26 @@ def test_malformed_state_dicts(valid, expected_shapes, data):
     wrap = data.draw(st.sampled_from(WRAPS), label="wrap")
     source = _wrapped(sd, wrap)
     strict = data.draw(st.booleans(), label="strict")
-    # Found by this test (fc.weight dropped): without a 2-d fc.weight there is no head to infer, and strict=False
-    # ignores the other fc keys as unexpected.
-    fc = sd.get("fc.weight")
-    headless_ok = not strict and not (isinstance(fc, np.ndarray) and fc.ndim == 2)
+    # Found by this test (fc.weight dropped): half a head is refused, strict or not; a checkpoint with no head
+    # keys at all is a backbone, and strict=False loads it so.
+    headless_ok = not strict and "fc.weight" not in sd and "fc.bias" not in sd
     loaded = _assert_loads_or_bridge_error(source, expected_shapes, headless_ok, arch=ARCH, strict=strict)
     if untouched:
         assert loaded, "the valid state dict must load"
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("broken", ["fc.weight", "fc.bias", "1-d fc.weight"])
+def test_half_a_head_is_refused_strict_or_not(valid, expected_shapes, broken, strict):
+    """Found by test_malformed_state_dicts: with fc.weight dropped and strict=False the checkpoint loaded as a
+    backbone, fc.bias ignored. Half a head, or a head weight that is not a matrix, is a damaged checkpoint."""
+    sd = dict(valid)
+    if broken == "1-d fc.weight":
+        sd["fc.weight"] = sd["fc.weight"][0]
+    else:
+        del sd[broken]
+    with pytest.raises(BridgeError, match="the head 'fc' is incomplete or malformed"):
+        from_torchvision(sd, arch=ARCH, strict=strict)
 
 
 def test_prefixed_state_dict_with_a_non_tensor_value(valid, expected_shapes):
