@@ -14,6 +14,7 @@ by the features that need them). CPU tuning (:func:`tune_cpu`) is an explicit ca
 
 from typing import TYPE_CHECKING
 
+import jaxtl.data.workers  # noqa: F401  (cheap; a data worker importing a script's `import jaxtl` starts lighter)
 from jaxtl._version import __version__
 
 if TYPE_CHECKING:

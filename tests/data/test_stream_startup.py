@@ -1,6 +1,7 @@
 """A stream's start-up: prepare() starts a pass ahead and the pass then gives the very same batches; a short
 evaluation pass decodes in this process (no worker to start) with the same batches as the workers give; the batch
-layout a source announces is the one its batches have; a data worker imports no jax, flax or optax of ours."""
+layout a source announces is the one its batches have; a data worker imports no jax, flax or optax of ours, and a
+worker of a script that imports jaxtl loads grain without jax and Orbax, silently, with the same batches."""
 
 from __future__ import annotations
 
@@ -82,3 +83,51 @@ def test_what_a_data_worker_unpickles_imports_no_jax_flax_optax():
     out = subprocess.run([sys.executable, "-c", WORKER_IMPORTS], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+WORKER_SCRIPT = """
+import json, os, sys
+import jaxtl
+from jaxtl.data import open_source
+
+
+class Probe:  # the reader, recording what the worker process has imported when it reads the first image
+    def __init__(self, inner, out):
+        self.inner, self.out = inner, out
+
+    def __len__(self):
+        return len(self.inner)
+
+    def name(self, i):
+        return self.inner.name(i)
+
+    def read(self, i):
+        if os.getpid() != int(os.environ["MAIN_PID"]) and not os.path.exists(self.out):
+            with open(self.out, "w") as f:
+                json.dump(sorted(m for m in ("jax", "jaxlib", "orbax", "flax") if m in sys.modules), f)
+        return self.inner.read(i)
+
+
+if __name__ == "__main__":
+    os.environ["MAIN_PID"] = str(os.getpid())
+    src = open_source("folder:" + sys.argv[1], image_size=12, augment="rrc", workers=1)
+    src.reader = Probe(src.reader, sys.argv[2])
+    batches = list(src.batches(8, seed=1))
+    src.close()
+    here = open_source("folder:" + sys.argv[1], image_size=12, augment="rrc", workers=0)
+    same = all((a[k] == b[k]).all() for a, b in zip(batches, here.batches(8, seed=1)) for k in a)
+    print(json.dumps({"same": same, "n": len(batches)}))
+"""
+
+
+def test_a_worker_of_a_script_importing_jaxtl_loads_grain_without_jax(photos, tmp_path):
+    out = tmp_path / "imported.json"
+    script = tmp_path / "script.py"
+    script.write_text(WORKER_SCRIPT)
+    r = subprocess.run(
+        [sys.executable, str(script), str(photos), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == '{"same": true, "n": 2}'
+    assert out.read_text() == "[]"  # no jax, jaxlib, orbax or flax in the worker
+    assert "jax" not in r.stderr.lower(), r.stderr  # nothing said about it (grain's missing-profiler warning)
