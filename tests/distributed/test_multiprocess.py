@@ -81,7 +81,7 @@ def test_cli_finetune_two_processes_match_one(tmp_path):
     import jax
 
     import jaxtl
-    from jaxtl.train.checkpoint import load_variables, save_variables
+    from jaxtl.train.model_files import load_variables, save_variables
 
     encoder = jaxtl.create("convnet_small", num_classes=0)
     variables = jax.device_get(encoder.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)), train=False))
