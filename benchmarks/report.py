@@ -151,6 +151,7 @@ def _folder_finetune(p: dict[str, Any]) -> str:
         "own rate (start-up excluded):\n\n"
     )
     has_cli = any("jaxtl CLI" in r for r in p["results"])
+    has_warm = any("jaxtl warm" in r for r in p["results"])
     rows = []
     for r in p["results"]:
         j, t = r["jaxtl"], r.get("torch") or {}
@@ -163,14 +164,59 @@ def _folder_finetune(p: dict[str, Any]) -> str:
             _f(t.get("images_per_s")),
             f"{_f(j.get('step_images_per_s'))} / {_f(t.get('step_images_per_s'))}",
         ]
+        if has_warm:
+            w = r.get("jaxtl warm") or {}
+            row += [_f(w.get("wall_s")), _ratio(r.get("warm_ratio"))]
         if has_cli:
             c = r.get("jaxtl CLI") or {}
             row += [_f(c.get("wall_s")), _ratio(r.get("cli_ratio"))]
         rows.append(row)
     headers = ["mode", "jaxtl s", "torch s", "jaxtl/torch", "jaxtl img/s", "torch img/s", "steps img/s, jaxtl / torch"]
+    if has_warm:
+        headers += ["jaxtl re-run s (caches warm)", "re-run/torch"]
     if has_cli:
         headers += ["`jaxtl finetune` s", "CLI/torch"]
-    return head + _table(headers, rows)
+    load = s.get("load_average_1min")
+    tail = f"\n\nLoad average (1 min) after each run: median {_f(load['median'], 2)}." if load else ""
+    return head + _table(headers, rows) + tail + _startup_profiles(p["results"])
+
+
+def _startup_profiles(results: list[dict[str, Any]]) -> str:
+    """jaxtl's start-up profile per mode (first run and re-run side by side), when the results hold one: each
+    phase's median start and length in seconds from the process start; phases in threads overlap others."""
+    out = []
+    for r in results:
+        sides = [(name, r[name]) for name in ("jaxtl", "jaxtl warm") if "profile" in r.get(name, {})]
+        if not sides:
+            continue
+        start: dict[str, float] = {}
+        for _, side in sides:
+            for ph in side["profile"]:
+                start[ph["phase"]] = min(start.get(ph["phase"], ph["start_s"]), ph["start_s"])
+        names = sorted(start, key=lambda n: start[n])
+        table = []
+        for name in names:
+            row = [name]
+            for _, side in sides:
+                ph = next((x for x in side["profile"] if x["phase"] == name), None)
+                row.append("-" if ph is None else f"{_f(ph['start_s'], 2)} + {_f(ph['s'], 2)}")
+            table.append(row)
+        counts = []
+        for label, side in sides:
+            j = side.get("jax") or {}
+            if j:
+                what = "first run" if label == "jaxtl" else "re-run"
+                counts.append(
+                    f"{what}: {int(j.get('compiled', 0))} programs compiled, {int(j.get('cache_hits', 0))} from "
+                    "the persistent cache"
+                )
+        headers = ["phase (start s + seconds)", *[("first run" if n == "jaxtl" else "re-run") for n, _ in sides]]
+        out.append(
+            f"Start-up profile, {r['mode']} (medians; phases in threads overlap the others):\n\n"
+            + _table(headers, table)
+            + ("\n\n" + "; ".join(counts) + "." if counts else "")
+        )
+    return "".join("\n\n" + o for o in out)
 
 
 def _rss_rows(rss: list[dict[str, Any]]) -> str:
