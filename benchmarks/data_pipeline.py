@@ -10,7 +10,8 @@
    epochs after the first.
 2. Memory (``--rss``): the peak RSS of one streaming epoch (eval transform) over generated folders of each of
    ``--rss-sizes`` images, each in a fresh process: the main process and its largest worker. A streaming pass
-   holds a few batches, not the dataset, so the two sizes should differ by little. ``--rss-finetune`` measures
+   holds a few batches, not the dataset, so the two sizes should differ by little (a pass under 256 examples,
+   ``IN_PROCESS_BELOW``, decodes in the process itself: no worker). ``--rss-finetune`` measures
    whole ``jaxtl finetune`` runs instead (resnet18 from random torchvision weights, ``--freeze backbone``, one
    epoch at ``--image-size``): the issue's 2,000 vs 20,000 image comparison. ``--rss-only`` skips part 1 and
    writes ``data_pipeline_rss.json`` instead, leaving the throughput results as they are.
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import common
+from jaxtl.data.stream import IN_PROCESS_BELOW  # imports no jax (--feed sets the platform first)
 
 Epoch = tuple[float, float, int]  # wall seconds, seconds to the first batch, images
 
@@ -421,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.images, args.image_size, args.batch_size, args.repeats, args.epochs = 48, 32, 8, 1, 2
         args.min_side, args.max_side = 40, 64
-        args.rss_sizes, args.rss_workers = [24, 48], 1
+        args.rss_sizes, args.rss_workers = [24, IN_PROCESS_BELOW + 44], 1  # below and above the in-process rule
         args.workers = args.workers or [0, 1]
     args.workers = args.workers or [default_workers()]
     if args.feed:

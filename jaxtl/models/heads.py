@@ -160,9 +160,10 @@ def strip_head(variables: Mapping[str, Any], head: Head = HEAD) -> dict[str, Any
 
 
 def head_classes(variables: Mapping[str, Any], head: Head = HEAD) -> int:
-    """Output size of the head in ``variables`` (0 when there is none: a backbone)."""
+    """Output size of the head in ``variables`` (0 when there is none: a backbone); variables replicated for
+    ``pmap`` (a leading device axis) count the same."""
     h = get_head(variables, head)
-    return 0 if h is None else int(h["bias"].shape[0])
+    return 0 if h is None else int(h["bias"].shape[-1])
 
 
 def replace_head(

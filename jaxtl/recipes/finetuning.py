@@ -29,6 +29,7 @@ from jaxtl.data.source import Source
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
 from jaxtl.models.card import ModelCard
+from jaxtl.models.protocol import Classifier
 from jaxtl.models.registry import at_image_size
 from jaxtl.recipes.config import WORDS, FinetuneConfig
 from jaxtl.recipes.data import open_data, resolve_augment, split_for_training, write_heldout
@@ -248,9 +249,17 @@ def _groups(c: FinetuneConfig, module: nn.Module) -> ParamGroups:
     """What trains, by the config and the family's own rules (its head path, its no-decay parameters)."""
     if c.mode == "frozen":
         return ParamGroups.head_only(module)
+    family = module if isinstance(module, Classifier) else None  # a module of the user's own: its head at "fc"
+    no_decay = family is not None and not family.decay_norms
     if c.layer_decay is not None:
-        return ParamGroups.layer_decay(module, c.layer_decay, no_decay=not module.decay_norms)
-    return ParamGroups.finetune(module, c.backbone_lr_scale, no_decay=not module.decay_norms)
+        if family is None:
+            raise ConfigError(
+                f"layer_decay needs a jaxtl model (its layers are the family's layer_patterns); "
+                f"{type(module).__name__} does not declare them",
+                "layer_decay",
+            )
+        return ParamGroups.layer_decay(family, c.layer_decay, no_decay=no_decay)
+    return ParamGroups.finetune(module, c.backbone_lr_scale, no_decay=no_decay)
 
 
 def _train_steps(

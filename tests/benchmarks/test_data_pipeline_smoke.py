@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("torchvision")
 
 from benchmarks import data_pipeline
+from jaxtl.data.stream import IN_PROCESS_BELOW
 
 
 def test_data_pipeline_smoke(tmp_path: pathlib.Path) -> None:
@@ -28,10 +29,13 @@ def test_data_pipeline_smoke(tmp_path: pathlib.Path) -> None:
         assert s["images_per_s"] > 0 and s["warm_images_per_s"] > 0 and s["cold_epoch"]["n"] == 1
     assert row["ratio"] == pytest.approx(row["jaxtl"]["images_per_s"] / row["torch"]["images_per_s"])
     sizes = [r["folder_images"] for r in saved["rss"]]
-    assert sizes == [24, 48]
+    assert sizes == [24, IN_PROCESS_BELOW + 44]
+    short, long = saved["rss"]
     for r in saved["rss"]:
         assert r["images"] == r["folder_images"]  # every image of the folder streamed once (eval, masked)
-        assert r["peak_rss_mib"] > 0 and r["worker_peak_rss_mib"] > 0  # one grain worker process was sampled
+        assert r["peak_rss_mib"] > 0
+    assert short["worker_peak_rss_mib"] == 0  # a short evaluation pass decodes in this process: no worker started
+    assert long["worker_peak_rss_mib"] > 0  # one grain worker process was sampled
     assert saved["settings"]["transforms"].startswith("decode + RandomResizedCrop(32)")
     assert (tmp_path / "data" / "throughput-48").is_dir()  # --data-dir keeps the generated folders
     fed = saved["feed"]  # the pipeline feeding a train step, against the step on one batch already on the device

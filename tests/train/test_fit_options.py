@@ -287,3 +287,16 @@ def test_finetune_options_train_what_fit_trains(model, data):
     direct = _fit(model, data, loop=loop, loss=loss, groups=ParamGroups.finetune("fc", 1.0))
     _assert_same(recipe.state, direct.state)
     assert recipe.state.ema is not None and recipe.metrics == {}  # nothing held out
+
+
+def test_layer_decay_on_a_module_of_ones_own_names_the_option(model, data):
+    """A module that is no jaxtl family has no layers to decay by: a one-line config error, not an attribute error."""
+    from jaxtl.errors import ConfigError
+    from jaxtl.recipes import FinetuneConfig, Split, finetune
+
+    config = FinetuneConfig(
+        mode="full", optimizer=SGD, layer_decay=0.7, loop=Loop(steps=1, batch_size=8), split=Split(test_fraction=0)
+    )
+    with pytest.raises(ConfigError, match=r"layer_decay needs a jaxtl model.*Tiny") as err:
+        finetune(config, model, data[0], progress=False)
+    assert err.value.field == "layer_decay"
