@@ -53,3 +53,25 @@ def test_the_pipelines_transforms_take_the_interpolation(image) -> None:
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     with pytest.raises(ValueError, match="interpolation must be one of"):
         ImageTransform(40, 48, interpolation="lanczos")
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_folder_streams_with_the_cards_interpolation(tmp_path, image, interpolation) -> None:
+    """The route every recipe takes (``open_data`` with the model's card): the streamed eval batch holds
+    torchvision's Resize(card's filter) + CenterCrop pixels, and a fine-tuning transform keeps the filter."""
+    from jaxtl.models import ModelCard
+    from jaxtl.recipes.config import Input
+    from jaxtl.recipes.data import open_data
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        image.save(tmp_path / name / "x.png")
+    card = ModelCard("resnet18", 2, Preprocessing(crop_size=40, resize_size=48, interpolation=interpolation))
+    src = open_data(f"folder:{tmp_path}", card, Input(workers=0))
+    assert src.transform.interpolation == interpolation
+    assert src.with_options(augment="rrc", image_size=32).transform.interpolation == interpolation
+    batch = next(iter(src.batches(2, shuffle=False, drop_remainder=False, train=False)))
+    mode = InterpolationMode(interpolation)
+    want = np.asarray(tvf.center_crop(tvf.resize(image, [48], mode, antialias=True), [40]))
+    np.testing.assert_array_equal(batch["images"][0], want)
+    np.testing.assert_array_equal(batch["images"][1], want)

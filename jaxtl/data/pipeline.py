@@ -31,6 +31,7 @@ the background.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from jaxtl.data.constants import channel_stats, default_resize
 from jaxtl.data.loaders import SkippedFilesWarning
 from jaxtl.data.loading import LoadBatch, Plan, Reader
 from jaxtl.data.stream import IN_PROCESS_BELOW, Stream
-from jaxtl.data.transforms import Augment, ImageTransform
+from jaxtl.data.transforms import ImageTransform
 from jaxtl.data.workers import check_worker_count, usable_cores, warn_at_caller
 
 __all__ = ["IN_PROCESS_BELOW", "ImageSource", "default_workers"]
@@ -57,10 +58,10 @@ class ImageSource:
 
     ``reader`` fetches example ``i``'s encoded bytes (:class:`~jaxtl.data.sources.FileReader`,
     :class:`~jaxtl.data.sources.ArrayRecordReader`); ``labels`` int ``[N]``; batches are uint8
-    ``[b, image_size, image_size, channels]`` with ``normalization = (mean, std)`` for the step to apply on device
-    (default ImageNet's, grey: their averages).
-    ``augment`` is the training transform (:class:`~jaxtl.data.transforms.ImageTransform`); eval is
-    Resize(``resize_size``, default :func:`~jaxtl.data.constants.default_resize`) + CenterCrop(``image_size``).
+    ``[b, size, size, channels]`` with ``normalization = (mean, std)`` for the step to apply on device (default
+    ImageNet's, grey: their averages). ``transform`` (:class:`~jaxtl.data.transforms.ImageTransform`) turns one
+    decoded image into ``[size, size, channels]``: its training augmentation, its eval Resize + CenterCrop, the
+    model card's interpolation for both.
     ``workers`` decode in grain worker processes (0: in this process, with ``read_threads`` threads); each
     worker process also reads with ``read_threads`` threads and keeps ``prefetch`` batches ready.
     ``labels=None`` makes an unlabeled source (batches carry no ``"labels"``).
@@ -72,10 +73,8 @@ class ImageSource:
         labels: np.ndarray | None,
         class_names: Sequence[str],
         *,
-        image_size: int,
-        resize_size: int | None = None,
+        transform: ImageTransform,
         channels: int = 3,
-        augment: Augment = "none",
         workers: int = 0,
         read_threads: int = 2,
         prefetch: int = 2,
@@ -106,8 +105,7 @@ class ImageSource:
         self._labels = labels.astype(np.int32)  # zeros when unlabeled: the workers' rows need some label
         self.class_names: Sequence[str] = tuple(class_names)
         self.num_classes: int = len(self.class_names)
-        resize = default_resize(image_size) if resize_size is None else resize_size
-        self.transform = ImageTransform(image_size, resize, augment)
+        self.transform = transform
         self.channels = channels
         self.workers = workers
         self.read_threads = read_threads
@@ -169,22 +167,26 @@ class ImageSource:
             stream.prime()
 
     def with_options(self, **changes: Any) -> ImageSource:
-        """The same examples with other options (``image_size``, ``augment``, ``workers``, ``normalization``, ...;
-        ``mean``/``std`` change one half of the normalization)."""
+        """The same examples with other options: the transform's (``image_size``, ``resize_size``, default
+        :func:`~jaxtl.data.constants.default_resize` of a new ``image_size``; ``augment``, ``interpolation``; or a
+        whole ``transform``), ``workers``, ``normalization``, ... (``mean``/``std`` change one half of it)."""
         t = self.transform
+        sized = {k: changes.pop(k) for k in ("image_size", "resize_size") if k in changes}
+        if "image_size" in sized:
+            size = sized["image_size"]
+            t = dataclasses.replace(t, size=size, resize_size=sized.get("resize_size") or default_resize(size))
+        elif "resize_size" in sized:
+            t = dataclasses.replace(t, resize_size=sized["resize_size"])
+        kept = {k: changes.pop(k) for k in ("augment", "interpolation") if k in changes}
         opts: dict[str, Any] = {
-            "image_size": t.size,
-            "resize_size": t.resize_size,
+            "transform": dataclasses.replace(t, **kept),
             "channels": self.channels,
-            "augment": t.augment,
             "workers": self.workers,
             "read_threads": self.read_threads,
             "prefetch": self.prefetch,
             "normalization": self._normalization,
             "origin": self.origin,
         }
-        if "image_size" in changes and "resize_size" not in changes:
-            opts["resize_size"] = None
         if "mean" in changes or "std" in changes:
             mean, std = changes.pop("mean", self._normalization[0]), changes.pop("std", self._normalization[1])
             changes["normalization"] = (mean, std)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxtl.data.constants import channel_stats
+from jaxtl.data.constants import channel_stats, default_resize
 from jaxtl.data.pipeline import ImageSource, default_workers
-from jaxtl.data.transforms import AUGMENTATIONS
+from jaxtl.data.transforms import AUGMENTATIONS, INTERPOLATIONS, ImageTransform
 from jaxtl.errors import ConfigError, DataError
 
 __all__ = ["DATA_SPECS", "open_source", "suggest_spec"]
@@ -53,6 +53,7 @@ def open_source(
     resize_size: int | None = None,
     channels: int = 3,
     augment: str = "none",
+    interpolation: str = "bilinear",
     workers: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -62,8 +63,9 @@ def open_source(
     """The :class:`~jaxtl.data.source.Source` named by a data spec (see :data:`DATA_SPECS`).
 
     ``folder:DIR``, ``csv:FILE`` and ``arrayrecord:DIR|GLOB`` stream (:class:`ImageSource`: uint8 batches,
-    ``normalization = (mean, std)``, ``augment`` in ``"none" | "flip" | "rrc"``, ``workers`` grain worker
-    processes, default :func:`default_workers`). ``digits`` and ``npz:FILE`` load in memory as an
+    ``normalization = (mean, std)``, ``augment`` in ``"none" | "flip" | "rrc"``, every resize with
+    ``interpolation``: the model card's, bilinear or bicubic; ``workers`` grain worker processes, default
+    :func:`default_workers`). ``digits`` and ``npz:FILE`` load in memory as an
     :class:`~jaxtl.data.dataset.ArrayDataset` normalised with ``(mean, std)`` (``augment`` must be ``"none"``:
     their augmentation is the training loop's array crop/flip). ``mean``/``std`` default to ImageNet's (grey: their
     average). ``class_names`` fixes the label order (e.g. a checkpoint's classes): a folder's sub-folders, a CSV's or
@@ -77,6 +79,11 @@ def open_source(
 
     if augment not in AUGMENTATIONS:
         raise ConfigError(f"data spec {spec!r}: augment must be one of {AUGMENTATIONS}, got {augment!r}", "augment")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"data spec {spec!r}: interpolation must be one of {tuple(INTERPOLATIONS)}, got {interpolation!r}",
+            "interpolation",
+        )
     if image_size < 1:
         raise ConfigError(f"data spec {spec!r}: image size must be >= 1, got {image_size}", "image_size")
     if channels not in (1, 3):
@@ -121,14 +128,14 @@ def open_source(
             names = listing.class_names
             if labels is not None and class_names is not None and kind != "folder":
                 labels, names = _map_classes(labels, names, class_names, listing.origin)
+            resize = default_resize(image_size) if resize_size is None else resize_size
+            transform = ImageTransform(image_size, resize, augment, interpolation=interpolation)  # type: ignore[arg-type]
             src = ImageSource(
                 listing.reader(),
                 labels,
                 names,
-                image_size=image_size,
-                resize_size=resize_size,
+                transform=transform,
                 channels=channels,
-                augment=augment,  # type: ignore[arg-type]
                 workers=default_workers() if workers is None else workers,
                 normalization=(mean, std),
                 origin=listing.origin,

@@ -62,9 +62,10 @@ def open_data(
     map_classes: bool = False,
 ) -> Source:
     """The data named by ``spec`` (see :data:`jaxtl.data.DATA_SPECS`), prepared as ``card`` says: its crop and
-    resize sizes (``input.image_size``/``resize_size`` override them), channels and mean/std, streamed data
-    augmented in its workers as ``input.augment`` says. A ready :class:`~jaxtl.data.source.Source` is returned as
-    it is. ``map_classes``: labels follow the card's class names (a class the model does not know is an error).
+    resize sizes (``input.image_size``/``resize_size`` override them), interpolation, channels and mean/std,
+    streamed data augmented in its workers as ``input.augment`` says. A ready :class:`~jaxtl.data.source.Source`
+    is returned as it is. ``map_classes``: labels follow the card's class names (a class the model does not know
+    is an error).
     """
     if not isinstance(spec, str):
         return spec
@@ -83,6 +84,7 @@ def open_data(
         resize_size=pre.resize_size,
         channels=pre.channels,
         augment=worker_aug,
+        interpolation=pre.interpolation,
         workers=input.workers,
         mean=pre.mean,
         std=pre.std,
