@@ -1,6 +1,6 @@
 """Lazy package attributes (PEP 562): a package names what it exports and where each name lives, and the module
 defining a name is imported on its first use, so ``import jaxtl`` costs milliseconds and a data worker process that
-unpickles ``jaxtl.data.loading`` imports neither jax nor flax nor optax.
+unpickles ``jaxtl.data.decoding`` imports neither jax nor flax nor optax.
 
 ``from jaxtl import finetune``, ``jaxtl.finetune``, ``jaxtl.data`` and ``dir(jaxtl)`` behave as with eager imports;
 a name is imported once and then kept as a plain attribute of the package. Any submodule is reachable as an attribute

@@ -33,7 +33,7 @@ import numpy as np
 from jaxtl._cpu_tuning import tune_cpu
 from jaxtl._provenance import machine, source_revision
 from jaxtl.compile_cache import enable_compile_cache
-from jaxtl.data.loaders import load_digits
+from jaxtl.data.in_memory import load_digits
 from jaxtl.data.splits import labeled_unlabeled_split, train_test_split
 from jaxtl.models.autoencoder import ConvNet
 from jaxtl.recipes import (

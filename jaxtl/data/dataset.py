@@ -73,7 +73,7 @@ class ArrayDataset:
 
         return [content_key(self.images[int(i)]) for i in np.asarray(indices, np.int64).reshape(-1)]
 
-    # --- the Source protocol (jaxtl.data.source) ---
+    # --- the Source protocol (jaxtl.data.protocol) ---
 
     @property
     def normalization(self) -> None:
@@ -97,7 +97,7 @@ class ArrayDataset:
         process_count: int = 1,
         train: bool = True,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of batches (see :class:`jaxtl.data.source.Source`); ``train`` changes nothing here."""
+        """One epoch of batches (see :class:`jaxtl.data.protocol.Source`); ``train`` changes nothing here."""
         from jaxtl.data.batching import iterate_batches
 
         del train

@@ -74,7 +74,7 @@ def array_digest(images: np.ndarray, labels: np.ndarray | None, class_names: Seq
 
 def _resolve(reader: Any, indices: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
     """The innermost reader under ``SubsetReader`` layers and the indices into it (None: all of it, in order)."""
-    from jaxtl.data.sources import SubsetReader
+    from jaxtl.data.listing import SubsetReader
 
     while isinstance(reader, SubsetReader):
         indices = reader.indices if indices is None else reader.indices[indices]
@@ -95,7 +95,7 @@ def source_digest(
     """The digest of a streaming source: ``reader``'s examples (``indices`` of it, default all) and their
     ``labels`` (None: unlabeled, class names then left out too). See the module doc for what it covers."""
     from jaxtl.data.arrayrecord import ArrayRecordReader
-    from jaxtl.data.sources import FileReader
+    from jaxtl.data.listing import FileReader
 
     base, idx = _resolve(reader, None if indices is None else np.asarray(indices, np.int64))
     h = hashlib.sha256()
@@ -129,7 +129,7 @@ def example_names(reader: Any, indices: Sequence[int] | np.ndarray | None = None
     """The root-relative names of ``reader``'s examples at ``indices`` (default all, in order), or None when the
     reader has no names. ArrayRecord names are read from the records (each record asked is read)."""
     from jaxtl.data.arrayrecord import ArrayRecordReader, decode_record
-    from jaxtl.data.sources import FileReader
+    from jaxtl.data.listing import FileReader
 
     base, idx = _resolve(reader, None if indices is None else np.asarray(indices, np.int64))
     rows = range(len(base)) if idx is None else [int(i) for i in idx]

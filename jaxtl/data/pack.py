@@ -1,7 +1,7 @@
 """``jaxtl pack``: an image folder written as ArrayRecord shards, grain's random-access file format.
 
 A pack directory holds ``data-SSSSS-of-NNNNN.array_record`` shards (one record per image: label, original path
-and the file's bytes unchanged, see :func:`jaxtl.data.sources.encode_record`), ``labels.npy`` (int32 ``[N]``, so
+and the file's bytes unchanged, see :func:`jaxtl.data.listing.encode_record`), ``labels.npy`` (int32 ``[N]``, so
 labels are known without reading a record) and ``jaxtl_pack.json`` (class names, shards, record counts). Few large
 files instead of many small ones suit network storage; ``--data arrayrecord:DIR`` streams it like the folder, with
 the same decoding and transforms, so the batches are identical.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtl.data.sources import PACK_INDEX, list_image_folder
+from jaxtl.data.listing import PACK_INDEX, list_image_folder
 from jaxtl.errors import DataError
 from jaxtl.outputs import Output, write_outputs
 
@@ -48,7 +48,7 @@ def pack_image_folder(
     class_names: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> PackResult:
-    """Write the images of ``root`` (listed by :func:`jaxtl.data.sources.list_image_folder`) as a pack in ``out``.
+    """Write the images of ``root`` (listed by :func:`jaxtl.data.listing.list_image_folder`) as a pack in ``out``.
 
     ``num_shards`` defaults to ``ceil(N / records_per_shard)``; records keep the folder's order, split into
     contiguous shards. File bytes are copied, not decoded: an unreadable image is found (and replaced) when it is
@@ -78,7 +78,7 @@ def _write_pack(listing: Any, root: Any, out_s: str, num_shards: int | None, rec
     """Write the pack of ``listing`` into the new directory ``out_s``."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from jaxtl.data.sources import FileReader, encode_record
+    from jaxtl.data.listing import FileReader, encode_record
 
     n = len(listing.labels)
     shards = num_shards if num_shards is not None else max(1, math.ceil(n / records_per_shard))

@@ -1,6 +1,6 @@
 """Data specs: the one-string names of data sets that the CLI's ``--data`` and the recipes take.
 
-:func:`open_source` turns a spec into a :class:`~jaxtl.data.source.Source`. A spec that is not one (a bare path
+:func:`open_source` turns a spec into a :class:`~jaxtl.data.protocol.Source`. A spec that is not one (a bare path
 such as ``my_images``) gets an error suggesting the spec that path would be (``folder:my_images``, ``csv:x.csv``,
 ``npz:x.npz``, ``arrayrecord:packed``); anything else lists the forms (:data:`DATA_SPECS`).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxtl.data.constants import channel_stats, default_resize
-from jaxtl.data.pipeline import ImageSource, default_workers
+from jaxtl.data.image_source import ImageSource, default_workers
 from jaxtl.data.transforms import AUGMENTATIONS, INTERPOLATIONS, ImageTransform
 from jaxtl.errors import ConfigError, DataError
 
@@ -60,7 +60,7 @@ def open_source(
     labeled: bool = True,
     class_names: Sequence[str] | None = None,
 ) -> Any:
-    """The :class:`~jaxtl.data.source.Source` named by a data spec (see :data:`DATA_SPECS`).
+    """The :class:`~jaxtl.data.protocol.Source` named by a data spec (see :data:`DATA_SPECS`).
 
     ``folder:DIR``, ``csv:FILE`` and ``arrayrecord:DIR|GLOB`` stream (:class:`ImageSource`: uint8 batches,
     ``normalization = (mean, std)``, ``augment`` in ``"none" | "flip" | "rrc"``, every resize with
@@ -75,7 +75,7 @@ def open_source(
     Raises :class:`~jaxtl.errors.DataError` naming the spec for a bad spec, path or file (a bare path: the spec it
     would be), :class:`~jaxtl.errors.ConfigError` for a bad option (both are ValueErrors).
     """
-    from jaxtl.data import loaders
+    from jaxtl.data import in_memory
 
     if augment not in AUGMENTATIONS:
         raise ConfigError(f"data spec {spec!r}: augment must be one of {AUGMENTATIONS}, got {augment!r}", "augment")
@@ -97,9 +97,9 @@ def open_source(
             if augment != "none":
                 raise ValueError(f"augment={augment!r} needs decoded originals: use folder:, csv: or arrayrecord:")
             if spec == "digits":
-                ds = loaders.load_digits(size=image_size, channels=channels)
+                ds = in_memory.load_digits(size=image_size, channels=channels)
             elif arg:
-                ds = loaders.load_npz(
+                ds = in_memory.load_npz(
                     arg, labels_key="labels" if labeled else None, image_shape=(image_size, image_size, channels)
                 )
                 if ds.images.shape[1:] != (image_size, image_size, channels):
@@ -111,34 +111,34 @@ def open_source(
                 raise ValueError("npz needs a file: npz:FILE")
             from jaxtl.data.dataset import ArrayDataset
 
-            images = loaders.normalize(ds.images, mean, std)
+            images = in_memory.normalize(ds.images, mean, std)
             out = ArrayDataset(images, ds.labels, ds.num_classes, ds.class_names)
             return out if labeled or out.labels is None else out.unlabeled()
         if kind in ("folder", "csv", "arrayrecord") and arg:
-            from jaxtl.data import sources
+            from jaxtl.data import listing
 
-            listing: sources.ImageList | sources.ArrayRecordList
+            found: listing.ImageList | listing.ArrayRecordList
             if kind == "folder":
-                listing = sources.list_image_folder(arg, class_names, labeled=labeled)
+                found = listing.list_image_folder(arg, class_names, labeled=labeled)
             elif kind == "csv":
-                listing = sources.read_csv_list(arg, labeled=labeled)
+                found = listing.read_csv_list(arg, labeled=labeled)
             else:
-                listing = sources.list_arrayrecord(arg)
-            labels = listing.labels if listing.labeled else None
-            names = listing.class_names
+                found = listing.list_arrayrecord(arg)
+            labels = found.labels if found.labeled else None
+            names = found.class_names
             if labels is not None and class_names is not None and kind != "folder":
-                labels, names = _map_classes(labels, names, class_names, listing.origin)
+                labels, names = _map_classes(labels, names, class_names, found.origin)
             resize = default_resize(image_size) if resize_size is None else resize_size
             transform = ImageTransform(image_size, resize, augment, interpolation=interpolation)  # type: ignore[arg-type]
             src = ImageSource(
-                listing.reader(),
+                found.reader(),
                 labels,
                 names,
                 transform=transform,
                 channels=channels,
                 workers=default_workers() if workers is None else workers,
                 normalization=(mean, std),
-                origin=listing.origin,
+                origin=found.origin,
             )
             return src if labeled else src.unlabeled()
     except ConfigError as e:

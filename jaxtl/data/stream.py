@@ -1,5 +1,5 @@
-"""One grain pipeline of an :class:`~jaxtl.data.pipeline.ImageSource`: batch after batch of a
-:class:`~jaxtl.data.loading.Plan`, decoded by worker processes (or, for a short evaluation pass, in this process),
+"""One grain pipeline of an :class:`~jaxtl.data.image_source.ImageSource`: batch after batch of a
+:class:`~jaxtl.data.decoding.Plan`, decoded by worker processes (or, for a short evaluation pass, in this process),
 kept across epochs, started ahead of use when asked (:meth:`Stream.prime`) and stopped in the background.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxtl.data.batching import Batch
-from jaxtl.data.loading import LoadBatch
+from jaxtl.data.decoding import LoadBatch
 from jaxtl.data.workers import MainGuardError, check_not_bootstrapping, is_bootstrap_failure, worker_init
 
 __all__ = ["IN_PROCESS_BELOW", "Stream", "close_live_streams"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.data.source import Source
+from jaxtl.data.protocol import Source
 from jaxtl.data.splits import labeled_unlabeled_split, split_indices
 from jaxtl.errors import ConfigError, DataError
 from jaxtl.models.card import ModelCard
@@ -63,7 +63,7 @@ def open_data(
 ) -> Source:
     """The data named by ``spec`` (see :data:`jaxtl.data.DATA_SPECS`), prepared as ``card`` says: its crop and
     resize sizes (``input.image_size``/``resize_size`` override them), interpolation, channels and mean/std,
-    streamed data augmented in its workers as ``input.augment`` says. A ready :class:`~jaxtl.data.source.Source`
+    streamed data augmented in its workers as ``input.augment`` says. A ready :class:`~jaxtl.data.protocol.Source`
     is returned as it is. ``map_classes``: labels follow the card's class names (a class the model does not know
     is an error).
     """
@@ -94,7 +94,7 @@ def open_data(
 
 
 def _without_augmentation(data: Source) -> Source:
-    from jaxtl.data.pipeline import ImageSource
+    from jaxtl.data.image_source import ImageSource
 
     if isinstance(data, ImageSource) and data.transform.augment != "none":
         return data.with_options(augment="none")

@@ -13,7 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from jaxtl.data.source import Source, check_labels
+from jaxtl.data.protocol import Source, check_labels
 from jaxtl.errors import ConfigError, DataError
 from jaxtl.lifecycle import Run
 from jaxtl.models.heads import head_classes, head_name

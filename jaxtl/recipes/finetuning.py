@@ -24,8 +24,8 @@ import numpy as np
 from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.augment import random_crop_flip
 from jaxtl.data.batching import run_length
-from jaxtl.data.pipeline import ImageSource
-from jaxtl.data.source import Source
+from jaxtl.data.image_source import ImageSource
+from jaxtl.data.protocol import Source
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
 from jaxtl.models.card import ModelCard

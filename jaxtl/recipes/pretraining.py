@@ -18,7 +18,7 @@ from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.augment import add_noise, random_mask
 from jaxtl.data.batching import run_length
 from jaxtl.data.dataset import ArrayDataset
-from jaxtl.data.source import Source
+from jaxtl.data.protocol import Source
 from jaxtl.data.splits import split_indices
 from jaxtl.errors import ConfigError, DataError
 from jaxtl.lifecycle import Run

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtl.compile_cache import default_compile_cache
-from jaxtl.data.source import Normalization, Source
+from jaxtl.data.protocol import Normalization, Source
 from jaxtl.models.heads import head_classes, head_name
 from jaxtl.train.losses import Loss, get_loss
 from jaxtl.train.parallel import Parallel

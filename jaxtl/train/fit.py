@@ -27,8 +27,8 @@ import optax
 
 from jaxtl.compile_cache import default_compile_cache
 from jaxtl.data.batching import run_length
-from jaxtl.data.pipeline import ImageSource
-from jaxtl.data.source import Source, check_labels
+from jaxtl.data.image_source import ImageSource
+from jaxtl.data.protocol import Source, check_labels
 from jaxtl.errors import ConfigError
 from jaxtl.lifecycle import Run
 from jaxtl.models.heads import head_classes, head_name
@@ -125,7 +125,7 @@ def _identity(state: TrainState, request: Request, optimizer: Any, updates: int)
 def _input_identity(data: Source) -> dict[str, Any]:
     """How the examples become batches (the data's digest covers what they are, not this): the image shape, the
     normalisation applied on the device and, for streamed data, the transform (size, resize, augmentation)."""
-    from jaxtl.data.pipeline import ImageSource
+    from jaxtl.data.image_source import ImageSource
 
     out: dict[str, Any] = {"image_shape": list(data.image_shape), "normalization": data.normalization}
     if isinstance(data, ImageSource):
@@ -224,14 +224,14 @@ def fit(
     callbacks: Sequence[OnStep] = (),
     progress: bool = True,
 ) -> RunResult:
-    """Train ``module`` from ``variables`` on ``data`` (a :class:`~jaxtl.data.source.Source`, e.g. an
+    """Train ``module`` from ``variables`` on ``data`` (a :class:`~jaxtl.data.protocol.Source`, e.g. an
     ``ArrayDataset`` ``[N,H,W,C]`` or a streaming image folder), data-parallel; returns a
     :class:`~jaxtl.train.result.RunResult` (``.state``, ``.variables``, ``.history``).
 
     ``optimizer``: an :class:`~jaxtl.train.config.Optimizer` (or its fields as a dict; the schedule spans the run's
     optimizer steps, groups' ``lr_scale``/``weight_decay_scale`` applied), a plain optax optimizer, or a factory
     ``Group -> optimizer``. ``groups`` (:class:`ParamGroups`, or regexes of the trainable paths) says what trains:
-    e.g. ``ParamGroups.head_only()`` freezes the backbone, BatchNorm included. ``loss``: ``"ce"``/``CrossEntropy``
+    e.g. ``ParamGroups.head_only(module)`` freezes the backbone, BatchNorm included. ``loss``: ``"ce"``/``CrossEntropy``
     (label smoothing, class weights, ``mixing=Mixing(...)`` for mixup/cutmix) or ``"mse"``/``Reconstruction()`` (an
     autoencoder: the target is the clean input; ``corrupt=`` for denoising). ``augment(rng, images)`` runs on device.
     ``loop`` (:class:`~jaxtl.train.config.Loop`): batch, length, seed, eval cadence, and gradient accumulation,

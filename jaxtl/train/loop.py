@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxtl.data.batching import run_length
-from jaxtl.data.source import Source
+from jaxtl.data.protocol import Source
 from jaxtl.errors import JaxtlError
 from jaxtl.lifecycle import Run, RunInterrupted
 from jaxtl.train.config import Loop

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxtl.data.batching import shard_for_devices
-from jaxtl.data.source import Source
+from jaxtl.data.protocol import Source
 
 PARALLEL = ("pmap", "shard_map", "none")
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxtl.data.source import Normalization, Source
+from jaxtl.data.protocol import Normalization, Source
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.step import prepare_images, with_axis
 

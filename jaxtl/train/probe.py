@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxtl.data.batching import epoch_indices, run_length
-from jaxtl.data.source import Normalization, Source
+from jaxtl.data.protocol import Normalization, Source
 from jaxtl.models.heads import HEAD, Head, get_head, head_path, init_head, new_head, set_head
 from jaxtl.models.protocol import Classifier
 from jaxtl.train.losses import CrossEntropy, topk_correct
@@ -72,7 +72,7 @@ def extract_features(
     out_path: str | pathlib.Path | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Features ``[N, F]`` (float32) of every example of ``dataset`` (any :class:`~jaxtl.data.source.Source`,
+    """Features ``[N, F]`` (float32) of every example of ``dataset`` (any :class:`~jaxtl.data.protocol.Source`,
     streamed once through its eval transform), in order; eval-mode BatchNorm, ragged tail kept.
 
     With ``out_path`` the features are written into a ``.npy`` memory map there (for sets too large for memory)

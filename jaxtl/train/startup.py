@@ -22,8 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtl.data.pipeline import ImageSource
-from jaxtl.data.source import Source
+from jaxtl.data.image_source import ImageSource
+from jaxtl.data.protocol import Source
 from jaxtl.train.parallel import Parallel
 from jaxtl.train.timings import in_context, mark, phase
 

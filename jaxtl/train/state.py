@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxtl.data.source import Normalization
+from jaxtl.data.protocol import Normalization
 from jaxtl.models.heads import head_name
 from jaxtl.train.ema import EMA, ema_variables, init_ema
 from jaxtl.train.groups import (
@@ -108,7 +108,8 @@ class TrainState(struct.PyTreeNode):
         ``tx`` is a *plain* optax optimizer (or a factory ``Group -> optimizer``): the state wraps it for the groups
         itself, so a frozen group gets exact zero updates whichever route built the state. ``groups`` is a
         :class:`~jaxtl.train.groups.ParamGroups`, a regex or list of regexes of the trainable paths (the rest is
-        frozen), or None (everything trains); e.g. ``ParamGroups.head_only()`` = ``"^fc/"``. An optimizer that
+        frozen), or None (everything trains); e.g. ``ParamGroups.head_only(module)`` trains the model's head (its
+        ``head_path``: ``fc`` for a ResNet, ``heads/head`` for a ViT). An optimizer that
         freezes trainable leaves on its own is refused. ``rng`` is a ``jax.random.PRNGKey`` or an int seed; it
         drives on-device augmentation.
 

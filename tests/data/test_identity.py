@@ -14,7 +14,7 @@ from PIL import Image
 
 from jaxtl.data import ArrayDataset, open_source, pack_image_folder
 from jaxtl.data.identity import KEY_CHARS
-from jaxtl.data.sources import FileReader
+from jaxtl.data.listing import FileReader
 
 
 def _img(path, value: int, size=(12, 10)) -> None:

@@ -74,7 +74,7 @@ def test_a_short_evaluation_pass_decodes_here_with_the_workers_batches(photos):
 
 WORKER_IMPORTS = """
 import sys
-import jaxtl.data.loading, jaxtl.data.sources, jaxtl.data.transforms, jaxtl.data.workers  # what a worker unpickles
+import jaxtl.data.decoding, jaxtl.data.listing, jaxtl.data.transforms, jaxtl.data.workers  # what a worker unpickles
 print(sorted(m for m in ("jax", "flax", "optax", "orbax", "torch", "sklearn", "matplotlib") if m in sys.modules))
 """
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 import jaxtl
 from jaxtl.data import ImageSource, open_source
-from jaxtl.data.loaders import SkippedFilesWarning
+from jaxtl.data.in_memory import SkippedFilesWarning
 from jaxtl.data.workers import MainGuardError, TooManyWorkersWarning, usable_cores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

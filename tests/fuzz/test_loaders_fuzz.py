@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from jaxtl.data import load_image_folder, load_npz, open_source
-from jaxtl.data.loaders import SkippedFilesWarning
+from jaxtl.data.in_memory import SkippedFilesWarning
 from jaxtl.data.transforms import decode_image, example_rng
 
 # The number of examples and the deadline come from the profile tests/conftest.py loads ("explore" searches more).

@@ -16,7 +16,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxtl.bridge import from_torchvision  # noqa: E402
 from jaxtl.data import ArrayDataset, load_digits, train_test_split  # noqa: E402
-from jaxtl.data.loaders import normalize  # noqa: E402
+from jaxtl.data.in_memory import normalize  # noqa: E402
 from jaxtl.models import ModelCard  # noqa: E402
 from jaxtl.recipes import FinetuneConfig, Split, build_classifier, evaluate_classifier, finetune  # noqa: E402
 from jaxtl.train import Loop, Optimizer  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxtl.data import load_image_folder, open_source, pack_image_folder
-from jaxtl.data.sources import (
+from jaxtl.data.listing import (
     PACK_INDEX,
     decode_record,
     encode_record,

@@ -1,4 +1,5 @@
-"""Loaders that turn pixels on disk (or bundled with scikit-learn) into an :class:`ArrayDataset` in ``[0, 1]``.
+"""Datasets held in memory: loaders that turn pixels on disk (or bundled with scikit-learn) into an
+:class:`ArrayDataset` in ``[0, 1]``.
 
 Every loader returns float32 NHWC images in ``[0, 1]``; normalisation with a model's mean/std is a separate step
 (:func:`normalize`) so the same dataset can feed models with different statistics.
@@ -93,7 +94,7 @@ def load_image_folder(
 
     For small sets; an image folder of any size streams with :func:`jaxtl.data.open_source` (uint8 batches decoded
     by worker processes, torchvision's training transforms). Files are listed by the same rules
-    (:func:`jaxtl.data.sources.list_image_folder`: torchvision ``ImageFolder``'s classes, extensions and order;
+    (:func:`jaxtl.data.listing.list_image_folder`: torchvision ``ImageFolder``'s classes, extensions and order;
     symlinks followed once, special files and hidden names skipped, an empty class folder an error), and decoded
     the same way (:func:`jaxtl.data.transforms.decode_image`: RGB or L, 16-bit and float images scaled by their
     real range). Labels follow the sorted subfolder names, or ``class_names`` when given (then every subfolder
@@ -102,7 +103,7 @@ def load_image_folder(
     Unreadable files (corrupt, truncated, empty, decompression bombs) are skipped and reported in one
     :class:`SkippedFilesWarning`.
     """
-    from jaxtl.data.sources import list_image_folder
+    from jaxtl.data.listing import list_image_folder
 
     _check_channels(channels)
     if size < 1:

@@ -1,4 +1,4 @@
-"""The streaming image :class:`~jaxtl.data.source.Source`: grain workers decode files, apply torchvision's
+"""The streaming image :class:`~jaxtl.data.protocol.Source`: grain workers decode files, apply torchvision's
 transforms and batch uint8 pixels; memory does not grow with the dataset.
 
 Order and content are functions of position only. Epoch ``e``'s order is ``epoch_indices(N, seed, e)``; global
@@ -18,11 +18,11 @@ Bad files found mid-stream (corrupt, truncated, zero bytes, gone) never stop a r
 - in batches with a mask (``drop_remainder=False``, evaluation and feature extraction) it becomes a zero image with
   mask 0, like padding, so no metric counts it.
 
-Either way it is counted: one :class:`~jaxtl.data.loaders.SkippedFilesWarning` per ``batches()`` call (an epoch)
+Either way it is counted: one :class:`~jaxtl.data.in_memory.SkippedFilesWarning` per ``batches()`` call (an epoch)
 names the files, and :attr:`ImageSource.bad_files` keeps every name seen.
 
-Start-up: a worker process costs about as much to start (a fresh interpreter importing grain, which imports jax and
-Orbax: 1.5-2 s on a 2-core CPU) as decoding a few hundred images, so an evaluation pass over fewer than
+Start-up: a worker process costs about as much to start (a fresh interpreter importing grain and Pillow, no jax:
+see :mod:`jaxtl.data.workers`) as decoding a few hundred images, so an evaluation pass over fewer than
 :data:`IN_PROCESS_BELOW` examples decodes in this process (threads) instead: the batches are the same either way.
 :meth:`ImageSource.prepare` starts a pass's workers and its first batches ahead of the ``batches()`` call that
 takes them (fine-tuning does so before it builds the head and compiles), and stopping a stream's workers happens in
@@ -39,8 +39,8 @@ import numpy as np
 
 from jaxtl.data.batching import Batch, num_batches, process_slice
 from jaxtl.data.constants import channel_stats, default_resize
-from jaxtl.data.loaders import SkippedFilesWarning
-from jaxtl.data.loading import LoadBatch, Plan, Reader
+from jaxtl.data.decoding import LoadBatch, Plan, Reader
+from jaxtl.data.in_memory import SkippedFilesWarning
 from jaxtl.data.stream import IN_PROCESS_BELOW, Stream
 from jaxtl.data.transforms import ImageTransform
 from jaxtl.data.workers import check_worker_count, usable_cores, warn_at_caller
@@ -54,10 +54,10 @@ def default_workers() -> int:
 
 
 class ImageSource:
-    """A streaming :class:`~jaxtl.data.source.Source` of encoded images (files or ArrayRecord records).
+    """A streaming :class:`~jaxtl.data.protocol.Source` of encoded images (files or ArrayRecord records).
 
-    ``reader`` fetches example ``i``'s encoded bytes (:class:`~jaxtl.data.sources.FileReader`,
-    :class:`~jaxtl.data.sources.ArrayRecordReader`); ``labels`` int ``[N]``; batches are uint8
+    ``reader`` fetches example ``i``'s encoded bytes (:class:`~jaxtl.data.listing.FileReader`,
+    :class:`~jaxtl.data.listing.ArrayRecordReader`); ``labels`` int ``[N]``; batches are uint8
     ``[b, size, size, channels]`` with ``normalization = (mean, std)`` for the step to apply on device (default
     ImageNet's, grey: their averages). ``transform`` (:class:`~jaxtl.data.transforms.ImageTransform`) turns one
     decoded image into ``[size, size, channels]``: its training augmentation, its eval Resize + CenterCrop, the
@@ -201,7 +201,7 @@ class ImageSource:
 
     def subset(self, indices: np.ndarray) -> ImageSource:
         """The examples at ``indices`` (e.g. a train/test split), same label space and options."""
-        from jaxtl.data.sources import SubsetReader
+        from jaxtl.data.listing import SubsetReader
 
         idx = np.asarray(indices, np.int64)
         src = self.with_options()

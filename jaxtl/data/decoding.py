@@ -1,5 +1,5 @@
 """What the data workers run: stream position ``k`` -> this process's rows of one global batch, decoded and
-transformed (see :mod:`jaxtl.data.pipeline` for the order and the handling of unreadable files).
+transformed (see :mod:`jaxtl.data.image_source` for the order and the handling of unreadable files).
 """
 
 from __future__ import annotations
