@@ -16,16 +16,16 @@ from collections.abc import Sequence
 PLAN: list[tuple[str, list[str]]] = [
     ("train_steps", []),
     ("end_to_end", []),
-    ("folder_finetune", []),
+    ("folder_finetune", ["--warm"]),
     ("scaling", []),
-    ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]),
+    ("bridge", ["--archs", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "vit_b_16", "convnext_tiny"]),
     ("cpu_workarounds", []),
     ("data_pipeline", ["--workers", "0", "1", "--rss"]),
 ]
 QUICK: dict[str, list[str]] = {
     "train_steps": ["--image-size", "64", "--extra-size", "64", "--repeats", "3"],
     "end_to_end": ["--examples", "128", "--epochs", "3"],
-    "folder_finetune": ["--images", "200", "--epochs", "1", "--repeats", "1"],
+    "folder_finetune": ["--images", "200", "--epochs", "1", "--repeats", "1", "--warm"],
     "scaling": ["--devices", "1", "2", "--batch-sizes", "16", "32", "--repeats", "3"],
     "bridge": ["--archs", "resnet18", "resnet50"],
     "cpu_workarounds": ["--image-size", "64", "--batch", "32", "--repeats", "3"],

@@ -4,6 +4,7 @@ Models call :func:`conv2d` and :func:`max_pool`. On GPU and TPU they are XLA's o
 ``reduce_window``. XLA:CPU runs some shapes much faster written another way, so on the CPU they become:
 
 - a 1x1 convolution: one matmul over pixels (:func:`conv1x1_matmul`);
+- a stride-1 depthwise convolution (ConvNeXt's 7x7): a sum of shifted, scaled slices (:func:`conv_depthwise_taps`);
 - a convolution whose input or output map is smaller than its kernel: im2col (:func:`conv_im2col`);
 - a stride-1 convolution with fewer output than input channels: XLA's conv, but its weight gradient computed
   with the output gradient in the batch role (:func:`conv_swapped_wgrad`);
@@ -103,6 +104,30 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, grou
     return out.reshape(n, ho, wo, cout)
 
 
+def conv_depthwise_taps(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """A stride-1 depthwise convolution (one filter per channel) as the sum of its kh*kw shifted, scaled input
+    slices; same numbers as the conv up to float rounding (the taps are summed in another order).
+
+    XLA:CPU runs a grouped convolution with one channel per group far below its other convolutions (ConvNeXt's 7x7
+    depthwise convs took most of its step, ``benchmarks/train_steps.py``); as one fused elementwise loop, forward
+    and backward, it runs at memory speed. x: ``[N, H, W, C]``, kernel: ``[kh, kw, 1, C]`` -> ``[N, Ho, Wo, C]``.
+    """
+    kh, kw, _, c = kernel.shape
+    n, h, w, _ = x.shape
+    p = padding
+    ho, wo = h + 2 * p - kh + 1, w + 2 * p - kw + 1
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 input sums in float32, as the conv accumulates
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc)
+    k = kernel.astype(acc)
+    out: jax.Array | None = None
+    for i in range(kh):
+        for j in range(kw):
+            term = jax.lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) * k[i : i + 1, j : j + 1]
+            out = term if out is None else out + term
+    assert out is not None
+    return out.astype(x.dtype)
+
+
 def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """A 1x1 convolution (no padding, groups=1) as one matmul over pixels: ``x.reshape(-1, Cin) @ W``.
 
@@ -173,12 +198,15 @@ Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def cpu_conv(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: int, groups: int) -> str:
-    """Which formulation XLA:CPU runs fastest for this convolution: ``"matmul"``, ``"im2col"``, ``"swapped"``
+    """Which formulation XLA:CPU runs fastest for this convolution: ``"matmul"``, ``"depthwise"`` (stride 1, one
+    channel per group: :func:`conv_depthwise_taps`), ``"im2col"``, ``"swapped"``
     (XLA's conv, weight gradient by :func:`conv_weight_grad_by_dy`: stride 1, fewer output than input channels) or
     ``"xla"``."""
     k = kernel_shape[0]
     if k == 1 and padding == 0 and groups == 1:
         return "matmul"
+    if groups > 1 and groups == x_shape[3] == kernel_shape[3] and stride == 1:
+        return "depthwise"
     out_hw = min((x_shape[1] + 2 * padding - k) // stride + 1, (x_shape[2] + 2 * padding - k) // stride + 1)
     if k > 1 and (min(x_shape[1], x_shape[2]) < k or out_hw < k):
         return "im2col"
@@ -193,6 +221,8 @@ def _conv_by_name(name: str, stride: int, padding: int, groups: int) -> Conv:
         return functools.partial(conv1x1_matmul, stride=stride)
     if name == "im2col":
         return functools.partial(conv_im2col, stride=stride, padding=padding, groups=groups)
+    if name == "depthwise":
+        return lambda x, kernel: conv_depthwise_taps(x, kernel, padding)
     if name == "swapped":
         return lambda x, kernel: conv_swapped_wgrad(x, kernel, padding)
     return functools.partial(conv_xla, stride=stride, padding=padding, groups=groups)

@@ -137,3 +137,43 @@ def test_conv2d_takes_the_swapped_gradient_on_cpu_and_xla_elsewhere():
             results[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
     for g, r in zip(results["auto"], results["xla"], strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("hw", "c", "k", "padding"), [((9, 9), 5, 7, 3), ((3, 4), 4, 7, 3), ((6, 5), 3, 3, 1)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_depthwise_taps_match_the_grouped_conv(hw, c, k, padding, dtype):
+    """ConvNeXt's 7x7 depthwise conv on the CPU: the shifted-slice sum gives XLA's grouped conv's values and
+    gradients (a map smaller than the kernel included); bfloat16 input sums in float32."""
+    rng = np.random.default_rng(c * 7 + k)
+    x = jnp.asarray(rng.standard_normal((2, *hw, c)), dtype)
+    w = jnp.asarray(rng.standard_normal((k, k, 1, c)) * 0.2, dtype)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w).astype(jnp.float32)))
+
+    taps = jax.jit(jax.value_and_grad(loss(lambda x, w: kernels.conv_depthwise_taps(x, w, padding)), (0, 1)))
+    ref = jax.jit(jax.value_and_grad(loss(lambda x, w: kernels.conv_xla(x, w, 1, padding, groups=c)), (0, 1)))
+    (value, grads), (ref_value, ref_grads) = taps(x, w), ref(x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(value, ref_value, rtol=tol, atol=tol)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol, atol=tol * 10)
+    out = kernels.conv_depthwise_taps(x, w, padding)
+    assert out.dtype == dtype and out.shape == (2, hw[0] + 2 * padding - k + 1, hw[1] + 2 * padding - k + 1, c)
+
+
+def test_cpu_rule_takes_the_taps_for_stride_1_depthwise_convs_only():
+    rule = kernels.cpu_conv
+    assert rule((8, 56, 56, 96), (7, 7, 1, 96), 1, 3, 96) == "depthwise"  # ConvNeXt-T stage 1
+    assert rule((8, 2, 2, 768), (7, 7, 1, 768), 1, 3, 768) == "depthwise"  # a map smaller than the kernel
+    assert rule((8, 56, 56, 96), (7, 7, 1, 96), 2, 3, 96) != "depthwise"  # strided
+    assert rule((8, 56, 56, 64), (3, 3, 32, 64), 1, 1, 2) != "depthwise"  # grouped, not depthwise
+    spec = jax.ShapeDtypeStruct((2, 9, 9, 4), jnp.float32)
+    w = jnp.ones((7, 7, 1, 4), jnp.float32)
+
+    def f(x):
+        return kernels.conv2d(x, w, 1, 3, 4)
+
+    assert "convolution" not in _lowered_ops(f, spec, "cpu")
+    assert "convolution" in _lowered_ops(f, spec, "cuda")  # XLA's own conv elsewhere
