@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DISTRIBUTIONS = (
     "jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax", "optax",
     "orbax-checkpoint", "grain", "array_record", "portpicker", "numpy", "ml_dtypes", "torch", "torchvision", "pillow",
-    "psutil", "jaxtl",
+    "psutil", "tensorboardX", "jaxtl",
 )  # fmt: skip
 _SMI_FIELDS = (
     "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,memory.total,memory.used,"

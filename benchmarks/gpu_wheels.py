@@ -3,9 +3,10 @@
 
 - jaxtl itself, as a wheel built from this checkout (``import jaxtl`` from a plain checkout cannot work:
   ``jaxtl.bridge`` exists only through pyproject's package-dir mapping, which an installed wheel applies);
-- cp312 manylinux wheels of grain, array_record and portpicker, at the versions installed in this Python (the ones
-  the tests ran with). Everything else they need (absl-py, etils, cloudpickle, numpy, protobuf, psutil) is
-  installed on the GPU machine already;
+- cp312 manylinux wheels of grain, array_record and portpicker, and tensorboardX's pure-Python wheel (a jaxtl
+  dependency: fit writes TensorBoard events by default), at the versions installed in this Python (the ones the
+  tests ran with). Everything else they need (absl-py, etils, cloudpickle, numpy, protobuf, psutil) is installed on
+  the GPU machine already;
 - ``SOURCE.json``: the commit the wheel was built from (the GPU machine gets no ``.git``), which the driver
   reports.
 
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEST = REPO / ".whl"
 # What the GPU machine's Python lacks (its package list: /work/.library/device/KINDS.md in the lab).
-MISSING = ("grain", "array_record", "portpicker")
+MISSING = ("grain", "array_record", "portpicker", "tensorboardX")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
 SOURCES = ("pyproject.toml", "README.md", "jaxtl", "bridge")  # what building the jaxtl wheel reads
