@@ -76,6 +76,25 @@ def _backfill_access_times(folder: pathlib.Path) -> None:
                 stamp.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
 
 
+def _bounded_size(max_size_bytes: int) -> int:
+    """``max_size_bytes``, or -1 (unbounded) with one warning when the ``filelock`` package JAX locks a bounded
+    cache with is missing: JAX would otherwise fail every read and write of the cache (jax 0.11) and store
+    nothing."""
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        if max_size_bytes == -1:
+            return -1
+    else:
+        return max_size_bytes
+    warnings.warn(
+        "jaxtl: the compile cache is not size-bounded: JAX needs the filelock package for that "
+        "(pip install filelock); without it several processes sharing the folder are not locked",
+        stacklevel=4,
+    )
+    return -1
+
+
 def _use(target: str | None, min_compile_time_s: float | None, max_size_bytes: int) -> None:
     import jax
     from jax.experimental.compilation_cache import compilation_cache
@@ -84,7 +103,7 @@ def _use(target: str | None, min_compile_time_s: float | None, max_size_bytes: i
     if target is not None:
         assert min_compile_time_s is not None
         jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
-        jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
+        jax.config.update("jax_compilation_cache_max_size", _bounded_size(int(max_size_bytes)))
     # jax decides once, at its first compile, whether a cache is in use: make it look again, so a cache switched
     # on after some compiles (or off) takes effect from the next compile.
     compilation_cache.reset_cache()

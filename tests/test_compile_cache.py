@@ -101,3 +101,19 @@ def test_the_default_cache_a_run_turns_on_and_the_ways_to_turn_it_off(tmp_path: 
     assert on == "True"
     assert int(stored) >= 1, "the program compiled after the cache was turned on was not stored"
     assert off_again == "None None None"
+
+
+def test_without_filelock_the_cache_is_unbounded_and_still_stores(tmp_path: Path) -> None:
+    """JAX locks a size-bounded cache with the filelock package (jax 0.11 stores nothing without it): jaxtl then
+    keeps the cache unbounded, says so once, and programs are still stored."""
+    cache = tmp_path / "xla"
+    code = (
+        "import sys; sys.modules['filelock'] = None\n"
+        + PROBE.format(path=str(cache))
+        + ("print(jax.config.values['jax_compilation_cache_max_size'])\n")
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "-1"
+    assert proc.stderr.count("not size-bounded: JAX needs the filelock package") == 1, proc.stderr[-2000:]
+    assert any(p.name.endswith("-cache") for p in cache.iterdir()), "nothing was stored"
