@@ -198,18 +198,19 @@ Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def cpu_conv(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int, padding: int, groups: int) -> str:
-    """Which formulation XLA:CPU runs fastest for this convolution: ``"matmul"``, ``"depthwise"`` (stride 1, one
-    channel per group: :func:`conv_depthwise_taps`), ``"im2col"``, ``"swapped"``
+    """Which formulation XLA:CPU runs fastest for this convolution: ``"matmul"``, ``"im2col"`` (a map smaller than
+    the kernel), ``"depthwise"`` (stride 1, one channel per group: :func:`conv_depthwise_taps`), ``"swapped"``
     (XLA's conv, weight gradient by :func:`conv_weight_grad_by_dy`: stride 1, fewer output than input channels) or
     ``"xla"``."""
     k = kernel_shape[0]
     if k == 1 and padding == 0 and groups == 1:
         return "matmul"
-    if groups > 1 and groups == x_shape[3] == kernel_shape[3] and stride == 1:
-        return "depthwise"
     out_hw = min((x_shape[1] + 2 * padding - k) // stride + 1, (x_shape[2] + 2 * padding - k) // stride + 1)
     if k > 1 and (min(x_shape[1], x_shape[2]) < k or out_hw < k):
         return "im2col"
+    if groups > 1 and groups == x_shape[3] == kernel_shape[3] and stride == 1:
+        # Unrolled taps compile slowly (a ConvNeXt's k*k per block); a map smaller than the kernel took im2col above.
+        return "depthwise"
     square = kernel_shape[0] == kernel_shape[1]
     if stride == 1 and groups == 1 and square and padding <= k - 1 and kernel_shape[3] < kernel_shape[2]:
         return "swapped"

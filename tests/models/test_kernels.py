@@ -166,7 +166,8 @@ def test_depthwise_taps_match_the_grouped_conv(hw, c, k, padding, dtype):
 def test_cpu_rule_takes_the_taps_for_stride_1_depthwise_convs_only():
     rule = kernels.cpu_conv
     assert rule((8, 56, 56, 96), (7, 7, 1, 96), 1, 3, 96) == "depthwise"  # ConvNeXt-T stage 1
-    assert rule((8, 2, 2, 768), (7, 7, 1, 768), 1, 3, 768) == "depthwise"  # a map smaller than the kernel
+    assert rule((8, 7, 7, 768), (7, 7, 1, 768), 1, 3, 768) == "depthwise"  # stage 4 at 224 px
+    assert rule((8, 2, 2, 768), (7, 7, 1, 768), 1, 3, 768) == "im2col"  # a map smaller than the kernel, as before
     assert rule((8, 56, 56, 96), (7, 7, 1, 96), 2, 3, 96) != "depthwise"  # strided
     assert rule((8, 56, 56, 64), (3, 3, 32, 64), 1, 1, 2) != "depthwise"  # grouped, not depthwise
     spec = jax.ShapeDtypeStruct((2, 9, 9, 4), jnp.float32)
