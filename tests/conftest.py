@@ -18,6 +18,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (importing jax does not start a backend; the first device query does)
 
 import jaxtl  # noqa: E402
+from jaxtl.compile_cache import DEFAULT_MAX_SIZE  # noqa: E402
 
 jaxtl.tune_cpu()  # the settings the CLI and benchmarks run with; must come before the backend starts
 
@@ -28,6 +29,9 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXTL_TEST_CACHE"
 os.environ.setdefault("JAXTL_COMPILE_CACHE", jax.config.values["jax_compilation_cache_dir"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Size-bounded as jaxtl bounds its cache in those subprocesses: a bounded writer's eviction reads every entry's
+# access-time file, which an unbounded writer does not write ("Error writing persistent compilation cache entry").
+jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_SIZE)
 
 assert jax.device_count() >= 4, "tests need at least 4 (fake) devices; XLA_FLAGS was set too late"
 

@@ -270,14 +270,17 @@ class TrainingLoop:
             for b, batch in zip(range(start, end), batches):
                 self.state, metrics = self.step_fn(self.state, batch)
                 self.step += 1
-                self.after_step(epoch, b, metrics, signal() is not None)
-                if signal() is not None or self.stopped_early:
+                stop = signal() is not None  # read once: a signal between two reads would skip the save
+                self.after_step(epoch, b, metrics, stop)
+                if stop or self.stopped_early:
                     break
         if self.pending is not None:
             self.finish(*self.pending)
             self.pending = None
         signum = signal()
         if signum is not None and self.step < self.r.total and not self.stopped_early:
+            if self.out.store is not None and self.step > 0 and self.last_ckpt != self.step:
+                self.save(self.step, None)  # the signal came after the step's own check (between epochs, say)
             where = run.workdir if run is not None else None
             raise RunInterrupted(signum, self.step, self.last_ckpt if self.out.store is not None else None, where)
 

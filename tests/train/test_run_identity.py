@@ -134,15 +134,43 @@ def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, s
         if step == 3:
             os.kill(os.getpid(), signum)
 
-    # One step stays in flight, so the step queued when the signal came (4) is finished and saved too.
+    # The callback of step 3 runs in step 4's bookkeeping (one step stays in flight), after step 4 read the signal
+    # flag: the run stops after step 5, with a checkpoint of it.
     name = signal.Signals(signum).name
     with pytest.raises(RunInterrupted, match=rf"{name} received: stopped after step (\d); checkpoint of step \1 saved"):
         _run(tmp_path / "w", loop=loop, callbacks=(kill_at_3,))
     resumed = _run(tmp_path / "w", loop=loop)
-    assert resumed.resumed_from in (3, 4)
+    assert resumed.resumed_from == 5
     for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_signal_between_checkpoints_still_saves_the_step_it_stops_after(tmp_path):
+    """The signal comes while a step's bookkeeping runs (here: a callback, as a SIGTERM arriving while the previous
+    step's metrics are awaited), with no checkpoint due: the run still saves the step it stops after (it used to
+    stop with nothing saved, "no work directory", although it had one)."""
+    module = Tiny()
+    loop = Loop(steps=12, batch_size=8, parallel="none")
+
+    def kill_at_3(step, _m):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted) as err:
+        fit(
+            module,
+            jax.device_get(tiny_variables(module)),
+            tiny_dataset(40),
+            checkpoints=Checkpoints(tmp_path, every=10),
+            progress=False,
+            callbacks=(kill_at_3,),
+            **{**BASE, "loop": loop},
+        )
+    assert err.value.checkpoint == err.value.step and err.value.step < 10, str(err.value)
+    assert f"checkpoint of step {err.value.step} saved in" in str(err.value)
+    resumed = _run(tmp_path, loop=loop)
+    assert resumed.resumed_from == err.value.step
 
 
 def test_full_disk_during_a_checkpoint_names_the_path_and_space(tmp_path, monkeypatch):
