@@ -29,9 +29,11 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get("JAXTL_TEST_CACHE"
 os.environ.setdefault("JAXTL_COMPILE_CACHE", jax.config.values["jax_compilation_cache_dir"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# Size-bounded as jaxtl bounds its cache in those subprocesses: a bounded writer's eviction reads every entry's
-# access-time file, which an unbounded writer does not write ("Error writing persistent compilation cache entry").
+# Size-bounded as jaxtl bounds its cache in the CLI subprocesses: a bounded writer's eviction reads every entry's
+# access-time file, which an unbounded writer (this session, a worker script) does not write ("Error writing
+# persistent compilation cache entry" on stderr).
 jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_SIZE)
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(DEFAULT_MAX_SIZE)  # and every subprocess's jax (workers, snippets)
 
 assert jax.device_count() >= 4, "tests need at least 4 (fake) devices; XLA_FLAGS was set too late"
 

@@ -124,8 +124,9 @@ class Program:
                     self._compiled = None
 
     def compile_in_background(self, *args: Any) -> threading.Thread:
-        """:meth:`compile` in a daemon thread at the lowest CPU priority (Linux), so it takes only what the run
-        leaves idle; calls made meanwhile wait for it."""
+        """:meth:`compile` in a background thread at the lowest CPU priority (Linux), so it takes only what the run
+        leaves idle; calls made meanwhile wait for it. Not a daemon: a process ending early (a signal) waits for the
+        compile instead of tearing XLA down under it (a segfault at exit)."""
 
         def run() -> None:
             if sys.platform.startswith("linux"):  # on Linux a thread has its own nice value
@@ -133,7 +134,7 @@ class Program:
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self.compile(*args)
 
-        thread = threading.Thread(target=in_context(run), name=f"jaxtl-compile-{self.name}", daemon=True)
+        thread = threading.Thread(target=in_context(run), name=f"jaxtl-compile-{self.name}", daemon=False)
         thread.start()
         return thread
 
