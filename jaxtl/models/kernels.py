@@ -79,6 +79,20 @@ def conv_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups:
     )
 
 
+def window_taps(xp: jax.Array, kh: int, kw: int, stride: int, out_hw: tuple[int, int]) -> list[jax.Array]:
+    """The ``kh * kw`` strided slices of an already padded NHWC map ``xp``, one per kernel offset in row-major
+    order: tap ``(i, j)`` holds ``xp[:, i + stride * a, j + stride * b, :]`` for every output position ``(a, b)``
+    of the ``out_hw`` output (what im2col stacks, depthwise taps sum and max pooling maximises)."""
+    n, _, _, c = xp.shape
+    ho, wo = out_hw
+    s = stride
+    return [
+        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int = 1) -> jax.Array:
     """A convolution as kh*kw shifted strided slices and one (grouped) matmul; same numbers as the conv.
 
@@ -92,12 +106,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, grou
     n, h, w, _ = x.shape
     p, s = padding, stride
     ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    taps = [
-        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, xp.shape[3]), (1, s, s, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    taps = window_taps(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kh, kw, s, (ho, wo))
     cols = jnp.stack(taps, axis=3).reshape(n * ho * wo, kh * kw, groups, cin_g)
     k = kernel.reshape(kh * kw, cin_g, groups, cout // groups)
     out = jnp.einsum("mtgc,tcgo->mgo", cols, k)
@@ -112,20 +121,16 @@ def conv_depthwise_taps(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Ar
     depthwise convs took most of its step, ``benchmarks/train_steps.py``); as one fused elementwise loop, forward
     and backward, it runs at memory speed. x: ``[N, H, W, C]``, kernel: ``[kh, kw, 1, C]`` -> ``[N, Ho, Wo, C]``.
     """
-    kh, kw, _, c = kernel.shape
-    n, h, w, _ = x.shape
+    kh, kw, _, _ = kernel.shape
+    _, h, w, _ = x.shape
     p = padding
     ho, wo = h + 2 * p - kh + 1, w + 2 * p - kw + 1
     acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 input sums in float32, as the conv accumulates
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc)
     k = kernel.astype(acc)
-    out: jax.Array | None = None
-    for i in range(kh):
-        for j in range(kw):
-            term = jax.lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) * k[i : i + 1, j : j + 1]
-            out = term if out is None else out + term
-    assert out is not None
-    return out.astype(x.dtype)
+    taps = window_taps(xp, kh, kw, 1, (ho, wo))
+    terms = (tap * k[t // kw : t // kw + 1, t % kw : t % kw + 1] for t, tap in enumerate(taps))
+    return functools.reduce(jnp.add, terms).astype(x.dtype)  # type: ignore[no-any-return]
 
 
 def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -259,15 +264,10 @@ def max_pool_xla(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Ar
 
 
 def _pool_taps(x: jax.Array, k: int, s: int, p: int) -> tuple[list[jax.Array], tuple[int, ...]]:
-    n, h, w, c = x.shape
+    _, h, w, _ = x.shape
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    taps = [
-        jax.lax.slice(xp, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c), (1, s, s, 1))
-        for i in range(k)
-        for j in range(k)
-    ]
-    return taps, xp.shape
+    return window_taps(xp, k, k, s, (ho, wo)), xp.shape
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
