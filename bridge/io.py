@@ -1,8 +1,9 @@
 """Reading weight files: .pth/.pt via ``torch.load(weights_only=True)``, .safetensors without torch, in-memory sources.
 
 Everything comes out as ``{torch key: numpy array}`` plus a :class:`~.checkpoints.Located` saying where in the file
-the state dict was found; torch is imported only when a .pth or a torch object is read. Nothing here runs pickled
-code unless the caller passes ``trust_pickle=True`` (which warns).
+the state dict was found. A zip-format .pth of tensors and plain containers (what ``torch.save(model.state_dict())``
+writes) is read without importing torch (:mod:`.pth_io`); torch is imported only for the files that need it (and
+torch objects). Nothing here runs pickled code unless the caller passes ``trust_pickle=True`` (which warns).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from .checkpoints import Located, is_array, is_torch_tensor, locate
 from .errors import BridgeError, format_problems
+from .pth_io import read_pth
 from .safetensors_io import load_safetensors
 
 # Classes a training checkpoint commonly holds besides tensors that are plain data. Allowing them in torch's
@@ -129,6 +131,8 @@ def _refusal(p: Path, e: BaseException) -> BridgeError:
 
 
 def _torch_load(p: Path, trust_pickle: bool) -> Any:
+    if not trust_pickle and (obj := read_pth(p)) is not None:
+        return obj  # the same object torch.load(weights_only=True) gives, tensors as numpy arrays
     try:
         import torch
     except ImportError as e:
