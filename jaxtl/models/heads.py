@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxtl._compile import compile_once
 from jaxtl.models.protocol import Classifier
 
 HEAD = "fc"  # the head path of the ResNets and ConvNet (older code's default)
@@ -72,16 +73,17 @@ INIT_SIZE = 32  # the input side a head is initialised at for modules that take 
 
 
 @functools.lru_cache(maxsize=16)
-def _head_init(module: Classifier, input_shape: tuple[int, ...]) -> Any:
-    # One compiled function per (module, shape): only the head is returned, so XLA drops the rest of the init and
-    # the forward pass; a big backbone costs its trace, not its parameters.
+def _head_init(module: Classifier, input_shape: tuple[int, ...], key_type: jax.ShapeDtypeStruct) -> Any:
+    # One compiled program per (module, shape, key type): only the head is returned, so the rest of the init and
+    # the forward pass are dropped; a big backbone costs its trace, not its parameters. It runs once: compiled for a
+    # quick start (jaxtl._compile), the same bits.
     path = head_path(module)
 
     def init(key: jax.Array) -> Any:
         variables = module.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)  # type: ignore[attr-defined]
         return get_head(variables, path)
 
-    return jax.jit(init)
+    return compile_once(init, key_type)
 
 
 def init_head(
@@ -102,7 +104,8 @@ def init_head(
         size = module.input_size or INIT_SIZE
         input_shape = (size, size, 3)
     clf = module.clone(num_classes=num_classes)  # type: ignore[attr-defined]
-    head = _head_init(clf, tuple(int(d) for d in input_shape))(key)
+    key_type = jax.ShapeDtypeStruct(key.shape, key.dtype)
+    head = _head_init(clf, tuple(int(d) for d in input_shape), key_type)(key)
     if head is None:
         raise ValueError(f"{type(module).__name__}(num_classes={num_classes}) has no head at {clf.head_path!r}")
     return {"kernel": head["kernel"], "bias": head["bias"]}
