@@ -207,7 +207,7 @@ def _train_cached(
     for rec in probe.history:
         for cb in callbacks:
             cb(int(rec["step"]), rec)
-    return jax.tree.map(jnp.asarray, probe.variables), _log_cached(p, run, probe.history, tensorboard)
+    return jax.device_put(probe.variables), _log_cached(p, run, probe.history, tensorboard)
 
 
 def _log_cached(p: _Plan, run: Run | None, steps: list[dict[str, Any]], tensorboard: bool) -> list[dict[str, Any]]:

@@ -214,5 +214,5 @@ def load_variables(directory: str | os.PathLike[str], dtype: Any = None) -> tupl
     if not isinstance(variables, dict) or "params" not in variables:
         raise CheckpointError(f"{d / _STATE} holds no 'params' collection")
     _check_structure(d, module, variables, card)
-    variables = jax.tree.map(jnp.asarray, variables)
+    variables = jax.device_put(variables)  # one transfer for the tree, not one dispatch per leaf
     return module, dict(variables), card
