@@ -14,6 +14,7 @@ every such file keeps torch's exact result and refusal. The fast path never deci
 from __future__ import annotations
 
 import collections
+import math
 import os
 import pickle
 import zipfile
@@ -58,7 +59,8 @@ def _rebuild_tensor_v2(
     backward_hooks: Any,
     metadata: Any = None,
 ) -> np.ndarray:
-    """A tensor's view of its storage, copied out (strides and offset checked against the storage's bounds)."""
+    """A tensor's view of its storage, copied out (strides and offset checked against the storage's bounds; a tensor
+    with more elements than its storage, a broadcast view, is torch's to read: copying it out could take any size)."""
     if backward_hooks or metadata or not isinstance(storage, np.ndarray):
         raise _NeedsTorch("hooks, tensor metadata or no storage")
     ints = (offset, *size, *stride)
@@ -66,6 +68,8 @@ def _rebuild_tensor_v2(
         raise _NeedsTorch("bad tensor geometry")
     if 0 in size:
         return np.empty(size, storage.dtype)
+    if math.prod(size) > storage.size:
+        raise _NeedsTorch("more elements than the storage holds")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= storage.size:
         raise _NeedsTorch("tensor reaches past its storage")
@@ -120,12 +124,14 @@ class _Unpickler(pickle.Unpickler):
         if not isinstance(kind, _StorageType) or not isinstance(key, str) or type(numel) is not int:
             raise _NeedsTorch("storage record")
         if key not in self._storages:
+            name = f"{self._root}/data/{key}"
             try:
-                raw = self._archive.read(f"{self._root}/data/{key}")
+                info = self._archive.getinfo(name)
             except KeyError:
                 raise _NeedsTorch(f"storage {key} missing") from None
-            if len(raw) < numel * kind.dtype.itemsize:
-                raise _NeedsTorch(f"storage {key} truncated")
+            if numel < 0 or info.file_size != numel * kind.dtype.itemsize:  # checked before anything is read
+                raise _NeedsTorch(f"storage {key} is not {numel} elements")
+            raw = self._archive.read(name)
             self._storages[key] = np.frombuffer(raw, dtype=kind.dtype, count=numel)
         storage = self._storages[key]
         if storage.dtype != kind.dtype:  # two views of one storage as different types: torch's business

@@ -173,6 +173,16 @@ def test_a_tensor_past_its_storage_is_not_read(tmp_path):
     assert read_pth(out) is None
 
 
+def test_a_broadcast_view_goes_to_torch_and_reads_the_same(tmp_path):
+    """A stride-0 view has more elements than its storage: copying it out is torch's business (a crafted size could
+    ask for any amount of memory); the bridge still reads it, through torch.load, as before."""
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(3.0).expand(4, 3), "b": torch.ones(2)}, path)
+    assert read_pth(path) is None
+    sd = load_state_dict(path)
+    np.testing.assert_array_equal(sd["w"], np.tile(np.arange(3.0, dtype=np.float32), (4, 1)))
+
+
 def test_a_plain_state_dict_loads_without_importing_torch(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     code = (
