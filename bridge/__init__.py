@@ -1,6 +1,6 @@
 """torchvision <-> Flax weights for the ResNet, ViT and ConvNeXt families (installed as ``jaxtl.bridge``). torch is
-imported only when a .pth or torch object is read or written; .safetensors files and cached conversions are handled
-without it.
+imported only where it is needed: writing a .pth, reading a torch object or a .pth that is not a zip-format file of
+tensors and plain values (those, .safetensors files and cached conversions are read without it).
 
     module, variables, card = pretrained("resnet50", weights="IMAGENET1K_V2", num_classes=10)
     module, variables = from_torchvision("resnet50.pth", num_classes=10)

@@ -136,7 +136,10 @@ def _torch_load(p: Path, trust_pickle: bool) -> Any:
     try:
         import torch
     except ImportError as e:
-        raise BridgeError(f"reading {p} needs torch (pip install 'jaxtl[torch]'); .safetensors files do not") from e
+        raise BridgeError(
+            f"reading {p} needs torch (pip install 'jaxtl[torch]'): it is not a zip-format file of tensors and plain "
+            "values, which jaxtl reads without torch; .safetensors files never need it"
+        ) from e
     if trust_pickle:
         warnings.warn(
             f"trust_pickle=True: loading {p} with torch.load(weights_only=False) RUNS THE CODE PICKLED IN IT; "

@@ -104,7 +104,10 @@ def _sync(name: str) -> None:
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """SIGINT/SIGTERM append to the yielded list instead of killing the process (a second SIGINT interrupts at
-    once). Off the main thread (signals cannot be caught there) the list simply stays empty."""
+    once); the handlers in place before are restored after. Off the main thread (signals cannot be caught there)
+    the list simply stays empty. A signal the process was told to ignore (``SIG_IGN``: a shell's background job
+    ignores SIGINT, ``nohup`` SIGHUP) stays ignored, as Python itself leaves an ignored SIGINT alone; one whose
+    handler was set outside Python (``getsignal`` gives None) is left as it is, since it could not be restored."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -115,7 +118,8 @@ def stop_on_signals() -> Iterator[list[int]]:
             raise KeyboardInterrupt
         received.append(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    taken = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    old = {s: signal.signal(s, handler) for s in taken}
     try:
         yield received
     finally:

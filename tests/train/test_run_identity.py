@@ -125,8 +125,17 @@ def test_linear_probe_stops_on_a_non_finite_loss():
         fit_linear_probe(feats, rng.integers(0, 3, 32), 3, optax.sgd(1e38), steps=6, batch_size=8)
 
 
+@pytest.fixture
+def default_sigint():
+    """SIGINT as an interactive Python process has it, whatever the test runner inherited (a shell's background job
+    runs with SIGINT ignored); restored after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signum):
+def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signum, default_sigint):
     straight = _run(tmp_path / "straight", loop=Loop(steps=6, batch_size=8, parallel="none"))
     loop = Loop(steps=6, batch_size=8, parallel="none")
 
@@ -144,6 +153,24 @@ def test_signal_stops_after_a_checkpoint_and_the_run_resumes_exactly(tmp_path, s
     for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A process told to ignore SIGINT (started as a shell's background job, say) keeps ignoring it during a run:
+    the run goes to its end, and the handler is SIG_IGN after."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+
+        def interrupt_at_2(step, _m):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        res = _run(tmp_path / "w", loop=Loop(steps=4, batch_size=8, parallel="none"), callbacks=(interrupt_at_2,))
+        assert int(res.state.step) == 4
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_signal_between_checkpoints_still_saves_the_step_it_stops_after(tmp_path):
