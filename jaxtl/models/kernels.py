@@ -113,24 +113,65 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int, grou
     return out.reshape(n, ho, wo, cout)
 
 
+def _depthwise_sum(xp: jax.Array, kernel: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """The sum over the kernel offsets of ``xp``'s shifted slice times that offset's per-channel weight (``xp``
+    already padded, both in the accumulation dtype): one fused elementwise loop."""
+    kh, kw, _, _ = kernel.shape
+    taps = window_taps(xp, kh, kw, 1, out_hw)
+    terms = (tap * kernel[t // kw : t // kw + 1, t % kw : t % kw + 1] for t, tap in enumerate(taps))
+    return functools.reduce(jnp.add, terms)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_depthwise_taps(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """A stride-1 depthwise convolution (one filter per channel) as the sum of its kh*kw shifted, scaled input
     slices; same numbers as the conv up to float rounding (the taps are summed in another order).
 
     XLA:CPU runs a grouped convolution with one channel per group far below its other convolutions (ConvNeXt's 7x7
-    depthwise convs took most of its step, ``benchmarks/train_steps.py``); as one fused elementwise loop, forward
-    and backward, it runs at memory speed. x: ``[N, H, W, C]``, kernel: ``[kh, kw, 1, C]`` -> ``[N, Ho, Wo, C]``.
+    depthwise convs took most of its step, ``benchmarks/train_steps.py``); as one fused elementwise loop it runs at
+    memory speed. The backward is written out rather than derived: the input gradient is the same kind of sum (the
+    output gradient against the flipped kernel), the kernel gradient one reduction per offset in a loop. Derived,
+    the kernel gradient was kh*kw separate reductions, which XLA:CPU compiled ~3x slower (~10x under shard_map) and
+    ran ~3x slower; the kernel gradient is bitwise the derived one, the input gradient equal up to rounding.
+    x: ``[N, H, W, C]``, kernel: ``[kh, kw, 1, C]`` -> ``[N, Ho, Wo, C]``.
     """
     kh, kw, _, _ = kernel.shape
     _, h, w, _ = x.shape
     p = padding
-    ho, wo = h + 2 * p - kh + 1, w + 2 * p - kw + 1
     acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 input sums in float32, as the conv accumulates
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc)
-    k = kernel.astype(acc)
-    taps = window_taps(xp, kh, kw, 1, (ho, wo))
-    terms = (tap * k[t // kw : t // kw + 1, t % kw : t % kw + 1] for t, tap in enumerate(taps))
-    return functools.reduce(jnp.add, terms).astype(x.dtype)  # type: ignore[no-any-return]
+    out = _depthwise_sum(xp, kernel.astype(acc), (h + 2 * p - kh + 1, w + 2 * p - kw + 1))
+    return out.astype(x.dtype)
+
+
+def _depthwise_fwd(x: jax.Array, kernel: jax.Array, padding: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return conv_depthwise_taps(x, kernel, padding), (x, kernel)
+
+
+def _depthwise_bwd(padding: int, res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = res
+    kh, kw, _, c = kernel.shape
+    n, h, w, _ = x.shape
+    _, ho, wo, _ = g.shape
+    p = padding
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    ga = g.astype(acc)
+    # Input gradient: the output gradient padded by k-1-p (a negative pad crops) against the flipped kernel.
+    zero = jnp.zeros((), acc)
+    gp = jax.lax.pad(ga, zero, ((0, 0, 0), (kh - 1 - p, kh - 1 - p, 0), (kw - 1 - p, kw - 1 - p, 0), (0, 0, 0)))
+    dx = _depthwise_sum(gp, kernel[::-1, ::-1].astype(acc), (h, w))
+    # Kernel gradient: for each offset, the sum over batch and positions of its input slice times the gradient.
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc)
+
+    def offset_grad(t: jax.Array) -> jax.Array:
+        tap = jax.lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (n, ho, wo, c))
+        return jnp.sum(tap * ga, axis=(0, 1, 2))
+
+    dk = jax.lax.map(offset_grad, jnp.arange(kh * kw)).reshape(kh, kw, 1, c)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+conv_depthwise_taps.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def conv1x1_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:

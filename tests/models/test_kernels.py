@@ -163,6 +163,27 @@ def test_depthwise_taps_match_the_grouped_conv(hw, c, k, padding, dtype):
     assert out.dtype == dtype and out.shape == (2, hw[0] + 2 * padding - k + 1, hw[1] + 2 * padding - k + 1, c)
 
 
+@pytest.mark.parametrize(("hw", "k", "padding"), [((9, 9), 7, 3), ((3, 4), 7, 3), ((6, 5), 3, 1), ((5, 5), 3, 0)])
+def test_depthwise_taps_backward_is_the_derived_one(hw, k, padding):
+    """The written-out backward (input gradient as a flipped-kernel sum, kernel gradient one reduction per offset
+    in a loop) against the forward's own derivative: the kernel gradient bitwise, the input gradient to rounding."""
+    rng = np.random.default_rng(k + padding)
+    x = jnp.asarray(rng.standard_normal((2, *hw, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 1, 4)) * 0.2, jnp.float32)
+
+    def derived(x, w):  # the forward's formula, differentiated by JAX
+        xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        return kernels._depthwise_sum(xp, w, (hw[0] + 2 * padding - k + 1, hw[1] + 2 * padding - k + 1))
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    written = jax.jit(jax.grad(loss(lambda x, w: kernels.conv_depthwise_taps(x, w, padding)), (0, 1)))(x, w)
+    auto = jax.jit(jax.grad(loss(derived), (0, 1)))(x, w)
+    np.testing.assert_array_equal(written[1], auto[1])
+    np.testing.assert_allclose(written[0], auto[0], rtol=1e-6, atol=1e-6)
+
+
 def test_cpu_rule_takes_the_taps_for_stride_1_depthwise_convs_only():
     rule = kernels.cpu_conv
     assert rule((8, 56, 56, 96), (7, 7, 1, 96), 1, 3, 96) == "depthwise"  # ConvNeXt-T stage 1
