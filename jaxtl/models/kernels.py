@@ -131,8 +131,9 @@ def conv_depthwise_taps(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Ar
     depthwise convs took most of its step, ``benchmarks/train_steps.py``); as one fused elementwise loop it runs at
     memory speed. The backward is written out rather than derived: the input gradient is the same kind of sum (the
     output gradient against the flipped kernel), the kernel gradient one reduction per offset in a loop. Derived,
-    the kernel gradient was kh*kw separate reductions, which XLA:CPU compiled ~3x slower (~10x under shard_map) and
-    ran ~3x slower; the kernel gradient is bitwise the derived one, the input gradient equal up to rounding.
+    the kernel gradient was kh*kw separate reductions, which XLA:CPU compiled ~2.5x slower (a small ConvNeXt's step
+    under shard_map ~4x) and ran 1.5-2.5x slower; the kernel gradient is bitwise the derived one, the input gradient
+    equal up to rounding.
     x: ``[N, H, W, C]``, kernel: ``[kh, kw, 1, C]`` -> ``[N, Ho, Wo, C]``.
     """
     kh, kw, _, _ = kernel.shape
