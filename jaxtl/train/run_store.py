@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
+import sys
 import time
+import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,70 @@ def _from_leaves(template: Any, leaves: Mapping[str, Any], where: str) -> Any:
 def checkpoint_bytes(state: Any) -> int:
     """The bytes of one run checkpoint's arrays (params, batch_stats, optimizer state, step, rng)."""
     return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+
+
+def _reason(e: BaseException) -> str:
+    """``Type: message`` of a failed read, without the tensorstore spec (a ~2 kB JSON dump) that ends its text."""
+    text = str(e).split(" [tensorstore_spec", 1)[0].strip()
+    return f"{type(e).__name__}: {text}"
+
+
+def _raised_by_a_closed_loop(args: Any) -> bool:
+    if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+        return False
+    names = []
+    tb: types.TracebackType | None = args.exc_traceback
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "call_soon_threadsafe" in names
+
+
+class _DamagedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records for reads of checkpoints already reported
+    damaged (their folders in ``folders``); every other record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folders: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not any(folder in str(exc) for folder in self.folders)
+
+
+_DAMAGED_READS = _DamagedReads()
+
+
+def _quiet_failed_reads(folder: str) -> None:
+    """After a failed restore of the checkpoint in ``folder``, keep the reads it left in flight from printing
+    tracebacks around the one-line warning.
+
+    Orbax runs a restore in an event loop of its own and closes it when the first read fails. tensorstore's other
+    reads still complete later: each one's wake-up call to the closed loop raises ``RuntimeError('Event loop is
+    closed')`` in a tensorstore thread (Python prints it as an ignored exception), and each failed read left in a
+    task logs "Task exception was never retrieved" when the task is collected. Those, and only those, are dropped:
+    the closed-loop error only when raised in ``call_soon_threadsafe``, the task records only when their error
+    names a checkpoint already reported damaged; every other ignored exception and log record reaches its usual
+    handler. Installed once per process, on the first failed restore.
+    """
+    _DAMAGED_READS.folders.add(folder)
+    asyncio_log = logging.getLogger("asyncio")
+    if _DAMAGED_READS not in asyncio_log.filters:
+        asyncio_log.addFilter(_DAMAGED_READS)
+    if not getattr(sys.unraisablehook, "_jaxtl_drops_closed_loop_wakeups", False):
+        sys.unraisablehook = _closed_loop_filter(sys.unraisablehook)
+
+
+def _closed_loop_filter(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops a closed loop's wake-up errors and hands the rest to ``previous``."""
+
+    def hook(args: Any) -> None:
+        if not _raised_by_a_closed_loop(args):
+            previous(args)
+
+    hook._jaxtl_drops_closed_loop_wakeups = True  # type: ignore[attr-defined]
+    return hook
 
 
 @dataclasses.dataclass
@@ -159,9 +226,8 @@ class RunStore:
             meta = dict(restored["meta"])
             leaves = {k: np.asarray(v) for k, v in restored["state"].items()}
         except Exception as e:  # Orbax/tensorstore raise many types for unreadable files; all mean "damaged" here.
-            raise CheckpointDamagedError(
-                f"checkpoint step {step} at {where} cannot be read: {type(e).__name__}: {e}"
-            ) from e
+            _quiet_failed_reads(where)
+            raise CheckpointDamagedError(f"checkpoint step {step} at {where} cannot be read: {_reason(e)}") from e
         want = meta.pop("sha256", None)
         if want is not None and set(leaves) == set(target) and digest(leaves) != want:
             raise CheckpointDamagedError(f"checkpoint step {step} at {where}: arrays do not match their SHA-256")

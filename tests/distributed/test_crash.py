@@ -145,6 +145,83 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(at_four, tmp_pat
         run(workdir, STEPS)
 
 
+AFTER_DAMAGE = """
+import gc, sys, time
+from crash_worker import run
+from jaxtl.train import CheckpointDamagedError
+try:
+    run(sys.argv[1], 6)
+except CheckpointDamagedError as e:
+    print("stopped:", e, flush=True)
+for _ in range(3):  # let the reads left in flight finish and their tasks be collected, as a longer run would
+    time.sleep(0.3)
+    gc.collect()
+"""
+
+
+def test_damaged_checkpoints_print_their_warnings_and_nothing_else(at_four, tmp_path):
+    # Orbax stops a restore at its first failed read and closes its event loop; the reads still in flight used to
+    # print a dozen "Event loop is closed" / "Task exception was never retrieved" tracebacks around the warnings,
+    # and each warning carried tensorstore's 2 kB spec.
+    workdir = tmp_path / "work"
+    shutil.copytree(at_four, workdir)
+    for step in ("2", "4"):
+        _truncate(workdir / "checkpoints" / step)
+    proc = subprocess.run(
+        python("-c", AFTER_DAMAGE, workdir), env=child_env(4), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == 0 and "stopped: every checkpoint" in proc.stdout, proc.stderr[-3000:]
+    warned = [line for line in proc.stderr.splitlines() if "RuntimeWarning: checkpoint step" in line]
+    assert len(warned) == 2 and all("cannot be read: ValueError: " in line for line in warned), proc.stderr
+    for noise in ("Traceback", "Event loop is closed", "never retrieved", "tensorstore_spec"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_only_the_failed_reads_are_quieted(tmp_path):
+    # What a failed restore installs drops exactly two things: a closed loop's wake-up error raised in
+    # call_soon_threadsafe, and asyncio's records for errors naming a damaged checkpoint's folder.
+    import asyncio
+    import logging
+    import types
+
+    from jaxtl.train import run_store
+
+    folder = str(tmp_path / "checkpoints" / "4")
+    run_store._quiet_failed_reads(folder)
+    installed = sys.unraisablehook
+    run_store._quiet_failed_reads(folder)  # once per process: not wrapped again
+    assert sys.unraisablehook is installed and installed._jaxtl_drops_closed_loop_wakeups
+
+    def raised(exc: BaseException, *, in_loop: bool) -> types.SimpleNamespace:
+        loop = asyncio.new_event_loop()
+        loop.close()
+        try:
+            if in_loop:
+                loop.call_soon_threadsafe(print)
+            raise exc
+        except BaseException as e:
+            return types.SimpleNamespace(
+                exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, err_msg=None, object=None
+            )
+
+    seen: list = []
+    hook = run_store._closed_loop_filter(seen.append)
+    hook(raised(RuntimeError("Event loop is closed"), in_loop=True))  # dropped
+    hook(raised(RuntimeError("Event loop is closed"), in_loop=False))  # the same words, raised elsewhere
+    hook(raised(ValueError("something else"), in_loop=False))
+    assert [str(a.exc_value) for a in seen] == ["Event loop is closed", "something else"]
+
+    def record(text: str) -> logging.LogRecord:
+        err = ValueError(text)
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception", None, (ValueError, err, None))
+
+    log = logging.getLogger("asyncio")
+    assert not log.filter(record(f"OUT_OF_RANGE: Error reading {folder}/state/d/0a1b"))
+    assert log.filter(record(f"OUT_OF_RANGE: Error reading {tmp_path}/elsewhere/d/0a1b"))
+    plain = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "no exception", None, None)
+    assert log.filter(plain)
+
+
 def test_restore_of_an_explicit_damaged_step_raises(at_four, tmp_path):
     from tiny import Tiny, tiny_variables
 
