@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-import types
+import traceback
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -82,12 +82,7 @@ def _reason(e: BaseException) -> str:
 def _raised_by_a_closed_loop(args: Any) -> bool:
     if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
         return False
-    names = []
-    tb: types.TracebackType | None = args.exc_traceback
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return "call_soon_threadsafe" in names
+    return any(frame.f_code.co_name == "call_soon_threadsafe" for frame, _ in traceback.walk_tb(args.exc_traceback))
 
 
 class _DamagedReads(logging.Filter):
